@@ -1,0 +1,27 @@
+# The two commands:  `make run`  (whole pipeline on local defaults)
+#                    `make test` (the test suite; .ci/run calls exactly this)
+# Both install what is missing first (scripts/setup.sh, idempotent).
+# Pass Hydra overrides to run with ARGS, e.g. make run ARGS="profile=production".
+
+.PHONY: setup run stop status test test-fast bench clean
+
+setup:
+	@scripts/setup.sh
+
+run: setup
+	.venv/bin/fl-app run $(ARGS)
+
+stop:
+	.venv/bin/fl-app stop $(ARGS)
+
+status:
+	.venv/bin/fl-app services status $(ARGS)
+
+test: setup
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	.venv/bin/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+bench: setup
+	.venv/bin/python -m benchmarks $(ARGS)

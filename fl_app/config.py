@@ -1,0 +1,306 @@
+"""The one configuration object, composed by Hydra from ``conf/``.
+
+The dataclasses below are the schema: every key, its type and its default.
+``conf/`` picks variants (``kafka=local|remote``, ``profile=testing|production``)
+and the command line overrides single values. :func:`load_config` composes all
+three, checks types (Hydra/OmegaConf) and ranges (:func:`validate`), and
+returns a typed :class:`AppConfig`. A bad key or value raises
+:class:`ConfigError` whose message names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+# --------------------------------------------------------------------- paths
+@dataclass
+class PathsConfig:
+    """Where the project keeps state on disk (all derived from ``home``)."""
+
+    home: str = MISSING  # set by load_config: $FL_APP_HOME or the project root
+    data_dir: str = "${paths.home}/.data"  # Kafka log dirs, Mongo files, data set
+    logs_dir: str = "${paths.home}/logs"
+    cache_dir: str = "${paths.home}/.cache"  # resolved jars, generated data
+    run_dir: str = "${paths.home}/.run"  # pid files, generated service configs
+
+
+# --------------------------------------------------------------------- kafka
+@dataclass
+class TopicConfig:
+    """One Kafka topic, created with these explicit settings."""
+
+    name: str = MISSING
+    partitions: int = 1
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    replication_factor: int = 1
+
+
+@dataclass
+class TopicsConfig:
+    """The three topics of the pipeline."""
+
+    # Raw readings, keyed by device id so one device's readings stay ordered.
+    readings: TopicConfig = field(
+        default_factory=lambda: TopicConfig(name="iot_stream", partitions=6)
+    )
+    # One window record per device and interval; one partition per device.
+    windows: TopicConfig = field(
+        default_factory=lambda: TopicConfig(
+            name="device_windows", partitions=53, retention_ms=24 * 3600 * 1000
+        )
+    )
+    # Malformed records with the reason they were rejected.
+    dead_letter: TopicConfig = field(
+        default_factory=lambda: TopicConfig(
+            name="iot_stream_dlq", partitions=1, retention_ms=30 * 24 * 3600 * 1000
+        )
+    )
+
+
+@dataclass
+class LocalBrokerConfig:
+    """The single-node KRaft broker that ``fl-app services up`` starts."""
+
+    enabled: bool = True
+    controller_port: int = 19093
+    heap: str = "512m"
+    startup_timeout_seconds: float = 90.0
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    local_broker: LocalBrokerConfig = field(default_factory=LocalBrokerConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+
+
+# --------------------------------------------------------------------- mongo
+@dataclass
+class LocalMongoConfig:
+    """The local MongoDB-wire server (SecantusDB) that ``services up`` starts."""
+
+    enabled: bool = True
+    cache_size: str = "256M"
+    startup_timeout_seconds: float = 30.0
+
+
+@dataclass
+class MongoConfig:
+    uri: str = "mongodb://127.0.0.1:27017"
+    database: str = "iot_analytics"
+    server_selection_timeout_ms: int = 5000
+    local_server: LocalMongoConfig = field(default_factory=LocalMongoConfig)
+
+
+# -------------------------------------------------------------------- stream
+@dataclass
+class StreamConfig:
+    """Replay of the data set into Kafka (rate and batching come from the profile)."""
+
+    records_per_second: float = 10.0
+    batch_size: int = 10
+    loop_dataset: bool = True
+    num_devices: int = 53
+    dataset_records: int = 152_533
+    seed: int = 42
+    max_records: Optional[int] = None  # stop after this many (tests, benchmarks)
+    duration_seconds: Optional[float] = None  # stop after this long
+
+
+# --------------------------------------------------------------------- flink
+@dataclass
+class FlinkConfig:
+    jobmanager: str = "local"  # "local" = mini-cluster; else host:port of a cluster
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 10_000
+    python_env: str = "${paths.home}/.venv-flink"
+
+
+# ------------------------------------------------------------------------ fl
+@dataclass
+class FLConfig:
+    """Federated learning cadence (the profile sets the three intervals)."""
+
+    local_training_interval_seconds: float = 30.0
+    global_update_interval_minutes: float = 1.0
+    min_devices_for_aggregation: int = 3
+    superlink_address: str = "127.0.0.1:9091"
+
+
+# ------------------------------------------------------------------ analytics
+@dataclass
+class SparkConfig:
+    master: str = "local[2]"
+    driver_memory: str = "1g"
+
+
+@dataclass
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass
+class SupersetConfig:
+    host: str = "127.0.0.1"
+    port: int = 8088
+
+
+# ---------------------------------------------------------------------- root
+@dataclass
+class AppConfig:
+    """Everything the platform reads; one instance per process."""
+
+    profile_name: str = "testing"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    mongo: MongoConfig = field(default_factory=MongoConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    flink: FlinkConfig = field(default_factory=FlinkConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    superset: SupersetConfig = field(default_factory=SupersetConfig)
+
+
+ConfigStore.instance().store(name="base_config", node=AppConfig)
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/`` with ``overrides`` into an (unresolved) ``DictConfig``.
+
+    Raises
+    ------
+    ConfigError
+        If an override names an unknown key or group option, or a value does
+        not fit the key's type. The message names the key.
+    """
+    home = os.environ.get("FL_APP_HOME", str(PROJECT_ROOT))
+    # Our default goes first so that a user's own paths.home=... wins.
+    all_overrides = [f"paths.home={home}", *overrides]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=all_overrides)
+        OmegaConf.resolve(cfg)
+    except Exception as exc:  # Hydra and OmegaConf raise many types; all mean "bad config"
+        raise ConfigError(_explain(exc)) from exc
+    return cfg
+
+
+def load_config(overrides: Sequence[str] = ()) -> AppConfig:
+    """Compose, type-check and range-check the configuration.
+
+    Parameters
+    ----------
+    overrides
+        Hydra overrides such as ``["profile=production", "stream.batch_size=50"]``.
+    """
+    cfg = compose_config(overrides)
+    app: AppConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(app)
+    return app
+
+
+def to_yaml(app: AppConfig) -> str:
+    """The configuration as YAML (for ``--cfg`` and for logs)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(app))
+
+
+def validate(app: AppConfig) -> None:
+    """Range checks that types alone cannot express; raise ConfigError naming the key."""
+    positive = {
+        "stream.records_per_second": app.stream.records_per_second,
+        "stream.batch_size": app.stream.batch_size,
+        "stream.num_devices": app.stream.num_devices,
+        "stream.dataset_records": app.stream.dataset_records,
+        "fl.local_training_interval_seconds": app.fl.local_training_interval_seconds,
+        "fl.global_update_interval_minutes": app.fl.global_update_interval_minutes,
+        "fl.min_devices_for_aggregation": app.fl.min_devices_for_aggregation,
+        "flink.parallelism": app.flink.parallelism,
+        "flink.checkpoint_interval_ms": app.flink.checkpoint_interval_ms,
+        "mongo.server_selection_timeout_ms": app.mongo.server_selection_timeout_ms,
+    }
+    for topic_key in ("readings", "windows", "dead_letter"):
+        topic: TopicConfig = getattr(app.kafka.topics, topic_key)
+        positive[f"kafka.topics.{topic_key}.partitions"] = topic.partitions
+        positive[f"kafka.topics.{topic_key}.replication_factor"] = topic.replication_factor
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value!r}")
+    for key, value in {
+        "stream.max_records": app.stream.max_records,
+        "stream.duration_seconds": app.stream.duration_seconds,
+    }.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be > 0 or null, got {value!r}")
+
+    ports = {
+        "kafka.local_broker.controller_port": app.kafka.local_broker.controller_port,
+        "api.port": app.api.port,
+        "superset.port": app.superset.port,
+    }
+    for key, port in ports.items():
+        if not 0 < port < 65536:
+            raise ConfigError(f"{key} must be a TCP port (1-65535), got {port!r}")
+    _host_port("kafka.bootstrap_servers", app.kafka.bootstrap_servers.split(",")[0])
+    _host_port("fl.superlink_address", app.fl.superlink_address)
+    if not app.mongo.uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise ConfigError(f"mongo.uri must start with mongodb:// or mongodb+srv://, got {app.mongo.uri!r}")
+    if app.fl.min_devices_for_aggregation > app.stream.num_devices:
+        raise ConfigError(
+            "fl.min_devices_for_aggregation "
+            f"({app.fl.min_devices_for_aggregation}) exceeds stream.num_devices ({app.stream.num_devices})"
+        )
+
+
+def _host_port(key: str, address: str) -> tuple[str, int]:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key} must look like host:port, got {address!r}")
+    return host, int(port)
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (the first of a comma-separated list)."""
+    return _host_port("address", address.split(",")[0])
+
+
+def _explain(exc: Exception) -> str:
+    """Hydra nests the useful message (with ``full_key``) in the cause chain."""
+    parts: list[str] = []
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        text = str(seen).strip()
+        # OmegaConf repeats its message template with placeholders; skip those.
+        if text and text not in parts and "$VALUE" not in text:
+            parts.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return "invalid configuration: " + "\n".join(parts)
+
+
+def flatten(app: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"stream.batch_size": 10, ...}``: handy for logs and run-config translation."""
+    out: dict[str, Any] = {}
+    for f in fields(app):
+        value = getattr(app, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out

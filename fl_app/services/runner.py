@@ -1,0 +1,277 @@
+"""The one service-runner for local processes.
+
+A :class:`ManagedProcess` is a long-lived server (Kafka broker, MongoDB-wire
+server, later the Flink job, SuperLink, API ...) started as a plain process in
+its own session, with a pid file under ``run_dir``, its output in
+``logs/<name>.log`` and a health check. Starting is idempotent (a healthy
+running service is left alone), a taken port is reported before launch, and
+stopping escalates from SIGTERM to SIGKILL on the whole process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], bool]
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started, checked or stopped; the message says why."""
+
+
+class State(str, Enum):
+    RUNNING = "running"  # process alive and health check passes
+    UNHEALTHY = "unhealthy"  # process alive, health check fails
+    STOPPED = "stopped"
+    EXTERNAL = "external"  # not ours to run (e.g. mongo.uri points elsewhere)
+
+
+@dataclass
+class Status:
+    name: str
+    state: State
+    pid: Optional[int] = None
+    address: str = ""
+    detail: str = ""
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if nothing listens on ``host:port`` and we could bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a TCP connection to ``host:port`` succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class ManagedProcess:
+    """A server process we start, watch and stop.
+
+    Parameters
+    ----------
+    name
+        Short name; used for ``<run_dir>/<name>.pid`` and ``<logs_dir>/<name>.log``.
+    argv
+        The command line; or empty, with ``prepare`` returning it.
+    run_dir, logs_dir
+        Where the pid file and the log go.
+    ports
+        ``(host, port)`` pairs the process will listen on; checked free before start.
+    health_check
+        Returns True once the service answers; polled until ``startup_timeout``.
+    env
+        Extra environment variables.
+    prepare
+        Called just before launching (never when already running): downloads,
+        config files, storage formatting. Returns the command line.
+    """
+
+    name: str
+    argv: Sequence[str]
+    run_dir: Path
+    logs_dir: Path
+    ports: Sequence[tuple[str, int]] = ()
+    health_check: Optional[HealthCheck] = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Optional[Path] = None
+    startup_timeout: float = 60.0
+    stop_timeout: float = 20.0
+    address: str = ""
+    prepare: Optional[Callable[[], Sequence[str]]] = None
+
+    @property
+    def pid_file(self) -> Path:
+        return Path(self.run_dir) / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.logs_dir) / f"{self.name}.log"
+
+    # ----------------------------------------------------------- inspection
+    def pid(self) -> Optional[int]:
+        """The pid from the pid file if that process is still alive."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def healthy(self) -> bool:
+        if self.health_check is None:
+            return self.pid() is not None
+        try:
+            return bool(self.health_check())
+        except Exception:  # a health probe failing in any way means "not yet"
+            return False
+
+    def status(self) -> Status:
+        pid = self.pid()
+        if pid is None:
+            return Status(self.name, State.STOPPED, address=self.address)
+        state = State.RUNNING if self.healthy() else State.UNHEALTHY
+        return Status(self.name, state, pid=pid, address=self.address)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> Status:
+        """Start the process unless it already runs; wait until it is healthy."""
+        pid = self.pid()
+        if pid is not None:
+            if self._wait_healthy(pid, self.startup_timeout):
+                log.info("%s already running (pid %d)", self.name, pid)
+                return self.status()
+            raise ServiceError(
+                f"{self.name} (pid {pid}) is running but not healthy after "
+                f"{self.startup_timeout:.0f}s; see {self.log_file} or run `fl-app services down`"
+            )
+        self.pid_file.unlink(missing_ok=True)
+        for host, port in self.ports:
+            if not port_is_free(host, port):
+                raise ServiceError(
+                    f"cannot start {self.name}: port {host}:{port} is already in use "
+                    f"by another process (find it with `ss -ltnp 'sport = :{port}'`), "
+                    "or choose another port in the config"
+                )
+        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.logs_dir).mkdir(parents=True, exist_ok=True)
+        if self.prepare is not None:
+            self.argv = list(self.prepare())
+        env = {**os.environ, **self.env}
+        with open(self.log_file, "ab") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
+            out.flush()
+            try:
+                proc = subprocess.Popen(
+                    list(self.argv),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=self.cwd,
+                    start_new_session=True,  # own process group: stop() kills all of it
+                )
+            except FileNotFoundError as exc:
+                raise ServiceError(f"cannot start {self.name}: {exc.filename} not found") from exc
+        self.pid_file.write_text(f"{proc.pid}\n")
+        log.info("started %s (pid %d), log %s", self.name, proc.pid, self.log_file)
+        if not self._wait_healthy(proc.pid, self.startup_timeout, proc):
+            code = proc.poll()
+            self.stop()
+            why = f"exited with code {code}" if code is not None else f"not healthy after {self.startup_timeout:.0f}s"
+            raise ServiceError(f"{self.name} {why}; last lines of {self.log_file}:\n{self.tail()}")
+        return self.status()
+
+    def stop(self) -> bool:
+        """Stop the process group (SIGTERM, then SIGKILL). True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        log.info("stopping %s (pid %d)", self.name, pid)
+        self._signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline and _pid_alive(pid):
+            _reap(pid)
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            log.warning("%s did not stop in %.0fs; killing it", self.name, self.stop_timeout)
+            self._signal(pid, signal.SIGKILL)
+            for _ in range(50):
+                _reap(pid)
+                if not _pid_alive(pid):
+                    break
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL at once (crash tests)."""
+        pid = self.pid()
+        if pid is not None:
+            self._signal(pid, signal.SIGKILL)
+            for _ in range(50):
+                _reap(pid)
+                if not _pid_alive(pid):
+                    break
+                time.sleep(0.1)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # -------------------------------------------------------------- helpers
+    def _wait_healthy(self, pid: int, timeout: float, proc: Optional[subprocess.Popen] = None) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                return False
+            if not _pid_alive(pid):
+                return False
+            if self.healthy():
+                return True
+            time.sleep(0.25)
+        return False
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

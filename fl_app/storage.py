@@ -1,0 +1,253 @@
+"""The one MongoDB access layer: collections, their schemas and their indexes.
+
+Every component that reads or writes MongoDB goes through :class:`Storage`.
+The four collections of database ``iot_analytics`` are declared once in
+:data:`COLLECTIONS` with a ``$jsonSchema`` validator (rejects malformed
+documents) and indexes (a unique ``event_id`` makes writes of readings
+idempotent). :meth:`Storage.ensure_schema` creates or updates all of it and
+is safe to run any number of times.
+
+Model weights are stored in one compact form (see :func:`encode_weights`):
+the arrays' raw bytes concatenated in one BSON binary, plus shapes and dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from bson import Binary
+from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import CollectionInvalid, PyMongoError
+
+from fl_app.config import MongoConfig
+
+DEVICE_DATA = "device_data"
+LOCAL_MODELS = "local_models"
+GLOBAL_MODEL = "global_model"
+PREDICTIONS = "predictions"
+
+_NUMBER = {"bsonType": ["double", "int", "long", "decimal"]}
+_INT = {"bsonType": ["int", "long"]}
+_DATE = {"bsonType": "date"}
+_WEIGHTS = {
+    "bsonType": "object",
+    "required": ["data", "shapes", "dtype"],
+    "properties": {
+        "data": {"bsonType": "binData"},
+        "shapes": {"bsonType": "array", "items": {"bsonType": "array"}},
+        "dtype": {"bsonType": "string"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """A collection's validator and indexes."""
+
+    name: str
+    schema: Mapping[str, Any]
+    indexes: Sequence[IndexModel] = field(default_factory=tuple)
+
+
+COLLECTIONS: tuple[CollectionSpec, ...] = (
+    CollectionSpec(
+        DEVICE_DATA,
+        # One document per valid reading of the iot_stream topic.
+        {
+            "bsonType": "object",
+            "required": ["event_id", "device_id", "event_time", "temperature", "humidity", "light", "voltage"],
+            "properties": {
+                "event_id": {"bsonType": "string", "minLength": 1},
+                "device_id": _INT,
+                "event_time": _DATE,
+                "source_time": _DATE,
+                "loop": _INT,
+                "seq": _INT,
+                "temperature": _NUMBER,
+                "humidity": _NUMBER,
+                "light": _NUMBER,
+                "voltage": _NUMBER,
+                "stored_at": _DATE,
+            },
+        },
+        (
+            IndexModel([("event_id", ASCENDING)], unique=True, name="event_id_unique"),
+            IndexModel([("device_id", ASCENDING), ("event_time", DESCENDING)], name="device_time"),
+            IndexModel([("event_time", DESCENDING)], name="event_time"),
+        ),
+    ),
+    CollectionSpec(
+        LOCAL_MODELS,
+        # One document per local training of one device on one window.
+        {
+            "bsonType": "object",
+            "required": ["device_id", "trained_at", "num_examples", "weights"],
+            "properties": {
+                "device_id": _INT,
+                "round": _INT,
+                "trained_at": _DATE,
+                "window_start": _DATE,
+                "window_end": _DATE,
+                "num_examples": _INT,
+                "metrics": {"bsonType": "object"},
+                "weights": _WEIGHTS,
+            },
+        },
+        (
+            IndexModel([("device_id", ASCENDING), ("trained_at", DESCENDING)], name="device_time"),
+            IndexModel([("round", DESCENDING)], name="round"),
+        ),
+    ),
+    CollectionSpec(
+        GLOBAL_MODEL,
+        # One document per aggregation round (FedAvg of the local models).
+        {
+            "bsonType": "object",
+            "required": ["round", "created_at", "num_devices", "weights"],
+            "properties": {
+                "round": _INT,
+                "created_at": _DATE,
+                "num_devices": _INT,
+                "device_ids": {"bsonType": "array", "items": _INT},
+                "num_examples": _INT,
+                "metrics": {"bsonType": "object"},
+                "weights": _WEIGHTS,
+            },
+        },
+        (
+            IndexModel([("round", DESCENDING)], unique=True, name="round_unique"),
+            IndexModel([("created_at", DESCENDING)], name="created_at"),
+        ),
+    ),
+    CollectionSpec(
+        PREDICTIONS,
+        # One anomaly score per reading and scoring model.
+        {
+            "bsonType": "object",
+            "required": ["event_id", "device_id", "event_time", "score", "is_anomaly"],
+            "properties": {
+                "event_id": {"bsonType": "string", "minLength": 1},
+                "device_id": _INT,
+                "event_time": _DATE,
+                "score": _NUMBER,
+                "is_anomaly": {"bsonType": "bool"},
+                "model_round": _INT,
+                "scored_at": _DATE,
+            },
+        },
+        (
+            IndexModel([("event_id", ASCENDING), ("model_round", ASCENDING)], unique=True, name="event_round_unique"),
+            IndexModel([("device_id", ASCENDING), ("event_time", DESCENDING)], name="device_time"),
+        ),
+    ),
+)
+
+
+def ping(uri: str, timeout_ms: int = 2000) -> bool:
+    """True if a MongoDB-wire server answers ``ping`` at ``uri``."""
+    client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+class Storage:
+    """MongoDB access for the whole platform.
+
+    Parameters
+    ----------
+    mongo
+        The ``mongo`` section of the config (URI, database, timeouts).
+    """
+
+    def __init__(self, mongo: MongoConfig) -> None:
+        self.client: MongoClient = MongoClient(
+            mongo.uri, serverSelectionTimeoutMS=mongo.server_selection_timeout_ms, tz_aware=True
+        )
+        self.db: Database = self.client[mongo.database]
+
+    # Collections by name, so callers never spell them.
+    @property
+    def device_data(self) -> Collection:
+        return self.db[DEVICE_DATA]
+
+    @property
+    def local_models(self) -> Collection:
+        return self.db[LOCAL_MODELS]
+
+    @property
+    def global_model(self) -> Collection:
+        return self.db[GLOBAL_MODEL]
+
+    @property
+    def predictions(self) -> Collection:
+        return self.db[PREDICTIONS]
+
+    def ensure_schema(self) -> list[str]:
+        """Create missing collections; (re)apply validators and indexes. Returns names."""
+        existing = set(self.db.list_collection_names())
+        for spec in COLLECTIONS:
+            validator = {"$jsonSchema": spec.schema}
+            if spec.name not in existing:
+                try:
+                    self.db.create_collection(
+                        spec.name, validator=validator, validationLevel="strict", validationAction="error"
+                    )
+                except CollectionInvalid:  # created concurrently
+                    pass
+            self.db.command(
+                "collMod", spec.name, validator=validator, validationLevel="strict", validationAction="error"
+            )
+            if spec.indexes:
+                self.db[spec.name].create_indexes(list(spec.indexes))
+        return [spec.name for spec in COLLECTIONS]
+
+    def counts(self) -> dict[str, int]:
+        """Documents per collection (estimated: cheap on large collections)."""
+        return {spec.name: self.db[spec.name].estimated_document_count() for spec in COLLECTIONS}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "Storage":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def encode_weights(arrays: Iterable[np.ndarray]) -> dict[str, Any]:
+    """Model weights in their stored form: one binary blob plus shapes and dtype."""
+    arrays = [np.asarray(a, order="C") for a in arrays]  # keeps 0-d arrays 0-d
+    dtypes = {a.dtype.str for a in arrays}
+    if len(dtypes) > 1:
+        raise ValueError(f"all weight arrays must share one dtype, got {sorted(dtypes)}")
+    dtype = dtypes.pop() if dtypes else np.dtype("float32").str
+    return {
+        "data": Binary(b"".join(a.tobytes() for a in arrays)),
+        "shapes": [list(a.shape) for a in arrays],
+        "dtype": dtype,
+    }
+
+
+def decode_weights(doc: Mapping[str, Any]) -> list[np.ndarray]:
+    """Inverse of :func:`encode_weights`."""
+    dtype = np.dtype(doc["dtype"])
+    buf = bytes(doc["data"])
+    out, offset = [], 0
+    for shape in doc["shapes"]:
+        count = int(np.prod(shape)) if shape else 1
+        nbytes = count * dtype.itemsize
+        out.append(np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape).copy())
+        offset += nbytes
+    if offset != len(buf):
+        raise ValueError(f"weights blob has {len(buf)} bytes, shapes account for {offset}")
+    return out

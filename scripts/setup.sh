@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything this project needs, on a fresh Debian/Ubuntu
+# machine or an existing one. Safe to run again: each step checks first, and a
+# second run takes a few seconds.
+#   - Java 17 + Maven (the local Kafka broker's classpath comes from Maven Central)
+#   - uv (pinned) in .cache/tools, then the locked environments:
+#       .venv        main: flwr, torch, pyspark, confluent-kafka, pymongo, hydra, fastapi
+#       .venv-flink  the Flink job: apache-flink pins clash with flwr/pyspark
+#   - the Kafka broker jars (resolved once into .cache/jars)
+#   - a docker-compose binary for validating docker-compose.yml when the docker
+#     client has no compose plugin (built from the Go module proxy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+UV_VERSION="0.13.8"
+COMPOSE_VERSION="v2.40.3"
+TOOLS="$ROOT/.cache/tools"
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+die() { printf '\033[1;31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# --- system packages -------------------------------------------------------
+missing=()
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${missing[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    die "missing ${missing[*]}; install them (e.g. sudo apt-get install ${missing[*]}) and run again"
+  fi
+fi
+
+# --- python and uv ---------------------------------------------------------
+PY=""
+for cand in python3.11 python3; do
+  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    PY="$(command -v "$cand")"; break
+  fi
+done
+[ -n "$PY" ] || die "Python 3.11 is required (python3.11 on PATH)"
+
+UV="$TOOLS/bin/uv"
+if ! { [ -x "$UV" ] && "$UV" --version 2>/dev/null | grep -q " $UV_VERSION"; }; then
+  say "installing uv $UV_VERSION into .cache/tools"
+  "$PY" -m venv "$TOOLS"
+  "$TOOLS/bin/pip" install -q --disable-pip-version-check "uv==$UV_VERSION"
+fi
+export UV_PYTHON="$PY" UV_PYTHON_DOWNLOADS=never
+
+say "main environment (.venv) from uv.lock"
+"$UV" sync --frozen --quiet
+
+say "Flink environment (.venv-flink) from stream/flink/requirements.lock"
+[ -x .venv-flink/bin/python ] || "$UV" venv --quiet .venv-flink
+VIRTUAL_ENV="$ROOT/.venv-flink" "$UV" pip sync --quiet stream/flink/requirements.lock
+
+say "Kafka broker jars (.cache/jars)"
+.venv/bin/python -c 'from fl_app.services import jars; jars.resolve("kafka-broker", jars.default_cache_dir())'
+
+# --- docker compose (validation only; no engine runs here) -----------------
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
+   && [ ! -x "$TOOLS/bin/docker-compose" ] && command -v go >/dev/null 2>&1; then
+  say "building docker-compose $COMPOSE_VERSION (once, ~2 min) to validate docker-compose.yml"
+  GOFLAGS=-mod=mod go mod download "github.com/docker/compose/v2@$COMPOSE_VERSION"
+  src="$(go env GOMODCACHE)/github.com/docker/compose/v2@$COMPOSE_VERSION"
+  (cd "$src" && go build -o "$TOOLS/bin/docker-compose" ./cmd)
+fi
+
+say "ready"

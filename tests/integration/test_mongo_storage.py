@@ -1,0 +1,105 @@
+"""The storage layer against the real local MongoDB-wire server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from pymongo.errors import DuplicateKeyError, WriteError
+
+from fl_app import storage
+from fl_app.config import AppConfig
+
+pytestmark = pytest.mark.integration
+
+
+def reading(**overrides) -> dict:
+    doc = {
+        "event_id": f"0-{uuid.uuid4().hex}",
+        "device_id": 7,
+        "event_time": datetime.now(timezone.utc),
+        "source_time": datetime(2004, 3, 1, tzinfo=timezone.utc),
+        "loop": 0,
+        "seq": 1,
+        "temperature": 21.5,
+        "humidity": 38.0,
+        "light": 120.0,
+        "voltage": 2.7,
+    }
+    doc.update(overrides)
+    return doc
+
+
+@pytest.fixture()
+def store(stack: AppConfig):
+    with storage.Storage(stack.mongo) as s:
+        yield s
+
+
+def test_the_four_collections_exist_with_validators_and_indexes(store: storage.Storage) -> None:
+    infos = {c["name"]: c for c in store.db.list_collections()}
+    for name in ("device_data", "local_models", "global_model", "predictions"):
+        assert name in infos
+        assert "$jsonSchema" in infos[name]["options"]["validator"]
+    device_indexes = store.device_data.index_information()
+    assert device_indexes["event_id_unique"]["unique"] is True
+    assert device_indexes["device_time"]["key"] == [("device_id", 1), ("event_time", -1)]
+    assert store.global_model.index_information()["round_unique"]["unique"] is True
+    assert "device_time" in store.local_models.index_information()
+    assert "device_time" in store.predictions.index_information()
+
+
+def test_ensure_schema_is_idempotent(store: storage.Storage) -> None:
+    before = store.device_data.index_information()
+    assert store.ensure_schema() == ["device_data", "local_models", "global_model", "predictions"]
+    assert store.device_data.index_information() == before
+
+
+def test_unique_index_rejects_a_duplicate_event(store: storage.Storage) -> None:
+    doc = reading()
+    store.device_data.insert_one(dict(doc))
+    with pytest.raises(DuplicateKeyError):
+        store.device_data.insert_one(dict(doc))
+    assert store.device_data.count_documents({"event_id": doc["event_id"]}) == 1
+    # The idempotent write path: an upsert on event_id stores it once.
+    store.device_data.update_one({"event_id": doc["event_id"]}, {"$setOnInsert": doc}, upsert=True)
+    assert store.device_data.count_documents({"event_id": doc["event_id"]}) == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": "hot"},  # wrong type
+        {"device_id": 7.5},  # not an integer
+        {"event_time": "2004-03-01"},  # string, not a date
+        {"event_id": ""},  # empty id
+    ],
+)
+def test_validator_rejects_malformed_readings(store: storage.Storage, bad: dict) -> None:
+    with pytest.raises(WriteError) as info:
+        store.device_data.insert_one(reading(**bad))
+    assert info.value.code == 121  # DocumentValidationFailure
+
+
+def test_validator_rejects_a_reading_missing_a_field(store: storage.Storage) -> None:
+    doc = reading()
+    del doc["voltage"]
+    with pytest.raises(WriteError):
+        store.device_data.insert_one(doc)
+
+
+def test_global_model_round_is_unique_and_weights_are_binary(store: storage.Storage) -> None:
+    weights = [np.ones((3, 2), "float32"), np.zeros(2, "float32")]
+    round_no = int(uuid.uuid4().int % 1_000_000) + 1_000
+    doc = {"round": round_no, "created_at": datetime.now(timezone.utc), "num_devices": 3,
+           "weights": storage.encode_weights(weights)}
+    store.global_model.insert_one(dict(doc))
+    with pytest.raises(DuplicateKeyError):
+        store.global_model.insert_one(dict(doc))
+    loaded = store.global_model.find_one({"round": round_no})
+    back = storage.decode_weights(loaded["weights"])
+    np.testing.assert_array_equal(back[0], weights[0])
+    with pytest.raises(WriteError):  # weights as a list of floats are refused
+        store.global_model.insert_one({**doc, "round": round_no + 1, "weights": [1.0, 2.0]})

@@ -1,0 +1,1 @@
+"""Benchmarks: one module per figure, each printing numbers. Run all: `make bench`."""

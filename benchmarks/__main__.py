@@ -1,0 +1,6 @@
+"""Run every benchmark in turn: `python -m benchmarks` (or `make bench`)."""
+
+from benchmarks import baselines
+
+if __name__ == "__main__":
+    baselines.main()

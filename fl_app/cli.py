@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 services_app = typer.Typer(no_args_is_help=True, help="Local Kafka broker and MongoDB-wire server.")
 app.add_typer(services_app, name="services")
+data_app = typer.Typer(no_args_is_help=True, help="The IoT data set (generate, inspect).")
+app.add_typer(data_app, name="data")
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -154,6 +156,86 @@ def services_status(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool 
     _print_status(statuses)
     if any(s.state.value in ("stopped", "unhealthy") for s in statuses):
         raise typer.Exit(3)
+
+
+@data_app.command("generate")
+def data_generate(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG,
+                  force: bool = typer.Option(False, "--force", help="Regenerate even if cached.")) -> None:
+    """Generate the stand-in data set once (cached as Parquet) and summarise it."""
+    cfg = _load(overrides, print_cfg, "data")
+    from stream import dataset
+
+    s = cfg.stream
+    path = dataset.cached_path(cfg.paths.cache_dir, s.dataset_records, s.num_devices, s.seed)
+    if force:
+        path.unlink(missing_ok=True)
+    frame = dataset.load_or_generate(cfg.paths.cache_dir, s.dataset_records, s.num_devices, s.seed)
+    console.print(f"data set: {path}")
+    _print_summary(dataset.summarize(frame))
+
+
+@data_app.command("inspect")
+def data_inspect(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG,
+                 plot: Optional[str] = typer.Option(None, "--plot", help="PNG path (default: <data_dir>/dataset_preview.png)."),
+                 devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated device ids to plot.")) -> None:
+    """Summarise the data set the producer replays and plot a few devices' series."""
+    cfg = _load(overrides, print_cfg, "data")
+    from pathlib import Path
+
+    from stream import dataset
+    from stream.producer import load_dataset
+
+    frame = load_dataset(cfg)
+    _print_summary(dataset.summarize(frame))
+    out = Path(plot) if plot else Path(cfg.paths.data_dir) / "dataset_preview.png"
+    chosen = [int(d) for d in devices.split(",")] if devices else None
+    console.print(f"plot: {dataset.plot_devices(frame, out, chosen)}")
+
+
+def _print_summary(summary: "object") -> None:
+    table = Table(title="Data set", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for what, value in summary.rows():  # type: ignore[attr-defined]
+        table.add_row(what, value)
+    console.print(table)
+
+
+@app.command()
+def produce(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Replay the data set into Kafka (iot_stream) at stream.records_per_second."""
+    cfg = _load(overrides, print_cfg, "kafka_producer")
+    import signal
+
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    from stream.producer import ReplayProducer, dataset_id, load_dataset
+
+    frame = load_dataset(cfg)
+    producer = ReplayProducer(cfg, frame, dataset_id(cfg))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: producer.stop())
+    size = len(frame)
+    with Progress(TextColumn("[bold]producing[/]"), TimeElapsedColumn(), TextColumn("{task.description}"),
+                  console=console, transient=False, disable=not console.is_terminal) as progress:
+        task = progress.add_task("", total=None)
+        last_log = [0.0]
+
+        def on_progress(stats, pos) -> None:  # noqa: ANN001
+            progress.update(task, description=(
+                f"sent {stats.sent:,}  acked {stats.delivered:,}  {stats.rate:,.1f} rec/s  "
+                f"loop {pos.loop}  position {pos.seq:,}/{size:,}"))
+            if stats.elapsed - last_log[0] >= 10:  # a line in the log every 10 s
+                last_log[0] = stats.elapsed
+                import logging
+
+                logging.getLogger("stream.producer").info(
+                    "sent %d, acked %d, %.1f rec/s, loop %d position %d/%d",
+                    stats.sent, stats.delivered, stats.rate, pos.loop, pos.seq, size)
+
+        stats = producer.run(on_progress)
+    console.print(f"sent {stats.sent:,} readings ({stats.delivered:,} acknowledged, {stats.resent} re-sent) "
+                  f"in {stats.elapsed:.1f}s = {stats.rate:,.1f} rec/s; next: loop {stats.end.loop} seq {stats.end.seq}")
 
 
 def main() -> None:

@@ -113,13 +113,18 @@ class StreamConfig:
     """Replay of the data set into Kafka (rate and batching come from the profile)."""
 
     records_per_second: float = 10.0
-    batch_size: int = 10
-    loop_dataset: bool = True
+    batch_size: int = 10  # records sent together; also the token bucket's burst
+    loop_dataset: bool = True  # at the end of the data set, start again (new event ids)
+    pace: bool = True  # false: as fast as the broker takes them (benchmarks)
     num_devices: int = 53
     dataset_records: int = 152_533
     seed: int = 42
-    max_records: Optional[int] = None  # stop after this many (tests, benchmarks)
+    dataset_path: Optional[str] = None  # the real Intel Lab data.txt; null = generated stand-in
+    max_records: Optional[int] = None  # stop after this many in this run (tests, benchmarks)
     duration_seconds: Optional[float] = None  # stop after this long
+    linger_ms: int = 5
+    delivery_timeout_ms: int = 300_000  # how long a send may retry (e.g. across a broker restart)
+    state_file: str = "${paths.data_dir}/producer/state.json"  # resume position
 
 
 # --------------------------------------------------------------------- flink
@@ -242,6 +247,10 @@ def validate(app: AppConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value!r}")
+    if app.stream.linger_ms < 0:
+        raise ConfigError(f"stream.linger_ms must be >= 0, got {app.stream.linger_ms!r}")
+    if app.stream.delivery_timeout_ms <= 0:
+        raise ConfigError(f"stream.delivery_timeout_ms must be > 0, got {app.stream.delivery_timeout_ms!r}")
     for key, value in {
         "stream.max_records": app.stream.max_records,
         "stream.duration_seconds": app.stream.duration_seconds,

@@ -1,0 +1,160 @@
+"""The data set: the real-format loader and the deterministic generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stream import dataset
+
+REAL_FORMAT = """\
+2004-02-28 00:59:16.02785 3 1 19.9884 37.0933 45.08 2.69964
+2004-02-28 00:58:46.002832 2 1 19.3024 38.4629 45.08 2.68742
+2004-02-28 01:03:16.33393 11 2 19.175 38.8379 45.08 2.69964
+2004-02-28 01:06:16.013453 17 1 19.1652 38.8039 45.08 2.68742
+2004-02-28 01:06:46.778088 18 2
+2004-02-28 01:08:45.992524 abc 3 19.1456 38.7357 45.08 2.68742
+2004-02-28 01:08:46.5 20 abc 19.1456 38.7357 45.08 2.68742
+2004-02-28 01:09:22.323858 21 99 19.1456 38.7357 45.08 2.68742
+2004-02-28 01:09:46.109598 22 3 nan 38.7357 45.08 2.68742
+2004-02-28 01:10:16 23 3 hot 38.7357 45.08 2.68742
+2004-13-45 01:10:46.5 24 3 19.1 38.7 45.08 2.68742
+2004-03-01 10:10:16.5 9000 2 41.2 -3.91901 11.04 2.39
+2004-03-01 10:10:46.5 9001 2 122.153 -3.91901 11.04 2.03397
+2004-03-01 10:11:16 9002 1 19.0 38.0 45.0 2.6
+
+"""
+
+
+def test_loader_reads_the_real_format_and_reports_what_it_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text(REAL_FORMAT)
+    frame, report = dataset.load_intel_lab(path)
+    assert report.rows_read == 14
+    assert report.rows_kept == 8 == len(frame)  # the epoch column is not used, so "abc" there is harmless
+    assert report.skipped == {
+        "short row (4 of 8 fields)": 1,
+        "bad device id": 2,  # "abc" and 99
+        "non-numeric value": 2,  # "nan" and "hot"
+        "bad timestamp": 1,
+    }
+    assert "kept 8" in str(report) and "bad device id" in str(report)
+    assert list(frame.columns) == dataset.COLUMNS
+    assert frame["source_time"].is_monotonic_increasing  # replay order, whatever the file's order
+    assert frame["seq"].tolist() == list(range(8))
+    first = frame.iloc[0]
+    assert (first["device_id"], first["temperature"]) == (1, 19.3024)
+    assert str(first["source_time"]) == "2004-02-28 00:58:46.002832+00:00"
+    # The analyses' rule: from a mote's first reading over 40 C on, its battery is failing.
+    labels = dict(zip(zip(frame["device_id"], frame["temperature"]), frame["anomaly"]))
+    assert labels[(2, 41.2)] == "battery_failure"
+    assert labels[(2, 122.153)] == "battery_failure"
+    assert labels[(1, 19.0)] == "normal"
+    assert labels[(2, 19.175)] == "normal"
+
+
+def test_loader_limit_keeps_the_earliest(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text(REAL_FORMAT)
+    frame, _ = dataset.load_intel_lab(path, limit=2)
+    assert frame["temperature"].tolist() == [19.3024, 19.9884]
+
+
+def test_generator_is_deterministic() -> None:
+    a = dataset.generate(3000, 53, seed=7)
+    b = dataset.generate(3000, 53, seed=7)
+    pd.testing.assert_frame_equal(a, b)
+    c = dataset.generate(3000, 53, seed=8)
+    assert not a[["temperature", "humidity"]].equals(c[["temperature", "humidity"]])
+
+
+@pytest.fixture(scope="module")
+def full() -> pd.DataFrame:
+    return dataset.generate()  # the default: 152,533 readings, 53 devices
+
+
+def test_default_size_and_shape(full: pd.DataFrame) -> None:
+    assert len(full) == 152_533
+    assert full["device_id"].nunique() == 53
+    assert sorted(full["device_id"].unique()) == dataset.device_ids(53)
+    assert full["seq"].tolist() == list(range(len(full)))
+    assert full["source_time"].is_monotonic_increasing
+    per_device = full.groupby("device_id").size()
+    assert per_device.sum() == 152_533
+    assert 2600 < per_device.median() < 3200  # ~2,878 readings per device
+    assert per_device.min() < 0.7 * per_device.median()  # some motes are sparse
+
+
+def test_readings_come_every_31_seconds_with_gaps(full: pd.DataFrame) -> None:
+    gaps = full.groupby("device_id")["source_time"].diff().dt.total_seconds().dropna()
+    assert 30 < gaps.median() < 32
+    assert (gaps > 60).mean() > 0.01  # missed epochs
+    assert gaps.max() > 600  # outages
+    span_hours = (full["source_time"].max() - full["source_time"].min()).total_seconds() / 3600
+    assert 22 < span_hours < 40
+
+
+def test_clean_readings_stay_in_the_real_ranges(full: pd.DataFrame) -> None:
+    clean = full[full["anomaly"] == dataset.NORMAL]
+    for name, (low, high) in dataset.CLEAN_RANGES.items():
+        assert clean[name].between(low, high).all(), name
+
+
+def test_daily_cycles_and_physics(full: pd.DataFrame) -> None:
+    clean = full[full["anomaly"] == dataset.NORMAL]
+    hour = clean["source_time"].dt.hour
+    assert clean[hour.between(0, 4)]["light"].median() < 10  # dark at night
+    assert clean[hour.between(11, 14)]["light"].median() > 200  # office by day
+    assert clean["light"].max() > 1500  # some motes near windows
+    corr = clean.groupby("device_id")[["temperature", "humidity"]].corr().xs("temperature", level=1)["humidity"]
+    assert corr.median() < -0.5  # temperature and humidity move inversely
+    drift = clean.groupby("device_id")["voltage"].agg(lambda v: v.iloc[-200:].mean() - v.iloc[:200].mean())
+    assert (drift < 0).mean() > 0.8  # batteries drain
+    assert (drift > -0.06).all()  # slowly (~0.04 V/day at most)
+
+
+def test_every_anomaly_kind_is_injected_and_labelled(full: pd.DataFrame) -> None:
+    counts = full["anomaly"].value_counts()
+    for kind in dataset.ANOMALY_KINDS:
+        assert counts.get(kind, 0) > 0, kind
+    assert 0.005 < (full["anomaly"] != dataset.NORMAL).mean() < 0.05
+    dying = full[full["anomaly"] == "battery_failure"]
+    assert (dying["temperature"] > 40).all() and dying["temperature"].max() > 100
+    assert (dying["voltage"] < 2.4).all()
+    assert (~dying["humidity"].between(0, 100)).all()
+    stuck = full[full["anomaly"] == "stuck_sensor"]
+    assert any(stuck.groupby("device_id")[s].nunique().min() == 1 for s in ("temperature", "humidity", "voltage"))
+    assert (full[full["anomaly"] == "light_saturation"]["light"] == 1847.0).all()
+
+
+def test_small_data_sets_still_get_every_kind() -> None:
+    small = dataset.generate(5000, 53, seed=42)
+    assert set(dataset.ANOMALY_KINDS) <= set(small["anomaly"].unique())
+
+
+def test_cache_writes_once_and_reuses(tmp_path: Path) -> None:
+    first = dataset.load_or_generate(tmp_path, 2000, 10, 3)
+    path = dataset.cached_path(tmp_path, 2000, 10, 3)
+    stamp = path.stat().st_mtime_ns
+    second = dataset.load_or_generate(tmp_path, 2000, 10, 3)
+    assert path.stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_summary_and_plot(tmp_path: Path) -> None:
+    frame = dataset.generate(4000, 53, seed=1)
+    summary = dataset.summarize(frame)
+    assert summary.records == 4000 and summary.devices == 53
+    assert sum(summary.anomalies.values()) == int((frame["anomaly"] != "normal").sum())
+    rows = dict(summary.rows())
+    assert rows["records"] == "4,000"
+    png = dataset.plot_devices(frame, tmp_path / "preview.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_too_few_records_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one reading per device"):
+        dataset.generate(10, 53)

@@ -1,6 +1,7 @@
 """Run every benchmark in turn: `python -m benchmarks` (or `make bench`)."""
 
-from benchmarks import baselines
+from benchmarks import baselines, producer_throughput
 
 if __name__ == "__main__":
-    baselines.main()
+    baselines.main([])
+    producer_throughput.main([])

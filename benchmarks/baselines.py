@@ -10,6 +10,7 @@ Messages and documents have the shape of a real reading (~200 bytes of JSON).
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -69,6 +70,7 @@ def kafka_produce(cfg: AppConfig, n: int) -> Result:
         "enable.idempotence": True,
         "linger.ms": 5,
         "compression.type": "lz4",
+        "logger": logging.getLogger("benchmarks.librdkafka"),
     })
     errors = 0
 

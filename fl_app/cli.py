@@ -50,7 +50,9 @@ def _load(overrides: Optional[List[str]], print_cfg: bool, log_name: str) -> App
         raise typer.Exit(0)
     from fl_app.logs import setup_logging
 
-    setup_logging(cfg.paths.logs_dir, log_name)
+    # On a terminal, log lines show there too; in the background (fl-app run)
+    # stdout is already the log file, so only the file handler writes.
+    setup_logging(cfg.paths.logs_dir, log_name, console=sys.stderr.isatty())
     return cfg
 
 
@@ -78,8 +80,8 @@ def _print_readiness(cfg: AppConfig, ready: "object") -> None:
     console.print(colls)
 
 
-def _print_status(statuses: list) -> None:
-    table = Table(title="Services", title_justify="left")
+def _print_status(statuses: list, title: str = "Services") -> None:
+    table = Table(title=title, title_justify="left")
     for col in ("service", "state", "address", "pid", "detail"):
         table.add_column(col)
     colors = {"running": "green", "external": "cyan", "unhealthy": "yellow", "stopped": "red"}
@@ -91,30 +93,62 @@ def _print_status(statuses: list) -> None:
 
 @app.command()
 def run(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
-    """Run the pipeline on this machine (today: services, topics, collections)."""
+    """Run the pipeline on this machine in the background: services, topics,
+    collections, then the components (today: the producer)."""
     cfg = _load(overrides, print_cfg, "fl_app")
-    from fl_app import services
+    import time
+
+    from fl_app import pipeline, services
 
     console.print(f"profile [bold]{cfg.profile_name}[/]: starting services, logs in {cfg.paths.logs_dir}")
     try:
         ready = services.up(cfg)
+        _print_readiness(cfg, ready)
+        unhealthy = [s.name for s in ready.services if s.state.value not in ("running", "external")]
+        if unhealthy:
+            raise services.ServiceError(f"not healthy: {', '.join(unhealthy)}")
+        pipeline.start(cfg, overrides or [])
+        time.sleep(3)  # a component that cannot start dies within seconds: show it now
     except services.ServiceError as exc:
         _fail(exc)
-    _print_readiness(cfg, ready)
-    unhealthy = [s.name for s in ready.services if s.state.value not in ("running", "external")]
-    if unhealthy:
-        _fail(services.ServiceError(f"not healthy: {', '.join(unhealthy)}"))
-    console.print("[bold green]ready.[/] Stop everything with `fl-app stop`.")
+    statuses = pipeline.status(cfg)
+    _print_status(statuses, title="Pipeline")
+    dead = [p for p in pipeline.processes(cfg) if p.pid() is None]
+    if dead:
+        _fail(services.ServiceError("\n".join(f"{p.name} stopped; last lines of {p.log_file}:\n{p.tail()}"
+                                              for p in dead)))
+    console.print("[bold green]running.[/] Watch it with `fl-app status`; stop it with `fl-app stop`.")
 
 
 @app.command()
 def stop(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
-    """Stop everything `fl-app run` started."""
+    """Stop everything `fl-app run` started (components first, then services)."""
     cfg = _load(overrides, print_cfg, "fl_app")
-    from fl_app import services
+    from fl_app import pipeline, services
 
-    stopped = services.down(cfg)
+    stopped = pipeline.stop(cfg) + services.down(cfg)
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """What runs and what flows: services, components, topic and collection counts."""
+    cfg = _load(overrides, print_cfg, "fl_app")
+    from fl_app import flow, pipeline, services
+
+    service_states = services.status(cfg)
+    _print_status(service_states)
+    _print_status(pipeline.status(cfg), title="Pipeline")
+    reachable = all(s.state.value == "running" or s.detail == "reachable" for s in service_states)
+    if not reachable:
+        raise typer.Exit(3)
+    table = Table(title="Flow", title_justify="left")
+    table.add_column("where")
+    table.add_column("count", justify="right")
+    table.add_column("note")
+    for row in flow.snapshot(cfg):
+        table.add_row(row.where, f"{row.count:,}", row.note)
+    console.print(table)
 
 
 @app.command("config")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,9 @@ def test_console_script_rejects_a_bad_key_by_name() -> None:
 
 
 @pytest.mark.integration
-def test_services_status_up_status_down(tmp_path: Path) -> None:
-    overrides = isolated_overrides(tmp_path)
+def test_run_status_stop(tmp_path: Path) -> None:
+    """`fl-app run` starts services and the producer in the background; data flows; `stop` ends all."""
+    overrides = [*isolated_overrides(tmp_path), "stream.dataset_records=2000", "stream.records_per_second=50"]
     env = {**os.environ, "COLUMNS": "200"}
 
     def fl_app(*args: str) -> subprocess.CompletedProcess:
@@ -60,14 +63,31 @@ def test_services_status_up_status_down(tmp_path: Path) -> None:
         assert before.returncode == 3 and "stopped" in before.stdout
         up = fl_app("run")
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "ready." in up.stdout
-        for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model"):
+        assert "running." in up.stdout
+        for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model", "kafka_producer"):
             assert name in up.stdout
-        assert (tmp_path / "logs" / "kafka.log").is_file()
-        assert (tmp_path / "logs" / "mongo.log").is_file()
-        assert (tmp_path / "logs" / "fl_app.log").is_file()
-        status = fl_app("services", "status")
-        assert status.returncode == 0 and status.stdout.count("running") == 2
+        for log in ("kafka.log", "mongo.log", "fl_app.log", "kafka_producer.log"):
+            assert (tmp_path / "logs" / log).is_file(), log
+        assert fl_app("services", "status").stdout.count("running") == 2
+        time.sleep(3)
+        status = fl_app("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        flowing = re.search(r"kafka iot_stream\s*\W\s*([\d,]+)", status.stdout)
+        assert flowing and int(flowing.group(1).replace(",", "")) >= 100, status.stdout
+        assert "producer next: loop 0" in status.stdout
     finally:
         down = fl_app("stop")
-    assert down.returncode == 0 and "stopped: mongo, kafka" in down.stdout
+    assert down.returncode == 0 and "stopped: kafka_producer, mongo, kafka" in down.stdout
+    assert "producing to iot_stream" in (tmp_path / "logs" / "kafka_producer.log").read_text()
+
+
+def test_data_generate_and_inspect(tmp_path: Path) -> None:
+    overrides = [f"paths.home={tmp_path}", "stream.dataset_records=3000"]
+    gen = runner.invoke(app, ["data", "generate", *overrides])
+    assert gen.exit_code == 0, gen.output
+    assert (tmp_path / ".cache" / "dataset" / "synthetic-v1-n3000-d53-s42.parquet").is_file()
+    assert "3,000" in gen.output and "battery_failure" in gen.output
+    png = tmp_path / "preview.png"
+    inspect = runner.invoke(app, ["data", "inspect", *overrides, "--plot", str(png), "--devices", "1,2"])
+    assert inspect.exit_code == 0, inspect.output
+    assert png.stat().st_size > 10_000

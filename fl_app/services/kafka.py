@@ -87,7 +87,9 @@ def _format_storage_once(java: str, classpath: str, props: Path, cfg: AppConfig)
     if (storage_dir(cfg) / "meta.properties").is_file():
         return
     storage_dir(cfg).mkdir(parents=True, exist_ok=True)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # a leading dash would read as a command-line flag
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     proc = subprocess.run(
         [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
          "-t", cluster_id, "-c", str(props), "--ignore-formatted"],

@@ -61,6 +61,17 @@ def consume_all(cfg: AppConfig, idle: float = 3.0, timeout: float = 120.0) -> li
     return out
 
 
+def command_overrides(cfg: AppConfig, home: Path) -> list[str]:
+    """`fl-app produce` overrides that point it at the test's broker, topic and state."""
+    return [
+        f"paths.home={home}", f"paths.cache_dir={PROJECT_ROOT / '.cache'}",
+        f"kafka.bootstrap_servers={cfg.kafka.bootstrap_servers}",
+        f"kafka.topics.readings.name={cfg.kafka.topics.readings.name}",
+        f"stream.state_file={cfg.stream.state_file}", "stream.dataset_records=500",
+        "stream.records_per_second=40",  # ~6 s of it stays inside one loop of 500
+    ]
+
+
 def event_ids(messages: list) -> list[str]:
     return [json.loads(m.value())["event_id"] for m in messages]
 
@@ -123,12 +134,7 @@ def test_restart_resumes_without_duplicates(stack: AppConfig, tmp_path: Path) ->
 def test_sigterm_then_restart_of_the_command(stack: AppConfig, tmp_path: Path) -> None:
     """`fl-app produce` stopped by SIGTERM saves its place; the next run goes on from there."""
     cfg = producer_config(stack, tmp_path)
-    overrides = [
-        f"paths.home={tmp_path}", f"kafka.bootstrap_servers={cfg.kafka.bootstrap_servers}",
-        f"kafka.topics.readings.name={cfg.kafka.topics.readings.name}",
-        f"stream.state_file={cfg.stream.state_file}", "stream.dataset_records=500",
-        f"paths.cache_dir={PROJECT_ROOT / '.cache'}", "stream.records_per_second=40",
-    ]
+    overrides = command_overrides(cfg, tmp_path)
     proc = subprocess.Popen([str(FL_APP), "produce", *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     time.sleep(6)
@@ -152,12 +158,7 @@ def test_kill_9_then_restart_loses_nothing(stack: AppConfig, tmp_path: Path) -> 
     """After a crash the producer resumes from its last acknowledged reading:
     no gap; re-sent readings carry the same event id (stored once downstream)."""
     cfg = producer_config(stack, tmp_path)
-    overrides = [
-        f"paths.home={tmp_path}", f"kafka.bootstrap_servers={cfg.kafka.bootstrap_servers}",
-        f"kafka.topics.readings.name={cfg.kafka.topics.readings.name}",
-        f"stream.state_file={cfg.stream.state_file}", "stream.dataset_records=500",
-        f"paths.cache_dir={PROJECT_ROOT / '.cache'}", "stream.records_per_second=100",
-    ]
+    overrides = command_overrides(cfg, tmp_path)
     proc = subprocess.Popen([str(FL_APP), "produce", *overrides], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     time.sleep(6)

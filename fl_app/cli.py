@@ -272,6 +272,27 @@ def produce(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_
                   f"in {stats.elapsed:.1f}s = {stats.rate:,.1f} rec/s; next: loop {stats.end.loop} seq {stats.end.seq}")
 
 
+@app.command()
+def flink(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Run the Flink job (validate, store, per-device windows) in the foreground.
+
+    It runs in its own environment (.venv-flink) and resumes from its last
+    retained checkpoint if there is one.
+    """
+    cfg = _load(overrides, print_cfg, "flink_launcher")
+    import os
+
+    from fl_app.services.runner import ServiceError
+    from stream.flink import launch
+
+    try:
+        argv, env = launch.prepare(cfg)
+    except (ServiceError, ConfigError) as exc:
+        _fail(exc)
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)  # same pid: `fl-app run` supervises the job itself
+
+
 def main() -> None:
     app(prog_name="fl-app")
 

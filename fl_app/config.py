@@ -129,11 +129,35 @@ class StreamConfig:
 
 # --------------------------------------------------------------------- flink
 @dataclass
+class ValidRanges:
+    """Physically possible sensor values; outside them a reading goes to the dead-letter topic.
+
+    Wide on purpose: a dying mote's 120 C and negative humidity are real
+    readings (the anomalies to detect), not malformed records.
+    """
+
+    temperature: list[float] = field(default_factory=lambda: [-40.0, 130.0])
+    humidity: list[float] = field(default_factory=lambda: [-20.0, 150.0])
+    light: list[float] = field(default_factory=lambda: [0.0, 100_000.0])
+    voltage: list[float] = field(default_factory=lambda: [0.0, 5.0])
+
+
+@dataclass
 class FlinkConfig:
-    jobmanager: str = "local"  # "local" = mini-cluster; else host:port of a cluster
+    """The stream job: validate, store, and cut per-device windows."""
+
+    jobmanager: str = "local"  # "local" = mini-cluster; else host:port of a cluster's REST endpoint
     parallelism: int = 1
-    checkpoint_interval_ms: int = 10_000
-    python_env: str = "${paths.home}/.venv-flink"
+    checkpoint_interval_ms: int = 10_000  # window records become visible at checkpoints
+    checkpoint_dir: str = "${paths.data_dir}/flink/checkpoints"
+    python_env: str = ""  # the job's virtualenv; "" = <project root>/.venv-flink (made by `make setup`)
+    group_id: str = "flink-iot-stream"
+    bulk_size: int = 500  # readings per MongoDB bulk write
+    bulk_max_delay_ms: int = 200  # ... or after this long, whichever first
+    bundle_size: int = 500  # PyFlink bundle: small enough for timely timers
+    bundle_time_ms: int = 100
+    transaction_timeout_ms: int = 300_000  # Kafka exactly-once sink; below the broker's 15 min cap
+    valid_ranges: ValidRanges = field(default_factory=ValidRanges)
 
 
 # ------------------------------------------------------------------------ fl
@@ -238,6 +262,10 @@ def validate(app: AppConfig) -> None:
         "fl.min_devices_for_aggregation": app.fl.min_devices_for_aggregation,
         "flink.parallelism": app.flink.parallelism,
         "flink.checkpoint_interval_ms": app.flink.checkpoint_interval_ms,
+        "flink.bulk_size": app.flink.bulk_size,
+        "flink.bulk_max_delay_ms": app.flink.bulk_max_delay_ms,
+        "flink.bundle_size": app.flink.bundle_size,
+        "flink.bundle_time_ms": app.flink.bundle_time_ms,
         "mongo.server_selection_timeout_ms": app.mongo.server_selection_timeout_ms,
     }
     for topic_key in ("readings", "windows", "dead_letter"):
@@ -258,6 +286,10 @@ def validate(app: AppConfig) -> None:
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be > 0 or null, got {value!r}")
 
+    for name in ("temperature", "humidity", "light", "voltage"):
+        bounds = getattr(app.flink.valid_ranges, name)
+        if len(bounds) != 2 or bounds[0] >= bounds[1]:
+            raise ConfigError(f"flink.valid_ranges.{name} must be [low, high] with low < high, got {bounds!r}")
     ports = {
         "kafka.local_broker.controller_port": app.kafka.local_broker.controller_port,
         "api.port": app.api.port,

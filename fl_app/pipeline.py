@@ -3,7 +3,7 @@
 Each component runs as its own ``fl-app <command>`` process under the one
 service-runner (pid file, log in ``logs/``, clean stop), composed from the
 same Hydra overrides the user gave, so every process sees one configuration.
-Today: the producer. Later issues add the Flink job, the Flower apps, Spark,
+Today: the Flink job and the producer. Later issues add the Flower apps, Spark,
 the API and Superset here.
 """
 
@@ -31,7 +31,10 @@ def _fl_app_process(cfg: AppConfig, name: str, command: Sequence[str], overrides
 
 def processes(cfg: AppConfig, overrides: Sequence[str] = ()) -> list[ManagedProcess]:
     """The pipeline components in start order."""
-    return [_fl_app_process(cfg, "kafka_producer", ["produce"], overrides)]
+    return [
+        _fl_app_process(cfg, "flink_job", ["flink"], overrides),
+        _fl_app_process(cfg, "kafka_producer", ["produce"], overrides),
+    ]
 
 
 def start(cfg: AppConfig, overrides: Sequence[str] = ()) -> list[Status]:

@@ -7,6 +7,9 @@ environment (``.venv-flink``), which does not have the main dependencies.
     key = device id (decimal string); value = JSON :class:`Reading`.
 Dead-letter message
     JSON :class:`DeadLetter`: the raw payload and why it was rejected.
+Window message (per-device window topic)
+    key = device id; partition = :func:`window_partitions`\[device id];
+    value = JSON ``{device_id, window_start, window_end, count, readings[]}``.
 """
 
 from __future__ import annotations
@@ -78,3 +81,18 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+
+def window_partitions(device_ids: "list[int] | set[int]") -> dict[int, int]:
+    """Each device's own partition of the window topic: devices in id order, 0, 1, 2, ...
+
+    The Flink job writes a device's windows there and that device's ClientApp
+    reads only there, so both sides must use this one mapping.
+    """
+    return {device: index for index, device in enumerate(sorted(device_ids))}
+
+
+def window_record(device_id: int, window_start: str, window_end: str, readings: list[dict]) -> dict[str, Any]:
+    """The value of one window message."""
+    return {"device_id": device_id, "window_start": window_start, "window_end": window_end,
+            "count": len(readings), "readings": readings}

@@ -38,7 +38,7 @@ def resolve(name: str, cache_dir: Path) -> Path:
     pom = POMS_DIR / f"{name}.xml"
     if not pom.is_file():
         raise ServiceError(f"no pom for {name!r} at {pom}")
-    target = Path(cache_dir) / "jars" / name
+    target = Path(cache_dir).resolve() / "jars" / name  # absolute: mvn runs from the pom's folder
     stamp = target / ".pom-sha256"
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     if stamp.is_file() and stamp.read_text().strip() == digest and any(target.glob("*.jar")):
@@ -71,3 +71,37 @@ def default_cache_dir() -> Path:
     from fl_app.config import load_config
 
     return Path(load_config().paths.cache_dir)
+
+
+def build_java(name: str, sources: Path, classpath: list[Path], cache_dir: Path) -> Path:
+    """Compile the ``.java`` files under ``sources`` into ``<cache_dir>/jars/<name>/<name>.jar``.
+
+    Rebuilt only when a source changes (stamped with their hash). Used for the
+    few Java classes PyFlink has no Python API for.
+    """
+    files = sorted(Path(sources).rglob("*.java"))
+    if not files:
+        raise ServiceError(f"no Java sources under {sources}")
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    target = Path(cache_dir).resolve() / "jars" / name
+    jar = target / f"{name}.jar"
+    stamp = target / ".src-sha256"
+    if jar.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return jar
+    javac, jar_tool = shutil.which("javac"), shutil.which("jar")
+    if javac is None or jar_tool is None:
+        raise ServiceError("a JDK (javac, jar) is needed to build the Flink job's Java helpers; "
+                           "install openjdk-17-jdk-headless (or run `make setup`)")
+    shutil.rmtree(target, ignore_errors=True)
+    classes = target / "classes"
+    classes.mkdir(parents=True)
+    cp = ":".join(str(p) for p in classpath)
+    proc = subprocess.run([javac, "--release", "11", "-nowarn", "-cp", cp, "-d", str(classes), *map(str, files)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ServiceError(f"javac failed for {name}:\n{proc.stderr[-3000:]}")
+    proc = subprocess.run([jar_tool, "cf", str(jar), "-C", str(classes), "."], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ServiceError(f"jar failed for {name}:\n{proc.stderr[-2000:]}")
+    stamp.write_text(digest + "\n")
+    return jar

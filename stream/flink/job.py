@@ -1,0 +1,283 @@
+"""The PyFlink stream job (runs in ``.venv-flink``; started by ``fl-app flink``).
+
+::
+
+    iot_stream (Kafka, via the official connector, offsets in checkpoints)
+      -> validate ----- invalid --> iot_stream_dlq {reason, raw, topic, partition, offset, seen_at}
+      |   valid
+      +-> bulk store --> MongoDB device_data (insert, duplicates of event_id ignored:
+      |                  a replay after a crash writes nothing twice)
+      +-> key by device -> every window_seconds of processing time, the device's
+                           new readings as one window record -> per-device window
+                           topic, in that device's own partition
+
+Both Kafka sinks are exactly-once (transactions committed at checkpoints), so
+after a kill and a restart from the last checkpoint no window record and no
+dead letter appears twice; readers use ``isolation.level=read_committed``.
+Buffered readings and open windows live in keyed state, which is checkpointed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyflink.common import Configuration, Row, Types
+from pyflink.common.serialization import SimpleStringSchema
+from pyflink.datastream import OutputTag, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.java_gateway import get_gateway
+from pyflink.table import StreamTableEnvironment
+
+from fl_app.schemas import DeadLetter, window_record
+from stream.flink.settings import JobSettings
+from stream.flink.validation import validate
+
+log = logging.getLogger("stream.flink.job")
+
+DEAD_LETTER = OutputTag("dead-letter", Types.STRING())
+WINDOW_ROW = Types.ROW([Types.INT(), Types.STRING(), Types.STRING()])  # partition, key, value
+
+
+def _iso_ms(millis: int) -> str:
+    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Validate(ProcessFunction):
+    """Valid readings go on as dicts; invalid ones to the dead-letter side output."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.known = frozenset(settings.known_devices)
+        self.ranges = {k: tuple(v) for k, v in settings.valid_ranges.items()}
+        self.topic = settings.readings_topic
+        self.counters: dict = {}
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.metrics = runtime_context.get_metrics_group().add_group("dead_letter")
+
+    def _count(self, reason: str) -> None:
+        key = reason.replace(" ", "_").replace(":", "")
+        if key not in self.counters:
+            self.counters[key] = self.metrics.counter(key)
+        self.counters[key].inc()
+
+    def process_element(self, row, ctx):  # noqa: ANN001 - PyFlink signature
+        raw, partition, offset = row[0], row[1], row[2]
+        reading, reason = validate(raw, self.known, self.ranges)
+        if reading is None:
+            self._count(reason)
+            letter = DeadLetter(reason=reason, raw=raw if raw is not None else "", topic=self.topic,
+                                partition=int(partition), offset=int(offset),
+                                seen_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+            yield DEAD_LETTER, letter.to_json().decode()
+        else:
+            yield reading
+
+
+class BulkStore(KeyedProcessFunction):
+    """Buffer readings in keyed state; write them to ``device_data`` in bulk.
+
+    A bulk goes out when ``bulk_size`` readings wait or ``bulk_max_delay_ms``
+    after the first of them. The buffer is checkpointed state, so a crash
+    never drops a reading that Kafka offsets already count as processed.
+    Inserts are unordered and a duplicate ``event_id`` (a replay) is skipped.
+    """
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.uri, self.database = settings.mongo_uri, settings.mongo_database
+        self.bulk_size, self.delay = settings.bulk_size, settings.bulk_max_delay_ms
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from pymongo import MongoClient
+
+        self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
+        self.count = runtime_context.get_state(ValueStateDescriptor("count", Types.INT()))
+        self.client = MongoClient(self.uri, tz_aware=True)
+        self.collection = self.client[self.database]["device_data"]
+        group = runtime_context.get_metrics_group()
+        self.stored = group.counter("stored")
+        self.duplicates = group.counter("duplicates_skipped")
+
+    def close(self) -> None:
+        self.client.close()
+
+    def process_element(self, reading, ctx):  # noqa: ANN001
+        self.pending.add(reading)
+        n = (self.count.value() or 0) + 1
+        if n == 1:
+            ctx.timer_service().register_processing_time_timer(ctx.timer_service().current_processing_time() + self.delay)
+        if n >= self.bulk_size:
+            self._flush()
+        else:
+            self.count.update(n)
+        return iter(())
+
+    def on_timer(self, timestamp, ctx):  # noqa: ANN001
+        self._flush()
+        return iter(())
+
+    def _flush(self) -> None:
+        from pymongo.errors import BulkWriteError
+
+        readings = list(self.pending.get() or [])
+        if readings:
+            now = datetime.now(timezone.utc)
+            docs = [{**r, "event_time": datetime.fromisoformat(r["event_time"]),
+                     "source_time": datetime.fromisoformat(r["source_time"]), "stored_at": now} for r in readings]
+            try:
+                self.collection.insert_many(docs, ordered=False)
+                self.stored.inc(len(docs))
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                other = [e for e in errors if e.get("code") != 11000]
+                if other:  # not a replayed duplicate: fail the job, it restarts from the checkpoint
+                    raise RuntimeError(f"MongoDB rejected readings: {other[:3]}") from exc
+                self.duplicates.inc(len(errors))
+                self.stored.inc(len(docs) - len(errors))
+        self.pending.clear()
+        self.count.clear()
+
+
+class DeviceWindows(KeyedProcessFunction):
+    """Per device: collect new readings; at each interval boundary emit them as one window.
+
+    Boundaries are multiples of ``window_seconds`` of processing time; a
+    device with no new readings emits nothing.
+    """
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.interval_ms = int(settings.window_seconds * 1000)
+        self.partition = {int(k): v for k, v in settings.window_partition.items()}
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.pending = runtime_context.get_list_state(ListStateDescriptor("readings", Types.PICKLED_BYTE_ARRAY()))
+        self.window_end = runtime_context.get_state(ValueStateDescriptor("window_end", Types.LONG()))
+
+    def process_element(self, reading, ctx):  # noqa: ANN001
+        self.pending.add(reading)
+        if self.window_end.value() is None:
+            now = ctx.timer_service().current_processing_time()
+            end = (now // self.interval_ms + 1) * self.interval_ms
+            ctx.timer_service().register_processing_time_timer(end)
+            self.window_end.update(end)
+        return iter(())
+
+    def on_timer(self, timestamp, ctx):  # noqa: ANN001
+        readings = list(self.pending.get() or [])
+        self.pending.clear()
+        self.window_end.clear()
+        if readings:
+            device = int(ctx.get_current_key())
+            value = window_record(device, _iso_ms(timestamp - self.interval_ms), _iso_ms(timestamp), readings)
+            yield Row(self.partition[device], str(device), json.dumps(value, separators=(",", ":")))
+
+
+def _environment(s: JobSettings) -> StreamExecutionEnvironment:
+    config = Configuration()
+    config.set_string("pipeline.name", "fl-iot-stream")
+    config.set_string("python.executable", s.python_executable)
+    config.set_string("python.client.executable", s.python_executable)
+    config.set_string("python.fn-execution.bundle.size", str(s.bundle_size))
+    config.set_string("python.fn-execution.bundle.time", str(s.bundle_time_ms))
+    config.set_string("execution.checkpointing.interval", f"{s.checkpoint_interval_ms} ms")
+    config.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+    config.set_string("execution.checkpointing.dir", Path(s.checkpoint_dir).resolve().as_uri())
+    config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    config.set_string("execution.checkpointing.num-retained", "3")
+    config.set_string("restart-strategy.type", "fixed-delay")
+    config.set_string("restart-strategy.fixed-delay.attempts", "20")
+    config.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    if s.resume_from:
+        config.set_string("execution.state-recovery.path", s.resume_from)
+    if s.jobmanager != "local":
+        host, _, port = s.jobmanager.rpartition(":")
+        config.set_string("execution.target", "remote")
+        config.set_string("rest.address", host)
+        config.set_string("rest.port", port)
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    env.add_jars(*(Path(j).resolve().as_uri() for j in s.jars))
+    env.set_parallelism(s.parallelism)
+    return env
+
+
+def _kafka_sink(s: JobSettings, serializer: KafkaRecordSerializationSchema, name: str) -> KafkaSink:
+    return (KafkaSink.builder()
+            .set_bootstrap_servers(s.bootstrap_servers)
+            .set_record_serializer(serializer)
+            .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+            .set_transactional_id_prefix(f"{s.group_id}-{name}")
+            .set_property("transaction.timeout.ms", str(s.transaction_timeout_ms))
+            .build())
+
+
+def build(s: JobSettings) -> StreamExecutionEnvironment:
+    env = _environment(s)
+    t_env = StreamTableEnvironment.create(env)
+    # The SQL connector gives each record's partition and offset (for the
+    # dead-letter contract); the DataStream API's value-only source would not.
+    t_env.execute_sql(f"""
+        CREATE TABLE readings_source (
+            `raw` STRING,
+            `kafka_partition` INT METADATA FROM 'partition' VIRTUAL,
+            `kafka_offset` BIGINT METADATA FROM 'offset' VIRTUAL
+        ) WITH (
+            'connector' = 'kafka',
+            'topic' = '{s.readings_topic}',
+            'properties.bootstrap.servers' = '{s.bootstrap_servers}',
+            'properties.group.id' = '{s.group_id}',
+            'properties.auto.offset.reset' = 'earliest',
+            'scan.startup.mode' = 'group-offsets',
+            'format' = 'raw'
+        )""")
+    records = t_env.to_data_stream(t_env.from_path("readings_source"))
+
+    validated = records.process(Validate(s), output_type=Types.PICKLED_BYTE_ARRAY()).name("validate")
+    dead_letters = validated.get_side_output(DEAD_LETTER)
+    dead_letters.sink_to(_kafka_sink(s, KafkaRecordSerializationSchema.builder()
+                                      .set_topic(s.dead_letter_topic)
+                                      .set_value_serialization_schema(SimpleStringSchema())
+                                      .build(), "dlq")).name("dead-letter topic")
+
+    shards = s.parallelism
+    stored = (validated.key_by(lambda r: r["device_id"] % shards, key_type=Types.INT())
+              .process(BulkStore(s), output_type=Types.INT()).name("store device_data"))
+    jvm = get_gateway().jvm
+    stored._j_data_stream.sinkTo(jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())
+
+    windows = (validated.key_by(lambda r: r["device_id"], key_type=Types.INT())
+               .process(DeviceWindows(s), output_type=WINDOW_ROW).name("per-device windows"))
+    # PyFlink has no Python hook for the key, the value or the partition of a
+    # Kafka record; two tiny Java classes (stream/flink/java) pick row fields.
+    serializer = KafkaRecordSerializationSchema.builder().set_topic(s.windows_topic)
+    serializer._j_builder.setKeySerializationSchema(jvm.fliot.flink.RowFieldSerializationSchema(1))
+    serializer._j_builder.setValueSerializationSchema(jvm.fliot.flink.RowFieldSerializationSchema(2))
+    serializer._j_builder.setPartitioner(jvm.fliot.flink.RowFieldPartitioner(0))
+    windows.sink_to(_kafka_sink(s, serializer.build(), "windows")).name("window topic")
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The fl-iot-stream Flink job.")
+    parser.add_argument("--settings", required=True, type=Path, help="JSON written by `fl-app flink`")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    s = JobSettings.load(args.settings)
+    log.info("starting: %s -> device_data, %s (windows every %gs), %s; checkpoints every %d ms in %s%s",
+             s.readings_topic, s.windows_topic, s.window_seconds, s.dead_letter_topic, s.checkpoint_interval_ms,
+             s.checkpoint_dir, f"; resuming from {s.resume_from}" if s.resume_from else "")
+    started = time.monotonic()
+    build(s).execute("fl-iot-stream")
+    log.info("job ended after %.0fs", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()

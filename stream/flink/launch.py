@@ -1,0 +1,99 @@
+"""Turn the composed Hydra config into the Flink job's settings and command line.
+
+Runs in the main environment (``fl-app flink``); the job itself runs in
+``.venv-flink`` with the project root on ``PYTHONPATH`` so it can import the
+shared, standard-library-only contracts (``fl_app.schemas``,
+``stream.flink.settings``, ``stream.flink.validation``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fl_app.config import PROJECT_ROOT, AppConfig, ConfigError
+from fl_app.schemas import window_partitions
+from fl_app.services import jars
+from fl_app.services.runner import ServiceError
+from stream.flink.settings import JobSettings, latest_checkpoint
+
+JAVA_SOURCES = Path(__file__).resolve().parent / "java"
+
+
+def flink_env(cfg: AppConfig) -> Path:
+    return Path(cfg.flink.python_env) if cfg.flink.python_env else PROJECT_ROOT / ".venv-flink"
+
+
+def flink_python(cfg: AppConfig) -> Path:
+    python = flink_env(cfg) / "bin" / "python"
+    if not python.is_file():
+        raise ServiceError(f"the Flink environment is missing ({python}); run `make setup`")
+    return python
+
+
+def job_jars(cfg: AppConfig) -> list[Path]:
+    """The Kafka connector (Maven Central) and our two Java helpers, built against it."""
+    cache = Path(cfg.paths.cache_dir)
+    connector = sorted(jars.resolve("flink-kafka-connector", cache).glob("*.jar"))
+    pyflink_lib = next(flink_env(cfg).glob("lib/python*/site-packages/pyflink/lib"), None)
+    if pyflink_lib is None:
+        raise ServiceError(f"PyFlink is not installed in {flink_env(cfg)}; run `make setup`")
+    helpers = jars.build_java("flink-helpers", JAVA_SOURCES, [*connector, pyflink_lib / "*"], cache)
+    return [*connector, helpers]
+
+
+def device_ids(cfg: AppConfig) -> list[int]:
+    """The devices of the replayed data set: the only ones the job accepts."""
+    from stream.producer import load_dataset
+
+    return sorted(int(d) for d in load_dataset(cfg)["device_id"].unique())
+
+
+def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
+    devices = device_ids(cfg)
+    if cfg.kafka.topics.windows.partitions < len(devices):
+        raise ConfigError(f"kafka.topics.windows.partitions ({cfg.kafka.topics.windows.partitions}) must be at "
+                          f"least the number of devices ({len(devices)}): each device has its own partition")
+    checkpoint_dir = Path(cfg.flink.checkpoint_dir)
+    resume_from = latest_checkpoint(checkpoint_dir) if resume else None
+    return JobSettings(
+        bootstrap_servers=cfg.kafka.bootstrap_servers,
+        readings_topic=cfg.kafka.topics.readings.name,
+        windows_topic=cfg.kafka.topics.windows.name,
+        dead_letter_topic=cfg.kafka.topics.dead_letter.name,
+        group_id=cfg.flink.group_id,
+        mongo_uri=cfg.mongo.uri,
+        mongo_database=cfg.mongo.database,
+        known_devices=devices,
+        window_partition={str(k): v for k, v in window_partitions(devices).items()},
+        window_seconds=cfg.fl.local_training_interval_seconds,
+        checkpoint_interval_ms=cfg.flink.checkpoint_interval_ms,
+        checkpoint_dir=str(checkpoint_dir),
+        parallelism=cfg.flink.parallelism,
+        jobmanager=cfg.flink.jobmanager,
+        jars=[str(j) for j in job_jars(cfg)],
+        python_executable=str(flink_python(cfg)),
+        bulk_size=cfg.flink.bulk_size,
+        bulk_max_delay_ms=cfg.flink.bulk_max_delay_ms,
+        bundle_size=cfg.flink.bundle_size,
+        bundle_time_ms=cfg.flink.bundle_time_ms,
+        transaction_timeout_ms=cfg.flink.transaction_timeout_ms,
+        valid_ranges={name: list(getattr(cfg.flink.valid_ranges, name))
+                      for name in ("temperature", "humidity", "light", "voltage")},
+        resume_from=str(resume_from) if resume_from else None,
+    )
+
+
+def prepare(cfg: AppConfig) -> tuple[list[str], dict[str, str]]:
+    """Write the settings file; return the job's command line and environment."""
+    job_settings = settings(cfg)
+    path = Path(cfg.paths.run_dir) / "flink_job.json"
+    job_settings.save(path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "PYFLINK_CLIENT_EXECUTABLE": job_settings.python_executable,
+        # Flink's own logs (JobManager/TaskManager of the mini-cluster) next to ours.
+        "FLINK_LOG_DIR": str(Path(cfg.paths.logs_dir) / "flink"),
+    }
+    return [job_settings.python_executable, "-m", "stream.flink.job", "--settings", str(path)], env

@@ -1,0 +1,59 @@
+"""What the Flink job needs to know, handed over as one JSON file.
+
+Hydra stays the one source of truth: ``fl-app flink`` (main environment)
+composes the config, derives these settings with :func:`from_config`, writes
+them next to the job's pid file, and starts ``stream/flink/job.py`` in the
+Flink environment, which reads them with :meth:`JobSettings.load`.
+Standard library only (both environments import it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+@dataclass
+class JobSettings:
+    bootstrap_servers: str
+    readings_topic: str
+    windows_topic: str
+    dead_letter_topic: str
+    group_id: str
+    mongo_uri: str
+    mongo_database: str
+    known_devices: list[int]
+    window_partition: dict[str, int]  # device id (as text, JSON keys) -> partition
+    window_seconds: float
+    checkpoint_interval_ms: int
+    checkpoint_dir: str
+    parallelism: int
+    jobmanager: str
+    jars: list[str]
+    python_executable: str
+    bulk_size: int
+    bulk_max_delay_ms: int
+    bundle_size: int
+    bundle_time_ms: int
+    transaction_timeout_ms: int
+    valid_ranges: dict[str, list[float]]
+    resume_from: Optional[str] = None  # a retained checkpoint to restore state and offsets from
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "JobSettings":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
+    """The newest completed checkpoint (a ``chk-N`` folder with ``_metadata``) of any past run."""
+    done = [p.parent for p in Path(checkpoint_dir).glob("*/chk-*/_metadata")]
+    return max(done, key=lambda p: p.stat().st_mtime, default=None)

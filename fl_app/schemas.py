@@ -8,7 +8,7 @@ environment (``.venv-flink``), which does not have the main dependencies.
 Dead-letter message
     JSON :class:`DeadLetter`: the raw payload and why it was rejected.
 Window message (per-device window topic)
-    key = device id; partition = :func:`window_partitions`\[device id];
+    key = device id; partition = ``window_partitions(devices)[device id]``;
     value = JSON ``{device_id, window_start, window_end, count, readings[]}``.
 """
 

@@ -112,8 +112,11 @@ class BulkStore(KeyedProcessFunction):
     def process_element(self, reading, ctx):  # noqa: ANN001
         self.pending.add(reading)
         n = (self.count.value() or 0) + 1
-        if n == 1:
-            ctx.timer_service().register_processing_time_timer(ctx.timer_service().current_processing_time() + self.delay)
+        # A timer on the next multiple of the delay, registered for every element:
+        # Flink keeps one timer per (key, time), so this costs little, and it needs
+        # no "timer pending" flag that a restore could leave stale.
+        now = ctx.timer_service().current_processing_time()
+        ctx.timer_service().register_processing_time_timer((now // self.delay + 1) * self.delay)
         if n >= self.bulk_size:
             self._flush()
         else:
@@ -150,7 +153,8 @@ class DeviceWindows(KeyedProcessFunction):
     """Per device: collect new readings; at each interval boundary emit them as one window.
 
     Boundaries are multiples of ``window_seconds`` of processing time; a
-    device with no new readings emits nothing.
+    device with no new readings emits nothing. A window holds the readings
+    that arrived since the device's previous window was emitted.
     """
 
     def __init__(self, settings: JobSettings) -> None:
@@ -159,21 +163,19 @@ class DeviceWindows(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.pending = runtime_context.get_list_state(ListStateDescriptor("readings", Types.PICKLED_BYTE_ARRAY()))
-        self.window_end = runtime_context.get_state(ValueStateDescriptor("window_end", Types.LONG()))
 
     def process_element(self, reading, ctx):  # noqa: ANN001
         self.pending.add(reading)
-        if self.window_end.value() is None:
-            now = ctx.timer_service().current_processing_time()
-            end = (now // self.interval_ms + 1) * self.interval_ms
-            ctx.timer_service().register_processing_time_timer(end)
-            self.window_end.update(end)
+        # Register the boundary for every reading (Flink keeps one timer per
+        # (key, time)). A "timer pending" flag in state instead was seen to go
+        # stale after a restore from a checkpoint and silence a device for good.
+        now = ctx.timer_service().current_processing_time()
+        ctx.timer_service().register_processing_time_timer((now // self.interval_ms + 1) * self.interval_ms)
         return iter(())
 
     def on_timer(self, timestamp, ctx):  # noqa: ANN001
         readings = list(self.pending.get() or [])
         self.pending.clear()
-        self.window_end.clear()
         if readings:
             device = int(ctx.get_current_key())
             value = window_record(device, _iso_ms(timestamp - self.interval_ms), _iso_ms(timestamp), readings)

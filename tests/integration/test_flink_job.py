@@ -1,0 +1,245 @@
+"""The Flink job on a real mini-cluster, with the real broker and MongoDB-wire server.
+
+One job serves the module (a mini-cluster takes ~30 s to start); the crash
+test starts its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from fl_app import storage, topics
+from fl_app.config import PROJECT_ROOT, AppConfig, load_config
+from fl_app.schemas import window_partitions
+from fl_app.services.runner import ManagedProcess
+from stream import dataset
+from stream.producer import ReplayProducer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+FL_APP = Path(sys.executable).parent / "fl-app"
+WINDOW_SECONDS = 3
+RECORDS = 5000  # data set size for these tests
+
+
+def job_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
+    """Topics, database, consumer group and checkpoints of this test's own."""
+    return [
+        f"paths.home={home}", f"paths.cache_dir={PROJECT_ROOT / '.cache'}",
+        f"kafka.bootstrap_servers={stack.kafka.bootstrap_servers}",
+        f"mongo.uri={stack.mongo.uri}", f"mongo.database=flink_{tag}",
+        f"kafka.topics.readings.name=readings_{tag}", f"kafka.topics.windows.name=windows_{tag}",
+        f"kafka.topics.dead_letter.name=dlq_{tag}", f"flink.group_id=flink-{tag}",
+        f"fl.local_training_interval_seconds={WINDOW_SECONDS}", "flink.checkpoint_interval_ms=1000",
+        f"stream.dataset_records={RECORDS}", f"stream.state_file={home}/producer_state.json",
+    ]
+
+
+def start_job(cfg: AppConfig, overrides: list[str]) -> ManagedProcess:
+    job = ManagedProcess(
+        name="flink_job", argv=[str(FL_APP), "flink", *overrides],
+        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), startup_timeout=10, stop_timeout=20,
+    )
+    job.start()
+    return job
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 180, job: ManagedProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if job is not None and job.pid() is None:
+            pytest.fail(f"the Flink job died while waiting for {what}:\n{job.tail(40)}")
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{job.tail(40)}" if job else ""))
+
+
+def read_committed(cfg: AppConfig, topic: str, partitions: int, idle: float = 4.0, level: str = "read_committed") -> list:
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"t-{uuid.uuid4()}",
+                         "isolation.level": level, "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, last = [], time.monotonic()
+    try:
+        while time.monotonic() - last < idle:
+            batch = [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+            if batch:
+                out += batch
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+def produce(cfg: AppConfig, **stream: object) -> int:
+    run = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, **stream))
+    frame = dataset.load_or_generate(cfg.paths.cache_dir, RECORDS, cfg.stream.num_devices, cfg.stream.seed)
+    return ReplayProducer(run, frame, "flink-test").run().delivered
+
+
+@pytest.fixture(scope="module")
+def flink_env(stack: AppConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppConfig, ManagedProcess]]:
+    home = tmp_path_factory.mktemp("flink")
+    overrides = job_overrides(stack, home, uuid.uuid4().hex[:8])
+    cfg = load_config(overrides)
+    topics.ensure_topics(cfg)
+    with storage.Storage(cfg.mongo) as store:
+        store.ensure_schema()
+    job = start_job(cfg, overrides)
+    try:
+        yield cfg, job
+    finally:
+        job.stop()
+
+
+@pytest.fixture(scope="module")
+def stored_run(flink_env: tuple[AppConfig, ManagedProcess]) -> tuple[AppConfig, int]:
+    """2,000 valid readings through the job."""
+    cfg, job = flink_env
+    sent = produce(cfg, pace=False, max_records=2000)
+    assert sent == 2000
+
+    def stored() -> bool:
+        with storage.Storage(cfg.mongo) as store:
+            return store.device_data.count_documents({}) >= sent
+
+    wait_for("2,000 readings in device_data", stored, job=job)
+    return cfg, sent
+
+
+def test_every_valid_reading_is_stored_once(stored_run: tuple[AppConfig, int]) -> None:
+    cfg, sent = stored_run
+    time.sleep(2)  # nothing more should arrive
+    with storage.Storage(cfg.mongo) as store:
+        assert store.device_data.count_documents({}) == sent
+        ids = store.device_data.distinct("event_id")
+        assert len(ids) == sent and set(ids) == {f"0-{i}" for i in range(sent)}
+        doc = store.device_data.find_one({"event_id": "0-7"}, {"_id": 0})
+    assert isinstance(doc["event_time"], datetime) and isinstance(doc["source_time"], datetime)
+    assert set(doc) >= {"device_id", "temperature", "humidity", "light", "voltage", "loop", "seq", "stored_at"}
+
+
+def test_windows_go_to_each_devices_own_partition_at_the_interval(stored_run: tuple[AppConfig, int]) -> None:
+    cfg, sent = stored_run
+    time.sleep(WINDOW_SECONDS + 2)  # the last windows close and commit
+    windows = read_committed(cfg, cfg.kafka.topics.windows.name, cfg.kafka.topics.windows.partitions)
+    devices = dataset.device_ids(cfg.stream.num_devices)
+    partition_of = window_partitions(devices)
+    seen_events: Counter = Counter()
+    per_device = defaultdict(list)
+    for m in windows:
+        w = json.loads(m.value())
+        assert m.partition() == partition_of[w["device_id"]]  # each partition holds one device only
+        assert m.key() == str(w["device_id"]).encode()
+        start, end = datetime.fromisoformat(w["window_start"]), datetime.fromisoformat(w["window_end"])
+        assert (end - start).total_seconds() == WINDOW_SECONDS
+        assert end.timestamp() % WINDOW_SECONDS == 0  # boundaries on the interval grid
+        assert w["count"] == len(w["readings"]) > 0  # no empty windows
+        assert all(r["device_id"] == w["device_id"] for r in w["readings"])
+        seen_events.update(r["event_id"] for r in w["readings"])
+        per_device[w["device_id"]].append(start)
+    valid_ids = {f"0-{i}" for i in range(sent)}
+    assert set(seen_events) >= valid_ids
+    assert max(seen_events.values()) == 1  # every reading in exactly one window
+    assert len(per_device) == len(devices)
+    for starts in per_device.values():
+        assert len(starts) == len(set(starts))  # one window per (device, interval)
+
+
+def test_malformed_records_go_to_the_dead_letter_topic(stored_run: tuple[AppConfig, int]) -> None:
+    cfg, _ = stored_run
+    good = {"event_id": "9-1", "device_id": 1, "event_time": "2026-11-28T04:00:00.000000+00:00",
+            "source_time": "2004-02-28T01:00:00.000000+00:00", "loop": 9, "seq": 1,
+            "temperature": 20.0, "humidity": 40.0, "light": 100.0, "voltage": 2.7}
+    cases = {
+        "bad json": b'{"event_id": "9-2", "device_id": ',
+        "missing field: voltage": json.dumps({k: v for k, v in good.items() if k != "voltage"}).encode(),
+        "not finite: temperature": json.dumps({**good, "event_id": "9-3", "temperature": float("nan")}).encode(),
+        "out of range: humidity": json.dumps({**good, "event_id": "9-4", "humidity": 900.0}).encode(),
+        "unknown device": json.dumps({**good, "event_id": "9-5", "device_id": 999}).encode(),
+        "bad type: light": json.dumps({**good, "event_id": "9-6", "light": "bright"}).encode(),
+        "bad timestamp: event_time": json.dumps({**good, "event_id": "9-7", "event_time": "yesterday"}).encode(),
+    }
+    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "acks": "all"})
+    for raw in cases.values():
+        producer.produce(cfg.kafka.topics.readings.name, key=b"1", value=raw)
+    producer.produce(cfg.kafka.topics.readings.name, key=b"1", value=json.dumps(good).encode())  # the job goes on
+    assert producer.flush(20) == 0
+
+    letters: list = []
+
+    def arrived() -> bool:
+        letters[:] = read_committed(cfg, cfg.kafka.topics.dead_letter.name, cfg.kafka.topics.dead_letter.partitions, 2)
+        return len(letters) >= len(cases)
+
+    wait_for("dead letters", arrived, timeout=60)
+    got = {}
+    for m in letters:
+        letter = json.loads(m.value())
+        assert set(letter) == {"reason", "raw", "topic", "partition", "offset", "seen_at"}
+        assert letter["topic"] == cfg.kafka.topics.readings.name and letter["offset"] >= 0
+        got[letter["reason"]] = letter["raw"].encode()
+    assert got == cases  # every reason, with the original payload
+    with storage.Storage(cfg.mongo) as store:
+        wait_for("the valid record after the bad ones",
+                 lambda: store.device_data.count_documents({"event_id": "9-1"}) == 1, timeout=30)
+        assert store.device_data.count_documents({"loop": 9}) == 1  # none of the bad ones stored
+
+
+def test_kill_9_and_restart_keeps_counts_exact(stack: AppConfig, tmp_path: Path) -> None:
+    overrides = job_overrides(stack, tmp_path, uuid.uuid4().hex[:8])
+    cfg = load_config(overrides)
+    topics.ensure_topics(cfg)
+    with storage.Storage(cfg.mongo) as store:
+        store.ensure_schema()
+    job = start_job(cfg, overrides)
+    total, first = 3000, 30
+    result: dict = {}
+    paced = dataclasses.replace(cfg, stream=dataclasses.replace(
+        cfg.stream, records_per_second=150, batch_size=15, max_records=total - first))
+    frame = dataset.load_or_generate(cfg.paths.cache_dir, RECORDS, cfg.stream.num_devices, cfg.stream.seed)
+    producer = ReplayProducer(paced, frame, "flink-test")
+    producing = threading.Thread(target=lambda: result.setdefault("sent", producer.run().delivered), daemon=True)
+    try:
+        with storage.Storage(cfg.mongo) as store:
+            assert produce(cfg, pace=False, max_records=first) == first
+            wait_for("the job to store its first readings",
+                     lambda: store.device_data.count_documents({}) == first, job=job)
+            producing.start()  # ~20 s of readings; the crash comes in the middle
+            time.sleep(6)
+            job.kill()  # kill -9 the whole job (client, JVM, Python workers) mid-stream
+            assert job.pid() is None
+            assert store.device_data.count_documents({}) < total
+            time.sleep(3)
+            job = start_job(cfg, overrides)  # resumes from the last retained checkpoint
+            wait_for("the job to resume from a checkpoint",
+                     lambda: "resuming from" in job.log_file.read_text(), timeout=60, job=job)
+            settings = json.loads((Path(cfg.paths.run_dir) / "flink_job.json").read_text())
+            assert "/chk-" in settings["resume_from"]
+            producing.join(timeout=120)
+            assert result["sent"] == total - first
+            wait_for(f"{total} readings after the restart",
+                     lambda: store.device_data.count_documents({}) >= total, job=job)
+            time.sleep(WINDOW_SECONDS + 3)
+            assert store.device_data.count_documents({}) == total
+            assert len(store.device_data.distinct("event_id")) == total
+    finally:
+        producer.stop()
+        job.stop()
+    windows = read_committed(cfg, cfg.kafka.topics.windows.name, cfg.kafka.topics.windows.partitions)
+    keys = Counter((json.loads(m.value())["device_id"], json.loads(m.value())["window_start"]) for m in windows)
+    assert max(keys.values()) == 1  # no duplicate window record per (device, window)
+    events = Counter(r["event_id"] for m in windows for r in json.loads(m.value())["readings"])
+    assert set(events) == {f"0-{i}" for i in range(total)}  # every reading in a committed window
+    assert max(events.values()) == 1  # ... exactly once, across the crash

@@ -4,6 +4,8 @@ producer's position. Read-only; used by `fl-app status` (and later the API)."""
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,29 @@ def topic_message_counts(cfg: AppConfig, timeout: float = 5.0) -> dict[str, int]
         consumer.close()
 
 
+def dead_letter_reasons(cfg: AppConfig, max_seconds: float = 10.0) -> Counter:
+    """How many dead letters there are for each reason (committed ones, read from the topic)."""
+    topic = cfg.kafka.topics.dead_letter
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": "fl-app-status",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    reasons: Counter = Counter()
+    try:
+        consumer.assign([TopicPartition(topic.name, p, 0) for p in range(topic.partitions)])
+        deadline, idle_since = time.monotonic() + max_seconds, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - idle_since < 1.0:
+            batch = [m for m in consumer.consume(1000, timeout=0.3) if m.error() is None]
+            if batch:
+                idle_since = time.monotonic()
+            for message in batch:
+                try:
+                    reasons[json.loads(message.value())["reason"]] += 1
+                except (ValueError, KeyError, TypeError):
+                    reasons["(unreadable dead letter)"] += 1
+    finally:
+        consumer.close()
+    return reasons
+
+
 def producer_position(cfg: AppConfig) -> str:
     try:
         state = json.loads(Path(cfg.stream.state_file).read_text())
@@ -48,9 +73,14 @@ def producer_position(cfg: AppConfig) -> str:
 def snapshot(cfg: AppConfig) -> list[FlowRow]:
     rows = []
     position = producer_position(cfg)
+    transactional = {cfg.kafka.topics.windows.name, cfg.kafka.topics.dead_letter.name}
     for name, count in topic_message_counts(cfg).items():
         note = f"producer {position}" if name == cfg.kafka.topics.readings.name else ""
+        if name in transactional:  # written by Flink's exactly-once sink
+            note = "offsets; includes one commit marker per partition and checkpoint"
         rows.append(FlowRow(f"kafka {name}", count, note))
+    for reason, count in sorted(dead_letter_reasons(cfg).items()):
+        rows.append(FlowRow("  dead letters", count, reason))
     with storage.Storage(cfg.mongo) as store:
         for name, count in store.counts().items():
             rows.append(FlowRow(f"mongo {name}", count))

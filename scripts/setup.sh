@@ -6,7 +6,7 @@
 #   - uv (pinned) in .cache/tools, then the locked environments:
 #       .venv        main: flwr, torch, pyspark, confluent-kafka, pymongo, hydra, fastapi
 #       .venv-flink  the Flink job: apache-flink pins clash with flwr/pyspark
-#   - the Kafka broker jars (resolved once into .cache/jars)
+#   - the Kafka broker and Flink Kafka connector jars (resolved once into .cache/jars)
 #   - a docker-compose binary for validating docker-compose.yml when the docker
 #     client has no compose plugin (built from the Go module proxy)
 set -euo pipefail
@@ -21,7 +21,8 @@ die() { printf '\033[1;31m[setup] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
 # --- system packages -------------------------------------------------------
 missing=()
-command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+# A JDK, not just a JRE: the Flink job has two small Java helpers built with javac.
+{ command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1; } || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v make >/dev/null 2>&1 || missing+=(make)
 if ((${#missing[@]})); then
@@ -58,8 +59,15 @@ say "Flink environment (.venv-flink) from stream/flink/requirements.lock"
 [ -x .venv-flink/bin/python ] || "$UV" venv --quiet .venv-flink
 VIRTUAL_ENV="$ROOT/.venv-flink" "$UV" pip sync --quiet stream/flink/requirements.lock
 
-say "Kafka broker jars (.cache/jars)"
-.venv/bin/python -c 'from fl_app.services import jars; jars.resolve("kafka-broker", jars.default_cache_dir())'
+say "Kafka broker and Flink connector jars (.cache/jars)"
+.venv/bin/python -c '
+from fl_app.config import load_config
+from fl_app.services import jars
+from stream.flink import launch
+cfg = load_config()
+jars.resolve("kafka-broker", jars.default_cache_dir())
+launch.job_jars(cfg)
+'
 
 # --- docker compose (validation only; no engine runs here) -----------------
 if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \

@@ -50,7 +50,8 @@ def test_console_script_rejects_a_bad_key_by_name() -> None:
 
 @pytest.mark.integration
 def test_run_status_stop(tmp_path: Path) -> None:
-    """`fl-app run` starts services and the producer in the background; data flows; `stop` ends all."""
+    """`fl-app run` starts services, the Flink job and the producer in the background;
+    readings flow into MongoDB; `stop` ends all."""
     overrides = [*isolated_overrides(tmp_path), "stream.dataset_records=2000", "stream.records_per_second=50"]
     env = {**os.environ, "COLUMNS": "200"}
 
@@ -64,20 +65,31 @@ def test_run_status_stop(tmp_path: Path) -> None:
         up = fl_app("run")
         assert up.returncode == 0, up.stdout + up.stderr
         assert "running." in up.stdout
-        for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model", "kafka_producer"):
+        for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model",
+                     "kafka_producer", "flink_job"):
             assert name in up.stdout
-        for log in ("kafka.log", "mongo.log", "fl_app.log", "kafka_producer.log"):
+        for log in ("kafka.log", "mongo.log", "fl_app.log", "kafka_producer.log", "flink_job.log"):
             assert (tmp_path / "logs" / log).is_file(), log
         assert fl_app("services", "status").stdout.count("running") == 2
-        time.sleep(3)
-        status = fl_app("status")
-        assert status.returncode == 0, status.stdout + status.stderr
-        flowing = re.search(r"kafka iot_stream\s*\W\s*([\d,]+)", status.stdout)
-        assert flowing and int(flowing.group(1).replace(",", "")) >= 100, status.stdout
+
+        def count(where: str, text: str) -> int:
+            found = re.search(where + r"\s*\W\s*([\d,]+)", text)
+            return int(found.group(1).replace(",", "")) if found else -1
+
+        deadline = time.monotonic() + 150  # the Flink mini-cluster takes ~30 s to start
+        while True:
+            status = fl_app("status")
+            assert status.returncode == 0, status.stdout + status.stderr
+            if count("mongo device_data", status.stdout) >= 50 or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+        assert count("kafka iot_stream", status.stdout) >= 100, status.stdout
+        assert count("mongo device_data", status.stdout) >= 50, status.stdout  # stored by the Flink job
         assert "producer next: loop 0" in status.stdout
+        assert status.stdout.count("running") == 4  # kafka, mongo, flink_job, kafka_producer
     finally:
         down = fl_app("stop")
-    assert down.returncode == 0 and "stopped: kafka_producer, mongo, kafka" in down.stdout
+    assert down.returncode == 0 and "stopped: kafka_producer, flink_job, mongo, kafka" in down.stdout
     assert "producing to iot_stream" in (tmp_path / "logs" / "kafka_producer.log").read_text()
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fl_app import storage, topics
+from fl_app import flow, storage, topics
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.schemas import window_partitions
 from fl_app.services.runner import ManagedProcess
@@ -191,6 +191,7 @@ def test_malformed_records_go_to_the_dead_letter_topic(stored_run: tuple[AppConf
         assert letter["topic"] == cfg.kafka.topics.readings.name and letter["offset"] >= 0
         got[letter["reason"]] = letter["raw"].encode()
     assert got == cases  # every reason, with the original payload
+    assert flow.dead_letter_reasons(cfg) == Counter({reason: 1 for reason in cases})  # what `fl-app status` shows
     with storage.Storage(cfg.mongo) as store:
         wait_for("the valid record after the bad ones",
                  lambda: store.device_data.count_documents({"event_id": "9-1"}) == 1, timeout=30)

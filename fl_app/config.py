@@ -154,8 +154,11 @@ class FlinkConfig:
     group_id: str = "flink-iot-stream"
     bulk_size: int = 500  # readings per MongoDB bulk write
     bulk_max_delay_ms: int = 200  # ... or after this long, whichever first
-    bundle_size: int = 500  # PyFlink bundle: small enough for timely timers
+    bundle_size: int = 1000  # PyFlink bundle: small enough for timely timers
     bundle_time_ms: int = 100
+    # "thread": Python runs inside the TaskManager JVM (PEMJA), no per-record IPC:
+    # 1.6-1.8x the throughput of "process" and a third of its latency here (benchmarks/flink_pipeline.py).
+    python_execution_mode: str = "thread"
     transaction_timeout_ms: int = 300_000  # Kafka exactly-once sink; below the broker's 15 min cap
     valid_ranges: ValidRanges = field(default_factory=ValidRanges)
 
@@ -286,6 +289,8 @@ def validate(app: AppConfig) -> None:
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be > 0 or null, got {value!r}")
 
+    if app.flink.python_execution_mode not in ("process", "thread"):
+        raise ConfigError(f"flink.python_execution_mode must be process or thread, got {app.flink.python_execution_mode!r}")
     for name in ("temperature", "humidity", "light", "voltage"):
         bounds = getattr(app.flink.valid_ranges, name)
         if len(bounds) != 2 or bounds[0] >= bounds[1]:

@@ -189,6 +189,7 @@ def _environment(s: JobSettings) -> StreamExecutionEnvironment:
     config.set_string("python.client.executable", s.python_executable)
     config.set_string("python.fn-execution.bundle.size", str(s.bundle_size))
     config.set_string("python.fn-execution.bundle.time", str(s.bundle_time_ms))
+    config.set_string("python.execution-mode", s.python_execution_mode)
     config.set_string("execution.checkpointing.interval", f"{s.checkpoint_interval_ms} ms")
     config.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
     config.set_string("execution.checkpointing.dir", Path(s.checkpoint_dir).resolve().as_uri())

@@ -80,6 +80,7 @@ def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
         transaction_timeout_ms=cfg.flink.transaction_timeout_ms,
         valid_ranges={name: list(getattr(cfg.flink.valid_ranges, name))
                       for name in ("temperature", "humidity", "light", "voltage")},
+        python_execution_mode=cfg.flink.python_execution_mode,
         resume_from=str(resume_from) if resume_from else None,
     )
 

@@ -39,6 +39,7 @@ class JobSettings:
     bundle_time_ms: int
     transaction_timeout_ms: int
     valid_ranges: dict[str, list[float]]
+    python_execution_mode: str = "process"
     resume_from: Optional[str] = None  # a retained checkpoint to restore state and offsets from
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -1,7 +1,8 @@
 """Run every benchmark in turn: `python -m benchmarks` (or `make bench`)."""
 
-from benchmarks import baselines, producer_throughput
+from benchmarks import baselines, flink_pipeline, producer_throughput
 
 if __name__ == "__main__":
     baselines.main([])
     producer_throughput.main([])
+    flink_pipeline.main([])

@@ -107,6 +107,10 @@ def run(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG)
         unhealthy = [s.name for s in ready.services if s.state.value not in ("running", "external")]
         if unhealthy:
             raise services.ServiceError(f"not healthy: {', '.join(unhealthy)}")
+        from stream.producer import load_dataset
+
+        frame = load_dataset(cfg)  # generated once and cached, before the components need it
+        console.print(f"data set: {len(frame):,} readings from {frame['device_id'].nunique()} devices")
         pipeline.start(cfg, overrides or [])
         time.sleep(3)  # a component that cannot start dies within seconds: show it now
     except services.ServiceError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -337,7 +338,7 @@ def load_or_generate(cache_dir: str | Path, num_records: int, num_devices: int, 
     log.info("generating %d readings for %d devices (seed %d) into %s", num_records, num_devices, seed, path)
     frame = generate(num_records, num_devices, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
+    tmp = path.with_suffix(f".{os.getpid()}.partial")  # several processes may generate at once
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)  # atomic: a crash never leaves a half file under the real name
     return frame

@@ -12,13 +12,17 @@ Every command takes trailing Hydra overrides (``key=value`` words), e.g.::
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from fl_app.config import AppConfig, ConfigError, load_config, to_yaml
+
+if TYPE_CHECKING:
+    from fl_app.services import Readiness
+    from stream.dataset import Summary
 
 app = typer.Typer(
     add_completion=False,
@@ -61,10 +65,7 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
-def _print_readiness(cfg: AppConfig, ready: "object") -> None:
-    from fl_app.services import Readiness
-
-    assert isinstance(ready, Readiness)
+def _print_readiness(cfg: AppConfig, ready: "Readiness") -> None:
     _print_status(ready.services)
     topics = Table(title="Kafka topics", title_justify="left")
     topics.add_column("topic")
@@ -230,11 +231,11 @@ def data_inspect(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = P
     console.print(f"plot: {dataset.plot_devices(frame, out, chosen)}")
 
 
-def _print_summary(summary: "object") -> None:
+def _print_summary(summary: "Summary") -> None:
     table = Table(title="Data set", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    for what, value in summary.rows():  # type: ignore[attr-defined]
+    for what, value in summary.rows():
         table.add_row(what, value)
     console.print(table)
 

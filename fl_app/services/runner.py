@@ -219,25 +219,24 @@ class ManagedProcess:
             time.sleep(0.2)
         if _pid_alive(pid):
             log.warning("%s did not stop in %.0fs; killing it", self.name, self.stop_timeout)
-            self._signal(pid, signal.SIGKILL)
-            for _ in range(50):
-                _reap(pid)
-                if not _pid_alive(pid):
-                    break
-                time.sleep(0.1)
+            self._kill_and_wait(pid)
         self.pid_file.unlink(missing_ok=True)
         return True
 
     def kill(self) -> None:
-        """SIGKILL at once (crash tests)."""
+        """SIGKILL at once (crash tests); the pid file stays, as after a real crash."""
         pid = self.pid()
         if pid is not None:
-            self._signal(pid, signal.SIGKILL)
-            for _ in range(50):
-                _reap(pid)
-                if not _pid_alive(pid):
-                    break
-                time.sleep(0.1)
+            self._kill_and_wait(pid)
+
+    def _kill_and_wait(self, pid: int, timeout: float = 5.0) -> None:
+        self._signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not _pid_alive(pid):
+                return
+            time.sleep(0.1)
 
     def tail(self, lines: int = 20) -> str:
         try:

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fl_app import flow, storage, topics
+from fl_app import flow, services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.schemas import window_partitions
 from fl_app.services.runner import ManagedProcess
@@ -44,6 +44,14 @@ def job_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
         f"fl.local_training_interval_seconds={WINDOW_SECONDS}", "flink.checkpoint_interval_ms=1000",
         f"stream.dataset_records={RECORDS}", f"stream.state_file={home}/producer_state.json",
     ]
+
+
+def provisioned_job(stack: AppConfig, home: Path) -> tuple[AppConfig, list[str], ManagedProcess]:
+    """Topics and collections of a fresh tag, and a running job on them."""
+    overrides = job_overrides(stack, home, uuid.uuid4().hex[:8])
+    cfg = load_config(overrides)
+    services.provision(cfg)
+    return cfg, overrides, start_job(cfg, overrides)
 
 
 def start_job(cfg: AppConfig, overrides: list[str]) -> ManagedProcess:
@@ -90,13 +98,7 @@ def produce(cfg: AppConfig, **stream: object) -> int:
 
 @pytest.fixture(scope="module")
 def flink_env(stack: AppConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppConfig, ManagedProcess]]:
-    home = tmp_path_factory.mktemp("flink")
-    overrides = job_overrides(stack, home, uuid.uuid4().hex[:8])
-    cfg = load_config(overrides)
-    topics.ensure_topics(cfg)
-    with storage.Storage(cfg.mongo) as store:
-        store.ensure_schema()
-    job = start_job(cfg, overrides)
+    cfg, _, job = provisioned_job(stack, tmp_path_factory.mktemp("flink"))
     try:
         yield cfg, job
     finally:
@@ -199,12 +201,7 @@ def test_malformed_records_go_to_the_dead_letter_topic(stored_run: tuple[AppConf
 
 
 def test_kill_9_and_restart_keeps_counts_exact(stack: AppConfig, tmp_path: Path) -> None:
-    overrides = job_overrides(stack, tmp_path, uuid.uuid4().hex[:8])
-    cfg = load_config(overrides)
-    topics.ensure_topics(cfg)
-    with storage.Storage(cfg.mongo) as store:
-        store.ensure_schema()
-    job = start_job(cfg, overrides)
+    cfg, overrides, job = provisioned_job(stack, tmp_path)
     total, first = 3000, 30
     result: dict = {}
     paced = dataclasses.replace(cfg, stream=dataclasses.replace(

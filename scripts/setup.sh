@@ -50,14 +50,15 @@ if ! { [ -x "$UV" ] && "$UV" --version 2>/dev/null | grep -q " $UV_VERSION"; }; 
   "$PY" -m venv "$TOOLS"
   "$TOOLS/bin/pip" install -q --disable-pip-version-check "uv==$UV_VERSION"
 fi
-export UV_PYTHON="$PY" UV_PYTHON_DOWNLOADS=never
+export UV_PYTHON_DOWNLOADS=never
 
 say "main environment (.venv) from uv.lock"
-"$UV" sync --frozen --quiet
+"$UV" sync --frozen --quiet --python "$PY"
 
 say "Flink environment (.venv-flink) from stream/flink/requirements.lock"
-[ -x .venv-flink/bin/python ] || "$UV" venv --quiet .venv-flink
-VIRTUAL_ENV="$ROOT/.venv-flink" "$UV" pip sync --quiet stream/flink/requirements.lock
+[ -x .venv-flink/bin/python ] || "$UV" venv --quiet --python "$PY" .venv-flink
+# --python names the target environment explicitly (never the system interpreter).
+"$UV" pip sync --quiet --python .venv-flink/bin/python stream/flink/requirements.lock
 
 say "Kafka broker and Flink connector jars (.cache/jars)"
 .venv/bin/python -c '

@@ -62,7 +62,12 @@ def _load(overrides: Optional[List[str]], print_cfg: bool, log_name: str) -> App
 
 def _fail(exc: Exception) -> None:
     err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(1)
+    raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+# Failures a user can cause and fix (a missing file, a bad data set, a server
+# that is not there): one readable line instead of a traceback.
+USER_ERRORS = (ConfigError, OSError, ValueError, RuntimeError)
 
 
 def _print_readiness(cfg: AppConfig, ready: "Readiness") -> None:
@@ -114,7 +119,7 @@ def run(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG)
         console.print(f"data set: {len(frame):,} readings from {frame['device_id'].nunique()} devices")
         pipeline.start(cfg, overrides or [])
         time.sleep(3)  # a component that cannot start dies within seconds: show it now
-    except services.ServiceError as exc:
+    except (services.ServiceError, *USER_ERRORS) as exc:
         _fail(exc)
     statuses = pipeline.status(cfg)
     _print_status(statuses, title="Pipeline")
@@ -208,7 +213,10 @@ def data_generate(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = 
     path = dataset.cached_path(cfg.paths.cache_dir, s.dataset_records, s.num_devices, s.seed)
     if force:
         path.unlink(missing_ok=True)
-    frame = dataset.load_or_generate(cfg.paths.cache_dir, s.dataset_records, s.num_devices, s.seed)
+    try:
+        frame = dataset.load_or_generate(cfg.paths.cache_dir, s.dataset_records, s.num_devices, s.seed)
+    except USER_ERRORS as exc:
+        _fail(exc)
     console.print(f"data set: {path}")
     _print_summary(dataset.summarize(frame))
 
@@ -224,7 +232,10 @@ def data_inspect(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = P
     from stream import dataset
     from stream.producer import load_dataset
 
-    frame = load_dataset(cfg)
+    try:
+        frame = load_dataset(cfg)
+    except USER_ERRORS as exc:
+        _fail(exc)
     _print_summary(dataset.summarize(frame))
     out = Path(plot) if plot else Path(cfg.paths.data_dir) / "dataset_preview.png"
     chosen = [int(d) for d in devices.split(",")] if devices else None
@@ -250,8 +261,11 @@ def produce(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_
 
     from stream.producer import ReplayProducer, dataset_id, load_dataset
 
-    frame = load_dataset(cfg)
-    producer = ReplayProducer(cfg, frame, dataset_id(cfg))
+    try:
+        frame = load_dataset(cfg)
+        producer = ReplayProducer(cfg, frame, dataset_id(cfg))
+    except USER_ERRORS as exc:
+        _fail(exc)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: producer.stop())
     size = len(frame)
@@ -292,7 +306,7 @@ def flink(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CF
 
     try:
         argv, env = launch.prepare(cfg)
-    except (ServiceError, ConfigError) as exc:
+    except (ServiceError, *USER_ERRORS) as exc:
         _fail(exc)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)  # same pid: `fl-app run` supervises the job itself

@@ -154,6 +154,7 @@ class FlinkConfig:
     group_id: str = "flink-iot-stream"
     bulk_size: int = 500  # readings per MongoDB bulk write
     bulk_max_delay_ms: int = 200  # ... or after this long, whichever first
+    max_window_readings: int = 2000  # per window record (~0.5 MB, under Kafka's 1 MB); more waits for the next
     bundle_size: int = 1000  # PyFlink bundle: small enough for timely timers
     bundle_time_ms: int = 100
     # "thread": Python runs inside the TaskManager JVM (PEMJA), no per-record IPC:
@@ -267,6 +268,7 @@ def validate(app: AppConfig) -> None:
         "flink.checkpoint_interval_ms": app.flink.checkpoint_interval_ms,
         "flink.bulk_size": app.flink.bulk_size,
         "flink.bulk_max_delay_ms": app.flink.bulk_max_delay_ms,
+        "flink.max_window_readings": app.flink.max_window_readings,
         "flink.bundle_size": app.flink.bundle_size,
         "flink.bundle_time_ms": app.flink.bundle_time_ms,
         "mongo.server_selection_timeout_ms": app.mongo.server_selection_timeout_ms,

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from fl_app import storage, topics
 from fl_app.config import AppConfig
@@ -46,7 +46,8 @@ def dead_letter_reasons(cfg: AppConfig, max_seconds: float = 10.0) -> Counter:
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
     reasons: Counter = Counter()
     try:
-        consumer.assign([TopicPartition(topic.name, p, 0) for p in range(topic.partitions)])
+        # OFFSET_BEGINNING, not 0: after retention deleted old segments, 0 is out of range.
+        consumer.assign([TopicPartition(topic.name, p, OFFSET_BEGINNING) for p in range(topic.partitions)])
         deadline, idle_since = time.monotonic() + max_seconds, time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - idle_since < 1.0:
             batch = [m for m in consumer.consume(1000, timeout=0.3) if m.error() is None]

@@ -330,6 +330,8 @@ def load_or_generate(cache_dir: str | Path, num_records: int, num_devices: int, 
     and kept as Parquet under ``<cache_dir>/dataset/``.
     """
     if source_path:
+        if not Path(source_path).is_file():
+            raise ValueError(f"stream.dataset_path={source_path!r}: no such file (the Intel Lab data.txt)")
         frame, _ = load_intel_lab(source_path, limit=num_records)
         return frame
     path = cached_path(cache_dir, num_records, num_devices, seed)

@@ -272,6 +272,8 @@ class ReplayProducer:
                                        on_delivery=functools.partial(self._delivered, index))
                 return
             except BufferError:  # local queue full (broker slow or down): wait for room
+                if self.stop_event.is_set():
+                    return  # stays in _pending, so the saved position keeps it: re-sent on restart
                 self._producer.poll(0.1)
 
     def _delivered(self, index: int, err: Optional[KafkaError], _msg: Message) -> None:
@@ -294,8 +296,13 @@ class ReplayProducer:
             self.stats.resent += len(failed)
 
     def _drain(self) -> None:
-        """Flush; keep re-sending failures until all is acknowledged or time is up."""
-        deadline = time.monotonic() + self.cfg.stream.delivery_timeout_ms / 1000 + 10
+        """Flush; keep re-sending failures until all is acknowledged or time is up.
+
+        When asked to stop (SIGTERM), wait at most 10 s: whatever is still
+        unacknowledged stays below the saved position and is re-sent on restart.
+        """
+        budget = 10.0 if self.stop_event.is_set() else self.cfg.stream.delivery_timeout_ms / 1000 + 10
+        deadline = time.monotonic() + budget
         while time.monotonic() < deadline:
             self._producer.flush(1.0)
             self._resend_failed()

@@ -31,7 +31,7 @@ def test_start_is_idempotent_and_stop_cleans_up(tmp_path: Path) -> None:
     first = proc.start()
     try:
         assert first.state is State.RUNNING and first.pid
-        assert proc.pid_file.read_text().strip() == str(first.pid)
+        assert proc.pid_file.read_text().split()[0] == str(first.pid)
         second = proc.start()  # no-op: same process
         assert second.pid == first.pid
         # A fresh object (as a new `fl-app` invocation) sees the same process.
@@ -106,3 +106,14 @@ def test_stale_pid_file_does_not_block_start(tmp_path: Path) -> None:
         assert proc.start().state is State.RUNNING
     finally:
         proc.stop()
+
+
+def test_a_reused_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """A stale pid file naming a live but unrelated process (pid reuse) is ignored, never signalled."""
+    import os
+
+    proc = http_server(tmp_path, free_port())
+    proc.pid_file.parent.mkdir(parents=True)
+    proc.pid_file.write_text(f"{os.getpid()} 1\n")  # this test process, with a wrong start time
+    assert proc.pid() is None
+    assert proc.stop() is False  # and so this test process was not killed

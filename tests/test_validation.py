@@ -47,6 +47,9 @@ def test_a_dying_battery_is_data_not_garbage() -> None:
         ({**GOOD, "humidity": 900}, "out of range: humidity"),
         ({**GOOD, "light": -1}, "out of range: light"),
         ({**GOOD, "device_id": 99}, "unknown device"),
+        (json.dumps({**GOOD, "temperature": 0}).replace('"temperature": 0', '"temperature": ' + "9" * 400),
+         "out of range: temperature"),  # a huge JSON integer must not crash the job
+        ({**GOOD, "seq": 2**64}, "bad type: seq"),  # beyond what BSON can store
     ],
 )
 def test_each_defect_has_its_reason(record: object, reason: str) -> None:

@@ -56,7 +56,9 @@ def server_process(cfg: AppConfig) -> ManagedProcess:
     host, port = uri_host_port(cfg.mongo.uri)
     return ManagedProcess(
         name=NAME,
-        argv=[
+        argv=[],
+        # Looked up only when starting, so status/stop work even if it is not installed.
+        prepare=lambda: [
             _server_binary(), "--host", "127.0.0.1" if host == "localhost" else host,
             "--port", str(port), "--storage-path", str(storage_dir(cfg)),
             "--cache-size", cfg.mongo.local_server.cache_size, "--log-level", "INFO",

@@ -73,6 +73,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _start_time(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -134,12 +143,20 @@ class ManagedProcess:
 
     # ----------------------------------------------------------- inspection
     def pid(self) -> Optional[int]:
-        """The pid from the pid file if that process is still alive."""
+        """The pid from the pid file if that very process is still alive.
+
+        The file also holds the process's start time, so a pid reused by an
+        unrelated process after a crash or reboot is not mistaken for ours
+        (and never signalled).
+        """
         try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+            fields = self.pid_file.read_text().split()
+            pid, started = int(fields[0]), fields[1] if len(fields) > 1 else None
+        except (OSError, ValueError, IndexError):
             return None
-        return pid if _pid_alive(pid) else None
+        if not _pid_alive(pid) or (started is not None and _start_time(pid) != started):
+            return None
+        return pid
 
     def healthy(self) -> bool:
         if self.health_check is None:
@@ -196,7 +213,7 @@ class ManagedProcess:
                 )
             except FileNotFoundError as exc:
                 raise ServiceError(f"cannot start {self.name}: {exc.filename} not found") from exc
-        self.pid_file.write_text(f"{proc.pid}\n")
+        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
         log.info("started %s (pid %d), log %s", self.name, proc.pid, self.log_file)
         if not self._wait_healthy(proc.pid, self.startup_timeout, proc):
             code = proc.poll()

@@ -94,13 +94,14 @@ class BulkStore(KeyedProcessFunction):
     def __init__(self, settings: JobSettings) -> None:
         self.uri, self.database = settings.mongo_uri, settings.mongo_database
         self.bulk_size, self.delay = settings.bulk_size, settings.bulk_max_delay_ms
+        self.timeout_ms = settings.mongo_timeout_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         from pymongo import MongoClient
 
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.count = runtime_context.get_state(ValueStateDescriptor("count", Types.INT()))
-        self.client = MongoClient(self.uri, tz_aware=True)
+        self.client = MongoClient(self.uri, tz_aware=True, serverSelectionTimeoutMS=self.timeout_ms)
         self.collection = self.client[self.database]["device_data"]
         group = runtime_context.get_metrics_group()
         self.stored = group.counter("stored")
@@ -160,6 +161,7 @@ class DeviceWindows(KeyedProcessFunction):
     def __init__(self, settings: JobSettings) -> None:
         self.interval_ms = int(settings.window_seconds * 1000)
         self.partition = {int(k): v for k, v in settings.window_partition.items()}
+        self.max_readings = settings.max_window_readings
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.pending = runtime_context.get_list_state(ListStateDescriptor("readings", Types.PICKLED_BYTE_ARRAY()))
@@ -176,6 +178,12 @@ class DeviceWindows(KeyedProcessFunction):
     def on_timer(self, timestamp, ctx):  # noqa: ANN001
         readings = list(self.pending.get() or [])
         self.pending.clear()
+        if len(readings) > self.max_readings:
+            # A backlog (after downtime) would make one record too big for Kafka:
+            # send the oldest now, the rest in the next windows.
+            readings, rest = readings[:self.max_readings], readings[self.max_readings:]
+            self.pending.add_all(rest)
+            ctx.timer_service().register_processing_time_timer(timestamp + self.interval_ms)
         if readings:
             device = int(ctx.get_current_key())
             value = window_record(device, _iso_ms(timestamp - self.interval_ms), _iso_ms(timestamp), readings)
@@ -195,9 +203,10 @@ def _environment(s: JobSettings) -> StreamExecutionEnvironment:
     config.set_string("execution.checkpointing.dir", Path(s.checkpoint_dir).resolve().as_uri())
     config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     config.set_string("execution.checkpointing.num-retained", "3")
-    config.set_string("restart-strategy.type", "fixed-delay")
-    config.set_string("restart-strategy.fixed-delay.attempts", "20")
-    config.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    # Keep retrying through a Kafka or MongoDB outage, backing off to a minute.
+    config.set_string("restart-strategy.type", "exponential-delay")
+    config.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")
+    config.set_string("restart-strategy.exponential-delay.max-backoff", "60 s")
     if s.resume_from:
         config.set_string("execution.state-recovery.path", s.resume_from)
     if s.jobmanager != "local":
@@ -241,29 +250,31 @@ def build(s: JobSettings) -> StreamExecutionEnvironment:
             'format' = 'raw'
         )""")
     records = t_env.to_data_stream(t_env.from_path("readings_source"))
+    # Every operator below has a uid, so state restores into the same operator
+    # even after the job's code changes.
 
-    validated = records.process(Validate(s), output_type=Types.PICKLED_BYTE_ARRAY()).name("validate")
+    validated = records.process(Validate(s), output_type=Types.PICKLED_BYTE_ARRAY()).name("validate").uid("validate")
     dead_letters = validated.get_side_output(DEAD_LETTER)
     dead_letters.sink_to(_kafka_sink(s, KafkaRecordSerializationSchema.builder()
                                       .set_topic(s.dead_letter_topic)
                                       .set_value_serialization_schema(SimpleStringSchema())
-                                      .build(), "dlq")).name("dead-letter topic")
+                                      .build(), "dlq")).name("dead-letter topic").uid("dead-letter-sink")
 
     shards = s.parallelism
     stored = (validated.key_by(lambda r: r["device_id"] % shards, key_type=Types.INT())
-              .process(BulkStore(s), output_type=Types.INT()).name("store device_data"))
+              .process(BulkStore(s), output_type=Types.INT()).name("store device_data").uid("store-device-data"))
     jvm = get_gateway().jvm
-    stored._j_data_stream.sinkTo(jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())
+    stored._j_data_stream.sinkTo(jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()).uid("stored")
 
     windows = (validated.key_by(lambda r: r["device_id"], key_type=Types.INT())
-               .process(DeviceWindows(s), output_type=WINDOW_ROW).name("per-device windows"))
+               .process(DeviceWindows(s), output_type=WINDOW_ROW).name("per-device windows").uid("device-windows"))
     # PyFlink has no Python hook for the key, the value or the partition of a
     # Kafka record; two tiny Java classes (stream/flink/java) pick row fields.
     serializer = KafkaRecordSerializationSchema.builder().set_topic(s.windows_topic)
     serializer._j_builder.setKeySerializationSchema(jvm.fliot.flink.RowFieldSerializationSchema(1))
     serializer._j_builder.setValueSerializationSchema(jvm.fliot.flink.RowFieldSerializationSchema(2))
     serializer._j_builder.setPartitioner(jvm.fliot.flink.RowFieldPartitioner(0))
-    windows.sink_to(_kafka_sink(s, serializer.build(), "windows")).name("window topic")
+    windows.sink_to(_kafka_sink(s, serializer.build(), "windows")).name("window topic").uid("window-sink")
     return env
 
 

@@ -56,6 +56,8 @@ def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
                           f"least the number of devices ({len(devices)}): each device has its own partition")
     checkpoint_dir = Path(cfg.flink.checkpoint_dir)
     resume_from = latest_checkpoint(checkpoint_dir) if resume else None
+    if resume_from is not None:
+        prune_checkpoints(checkpoint_dir, keep=resume_from.parent)
     return JobSettings(
         bootstrap_servers=cfg.kafka.bootstrap_servers,
         readings_topic=cfg.kafka.topics.readings.name,
@@ -81,8 +83,19 @@ def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
         valid_ranges={name: list(getattr(cfg.flink.valid_ranges, name))
                       for name in ("temperature", "humidity", "light", "voltage")},
         python_execution_mode=cfg.flink.python_execution_mode,
+        max_window_readings=cfg.flink.max_window_readings,
+        mongo_timeout_ms=cfg.mongo.server_selection_timeout_ms,
         resume_from=str(resume_from) if resume_from else None,
     )
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep: Path) -> None:
+    """Each run checkpoints into a folder of its own job id; only the one we resume from matters."""
+    import shutil
+
+    for job_dir in checkpoint_dir.iterdir():
+        if job_dir.is_dir() and job_dir != keep:
+            shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def prepare(cfg: AppConfig) -> tuple[list[str], dict[str, str]]:

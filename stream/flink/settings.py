@@ -40,6 +40,8 @@ class JobSettings:
     transaction_timeout_ms: int
     valid_ranges: dict[str, list[float]]
     python_execution_mode: str = "process"
+    max_window_readings: int = 2000
+    mongo_timeout_ms: int = 5000
     resume_from: Optional[str] = None  # a retained checkpoint to restore state and offsets from
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 from fl_app.schemas import SENSOR_FIELDS, Reading
 
 REQUIRED = tuple(Reading.__dataclass_fields__)
+INT64_MAX = 2**63 - 1  # what BSON (and so MongoDB) can store
 
 
 def validate(raw: Optional[str], known_devices: "set[int] | frozenset[int]",
@@ -37,7 +38,7 @@ def validate(raw: Optional[str], known_devices: "set[int] | frozenset[int]",
         return None, "bad type: event_id"
     for name in ("device_id", "loop", "seq"):
         value = data[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
             return None, f"bad type: {name}"
     for name in ("event_time", "source_time"):
         value = data[name]
@@ -53,6 +54,8 @@ def validate(raw: Optional[str], known_devices: "set[int] | frozenset[int]",
         value = data[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None, f"bad type: {name}"
+        if isinstance(value, int) and abs(value) > INT64_MAX:  # isfinite() would overflow on it
+            return None, f"out of range: {name}"
         if not math.isfinite(value):
             return None, f"not finite: {name}"
         low, high = ranges[name]

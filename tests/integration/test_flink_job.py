@@ -30,6 +30,7 @@ from stream.producer import ReplayProducer
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(sys.executable).parent / "fl-app"
 WINDOW_SECONDS = 3
+MAX_WINDOW = 25  # readings per window record; a burst of ~38 per device must spill into the next window
 RECORDS = 5000  # data set size for these tests
 
 
@@ -43,6 +44,7 @@ def job_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
         f"kafka.topics.dead_letter.name=dlq_{tag}", f"flink.group_id=flink-{tag}",
         f"fl.local_training_interval_seconds={WINDOW_SECONDS}", "flink.checkpoint_interval_ms=1000",
         f"stream.dataset_records={RECORDS}", f"stream.state_file={home}/producer_state.json",
+        f"flink.max_window_readings={MAX_WINDOW}",
     ]
 
 
@@ -134,7 +136,7 @@ def test_every_valid_reading_is_stored_once(stored_run: tuple[AppConfig, int]) -
 
 def test_windows_go_to_each_devices_own_partition_at_the_interval(stored_run: tuple[AppConfig, int]) -> None:
     cfg, sent = stored_run
-    time.sleep(WINDOW_SECONDS + 2)  # the last windows close and commit
+    time.sleep(2 * WINDOW_SECONDS + 2)  # the last windows (and the spill-over ones) close and commit
     windows = read_committed(cfg, cfg.kafka.topics.windows.name, cfg.kafka.topics.windows.partitions)
     devices = dataset.device_ids(cfg.stream.num_devices)
     partition_of = window_partitions(devices)
@@ -147,7 +149,7 @@ def test_windows_go_to_each_devices_own_partition_at_the_interval(stored_run: tu
         start, end = datetime.fromisoformat(w["window_start"]), datetime.fromisoformat(w["window_end"])
         assert (end - start).total_seconds() == WINDOW_SECONDS
         assert end.timestamp() % WINDOW_SECONDS == 0  # boundaries on the interval grid
-        assert w["count"] == len(w["readings"]) > 0  # no empty windows
+        assert 0 < w["count"] == len(w["readings"]) <= MAX_WINDOW  # no empty windows, none too big
         assert all(r["device_id"] == w["device_id"] for r in w["readings"])
         seen_events.update(r["event_id"] for r in w["readings"])
         per_device[w["device_id"]].append(start)
@@ -155,6 +157,7 @@ def test_windows_go_to_each_devices_own_partition_at_the_interval(stored_run: tu
     assert set(seen_events) >= valid_ids
     assert max(seen_events.values()) == 1  # every reading in exactly one window
     assert len(per_device) == len(devices)
+    assert sent / len(devices) > MAX_WINDOW  # so the cap really split windows, and nothing was lost
     for starts in per_device.values():
         assert len(starts) == len(set(starts))  # one window per (device, interval)
 

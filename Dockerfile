@@ -1,12 +1,17 @@
 # One image for every app service of docker-compose.yml (profile "app").
+# Not built in CI (no Docker engine there); mirrors what scripts/setup.sh does.
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless make \
+ && apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven make \
  && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir uv==0.13.8
 WORKDIR /app
 ENV UV_PYTHON_DOWNLOADS=never FL_APP_HOME=/app PATH=/app/.venv/bin:$PATH
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --no-install-project
+COPY stream/flink/requirements.lock stream/flink/requirements.lock
+RUN uv sync --frozen --no-dev --no-install-project \
+ && uv venv .venv-flink \
+ && uv pip sync --python .venv-flink/bin/python stream/flink/requirements.lock
 COPY . .
-RUN uv sync --frozen --no-dev
+RUN uv sync --frozen --no-dev \
+ && .venv/bin/python -c 'from fl_app.config import load_config; from stream.flink import launch; from fl_app.services import jars; cfg = load_config(); jars.resolve("kafka-broker", jars.default_cache_dir()); launch.job_jars(cfg)'

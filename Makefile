@@ -3,7 +3,7 @@
 # Both install what is missing first (scripts/setup.sh, idempotent).
 # Pass Hydra overrides to run with ARGS, e.g. make run ARGS="profile=production".
 
-.PHONY: setup run stop status test test-fast bench clean
+.PHONY: setup run stop status test test-fast bench
 
 setup:
 	@scripts/setup.sh
@@ -15,7 +15,7 @@ stop:
 	.venv/bin/fl-app stop $(ARGS)
 
 status:
-	.venv/bin/fl-app services status $(ARGS)
+	.venv/bin/fl-app status $(ARGS)
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

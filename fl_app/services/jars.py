@@ -27,7 +27,7 @@ def require_java() -> str:
     if java is None:
         raise ServiceError(
             "Java 17+ is required for the local Kafka broker but `java` is not on PATH. "
-            "Install it (`apt-get install openjdk-17-jre-headless`, or run `make setup`), "
+            "Install it (`apt-get install openjdk-17-jdk-headless`, or run `make setup`), "
             "or use an existing broker with `kafka=remote` / `kafka.local_broker.enabled=false`."
         )
     return java

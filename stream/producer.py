@@ -206,7 +206,6 @@ class ReplayProducer:
             start = Position(start.loop + 1, 0)
         if start.loop > 0 and not s.loop_dataset:
             log.info("data set already replayed once and loop_dataset is false: nothing to send")
-            start = Position(start.loop, 0)
             self.stats.start = self.stats.end = start
             return self.stats
         self.stats.start = start

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fl_app.cli import app
 from fl_app.config import PROJECT_ROOT
-from tests.conftest import isolated_overrides
+from fl_app.services import private_overrides
 
 runner = CliRunner()
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -52,7 +52,7 @@ def test_console_script_rejects_a_bad_key_by_name() -> None:
 def test_run_status_stop(tmp_path: Path) -> None:
     """`fl-app run` starts services, the Flink job and the producer in the background;
     readings flow into MongoDB; `stop` ends all."""
-    overrides = [*isolated_overrides(tmp_path), "stream.dataset_records=2000", "stream.records_per_second=50"]
+    overrides = [*private_overrides(tmp_path), "stream.dataset_records=2000", "stream.records_per_second=50"]
     env = {**os.environ, "COLUMNS": "200"}
 
     def fl_app(*args: str) -> subprocess.CompletedProcess:

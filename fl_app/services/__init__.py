@@ -8,16 +8,20 @@ the collections. :func:`down` stops them; :func:`status` reports them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
 
-from fl_app.config import AppConfig
+from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services import kafka, mongo
-from fl_app.services.runner import ManagedProcess, ServiceError, State, Status
+from fl_app.services.runner import ManagedProcess, ServiceError, State, Status, free_port
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServiceError", "Status", "State", "Readiness", "local_processes", "up", "down", "status", "provision"]
+__all__ = ["ServiceError", "Status", "State", "Readiness", "local_processes", "up", "down", "status", "provision",
+           "private_overrides", "private_stack"]
 
 
 def local_processes(cfg: AppConfig) -> list[ManagedProcess]:
@@ -41,9 +45,8 @@ class Readiness:
 
 def up(cfg: AppConfig) -> Readiness:
     """Start local servers (idempotent) and provision topics and collections."""
-    started: list[Status] = []
     for proc in local_processes(cfg):
-        started.append(proc.start())
+        proc.start()
     ready = provision(cfg)
     ready.services = status(cfg)
     return ready
@@ -95,3 +98,28 @@ def status(cfg: AppConfig) -> list[Status]:
         out.append(Status(mongo.NAME, State.EXTERNAL, address="%s:%d" % mongo.uri_host_port(cfg.mongo.uri),
                           detail="reachable" if ok else "unreachable"))
     return out
+
+
+def private_overrides(home: Path) -> list[str]:
+    """Overrides for a stack of its own: home under ``home``, free ports, the project's jar cache.
+
+    Tests and benchmarks use it so they never touch a user's running services.
+    """
+    return [
+        f"paths.home={home}",
+        f"paths.cache_dir={PROJECT_ROOT / '.cache'}",
+        f"kafka.bootstrap_servers=127.0.0.1:{free_port()}",
+        f"kafka.local_broker.controller_port={free_port()}",
+        f"mongo.uri=mongodb://127.0.0.1:{free_port()}",
+    ]
+
+
+@contextlib.contextmanager
+def private_stack(home: Path, extra: Sequence[str] = ()) -> Iterator[AppConfig]:
+    """A running broker and MongoDB-wire server of their own, stopped on exit."""
+    cfg = load_config([*private_overrides(home), *extra])
+    try:
+        up(cfg)
+        yield cfg
+    finally:
+        down(cfg)

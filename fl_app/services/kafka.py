@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fl_app.config import AppConfig, host_port
 from fl_app.services import jars
-from fl_app.services.runner import ManagedProcess, ServiceError
+from fl_app.services.runner import LOOPBACK, ManagedProcess, ServiceError
 
 NAME = "kafka"
 
@@ -134,4 +134,4 @@ def _prepare(cfg: AppConfig) -> list[str]:
 def runs_locally(cfg: AppConfig) -> bool:
     """Start our own broker only when enabled and the bootstrap address is on this machine."""
     host, _ = host_port(cfg.kafka.bootstrap_servers)
-    return cfg.kafka.local_broker.enabled and host in {"127.0.0.1", "localhost", "::1"}
+    return cfg.kafka.local_broker.enabled and host in LOOPBACK

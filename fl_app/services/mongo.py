@@ -14,10 +14,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fl_app.config import AppConfig
-from fl_app.services.runner import ManagedProcess, ServiceError
+from fl_app.services.runner import LOOPBACK, ManagedProcess, ServiceError
 
 NAME = "mongo"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def uri_host_port(uri: str) -> tuple[str, int]:

@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Optional, Sequence
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], bool]
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})  # addresses whose servers we may start here
 
 
 class ServiceError(RuntimeError):

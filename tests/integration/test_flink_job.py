@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from fl_app import flow, services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
@@ -26,6 +26,7 @@ from fl_app.schemas import window_partitions
 from fl_app.services.runner import ManagedProcess
 from stream import dataset
 from stream.producer import ReplayProducer
+from tests.kafka_helpers import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -76,20 +77,8 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 180, job: Ma
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{job.tail(40)}" if job else ""))
 
 
-def read_committed(cfg: AppConfig, topic: str, partitions: int, idle: float = 4.0, level: str = "read_committed") -> list:
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"t-{uuid.uuid4()}",
-                         "isolation.level": level, "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out, last = [], time.monotonic()
-    try:
-        while time.monotonic() - last < idle:
-            batch = [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
-            if batch:
-                out += batch
-                last = time.monotonic()
-    finally:
-        consumer.close()
-    return out
+def read_committed(cfg: AppConfig, topic: str, partitions: int, idle: float = 4.0) -> list:
+    return read_topic(cfg.kafka.bootstrap_servers, topic, partitions, idle=idle)
 
 
 def produce(cfg: AppConfig, **stream: object) -> int:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from fl_app import services, topics
 from fl_app.config import PROJECT_ROOT, AppConfig
 from fl_app.schemas import Reading
 from stream import dataset
 from stream.producer import ReplayProducer
+from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -43,22 +43,10 @@ def frame_for(cfg: AppConfig) -> pd.DataFrame:
     return dataset.generate(cfg.stream.dataset_records, cfg.stream.num_devices, cfg.stream.seed)
 
 
-def consume_all(cfg: AppConfig, idle: float = 3.0, timeout: float = 120.0) -> list:
-    """Every message of the test's topic, read until nothing new arrives for ``idle`` s."""
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"t-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
+def consume_all(cfg: AppConfig) -> list:
+    """Every message of the test's readings topic."""
     topic = cfg.kafka.topics.readings
-    consumer.assign([TopicPartition(topic.name, p, 0) for p in range(topic.partitions)])
-    out, last_new, started = [], time.monotonic(), time.monotonic()
-    try:
-        while time.monotonic() - last_new < idle and time.monotonic() - started < timeout:
-            batch = [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
-            if batch:
-                out += batch
-                last_new = time.monotonic()
-    finally:
-        consumer.close()
-    return out
+    return read_topic(cfg.kafka.bootstrap_servers, topic.name, topic.partitions)
 
 
 def command_overrides(cfg: AppConfig, home: Path) -> list[str]:

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from fl_app import services, storage
 from fl_app.config import AppConfig, load_config
 from fl_app.services import ServiceError, State, jars
-from tests.conftest import isolated_overrides
+from fl_app.services import private_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture()
 def own_stack(tmp_path: Path):
     """A stack of its own, since these tests stop and restart it."""
-    cfg = load_config(isolated_overrides(tmp_path))
+    cfg = load_config(private_overrides(tmp_path))
     try:
         yield cfg
     finally:
@@ -93,7 +93,7 @@ def test_missing_java_is_a_clear_error(own_stack: AppConfig, monkeypatch: pytest
 
 
 def test_remote_servers_are_not_started_only_checked(tmp_path: Path) -> None:
-    cfg = load_config([*isolated_overrides(tmp_path), "kafka=remote", "mongo=remote",
+    cfg = load_config([*private_overrides(tmp_path), "kafka=remote", "mongo=remote",
                        "kafka.bootstrap_servers=127.0.0.1:1", "mongo.uri=mongodb://127.0.0.1:1"])
     assert services.local_processes(cfg) == []
     statuses = {s.name: s for s in services.status(cfg)}

@@ -159,7 +159,12 @@ class FlinkConfig:
     bundle_time_ms: int = 100
     # "thread": Python runs inside the TaskManager JVM (PEMJA), no per-record IPC:
     # 1.6-1.8x the throughput of "process" and a third of its latency here (benchmarks/flink_pipeline.py).
+    # Both modes run the operators on the Flink environment's packages (python.pythonpath).
     python_execution_mode: str = "thread"
+    # How long the window operator remembers each device's event ids to drop re-sent readings.
+    # Must exceed the producer's resend horizon (stream.delivery_timeout_ms plus the time until
+    # a crashed producer is restarted): a re-send later than this would be windowed twice.
+    dedup_ttl_seconds: float = 3600.0
     transaction_timeout_ms: int = 300_000  # Kafka exactly-once sink; below the broker's 15 min cap
     valid_ranges: ValidRanges = field(default_factory=ValidRanges)
 
@@ -293,6 +298,9 @@ def validate(app: AppConfig) -> None:
 
     if app.flink.python_execution_mode not in ("process", "thread"):
         raise ConfigError(f"flink.python_execution_mode must be process or thread, got {app.flink.python_execution_mode!r}")
+    if app.flink.dedup_ttl_seconds <= app.stream.delivery_timeout_ms / 1000:
+        raise ConfigError(f"flink.dedup_ttl_seconds ({app.flink.dedup_ttl_seconds:g}) must exceed the producer's "
+                          f"resend horizon, stream.delivery_timeout_ms ({app.stream.delivery_timeout_ms} ms)")
     for name in ("temperature", "humidity", "light", "voltage"):
         bounds = getattr(app.flink.valid_ranges, name)
         if len(bounds) != 2 or bounds[0] >= bounds[1]:

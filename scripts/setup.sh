@@ -7,13 +7,11 @@
 #       .venv        main: flwr, torch, pyspark, confluent-kafka, pymongo, hydra, fastapi
 #       .venv-flink  the Flink job: apache-flink pins clash with flwr/pyspark
 #   - the Kafka broker and Flink Kafka connector jars (resolved once into .cache/jars)
-#   - a docker-compose binary for validating docker-compose.yml when the docker
-#     client has no compose plugin (built from the Go module proxy)
+# Nothing here installs into the system Python: every package goes into a virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 UV_VERSION="0.13.8"
-COMPOSE_VERSION="v2.40.3"
 TOOLS="$ROOT/.cache/tools"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
@@ -69,14 +67,5 @@ cfg = load_config()
 jars.resolve("kafka-broker", jars.default_cache_dir())
 launch.job_jars(cfg)
 '
-
-# --- docker compose (validation only; no engine runs here) -----------------
-if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
-   && [ ! -x "$TOOLS/bin/docker-compose" ] && command -v go >/dev/null 2>&1; then
-  say "building docker-compose $COMPOSE_VERSION (once, ~2 min) to validate docker-compose.yml"
-  GOFLAGS=-mod=mod go mod download "github.com/docker/compose/v2@$COMPOSE_VERSION"
-  src="$(go env GOMODCACHE)/github.com/docker/compose/v2@$COMPOSE_VERSION"
-  (cd "$src" && go build -o "$TOOLS/bin/docker-compose" ./cmd)
-fi
 
 say "ready"

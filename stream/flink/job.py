@@ -7,14 +7,22 @@
       |   valid
       +-> bulk store --> MongoDB device_data (insert, duplicates of event_id ignored:
       |                  a replay after a crash writes nothing twice)
-      +-> key by device -> every window_seconds of processing time, the device's
-                           new readings as one window record -> per-device window
-                           topic, in that device's own partition
+      +-> key by device -> drop event ids the device has already seen (a producer
+                           that crashed re-sends what it sent since its last saved
+                           position) -> every window_seconds of processing time, the
+                           device's new readings as one window record -> per-device
+                           window topic, in that device's own partition
 
 Both Kafka sinks are exactly-once (transactions committed at checkpoints), so
 after a kill and a restart from the last checkpoint no window record and no
 dead letter appears twice; readers use ``isolation.level=read_committed``.
-Buffered readings and open windows live in keyed state, which is checkpointed.
+Buffered readings, open windows and the ids each device has seen live in
+keyed state, which is checkpointed: every reading is in exactly one committed
+window, across a crash of the job or of the producer.
+
+The Python operators run in the Flink environment (``.venv-flink``) in both
+execution modes; the first one to open reports the interpreter and packages it
+uses (``stream/flink/interpreter.py``), and the job logs it.
 """
 
 from __future__ import annotations
@@ -23,25 +31,31 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pyflink.common import Configuration, Row, Types
+from pyflink.common import Configuration, Row, Time, Types
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import OutputTag, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
 from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import (ListStateDescriptor, MapStateDescriptor, StateTtlConfig,
+                                      ValueStateDescriptor)
 from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
 from fl_app.schemas import DeadLetter, window_record
+from stream.flink import interpreter
 from stream.flink.settings import JobSettings
 from stream.flink.validation import validate
 
 log = logging.getLogger("stream.flink.job")
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+OWN_PACKAGES = (PROJECT_ROOT / "fl_app", PROJECT_ROOT / "stream")  # the only modules imported from the repo
 
 DEAD_LETTER = OutputTag("dead-letter", Types.STRING())
 WINDOW_ROW = Types.ROW([Types.INT(), Types.STRING(), Types.STRING()])  # partition, key, value
@@ -59,9 +73,14 @@ class Validate(ProcessFunction):
         self.ranges = {k: tuple(v) for k, v in settings.valid_ranges.items()}
         self.topic = settings.readings_topic
         self.counters: dict = {}
+        self.env_root = flink_env_root(settings)
+        self.report_path = settings.python_env_report
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.metrics = runtime_context.get_metrics_group().add_group("dead_letter")
+        report = interpreter.describe(self.env_root, OWN_PACKAGES)
+        interpreter.write_report(self.report_path, report)
+        log.log(logging.ERROR if report["foreign_modules"] else logging.INFO, "%s", interpreter.summary(report))
 
     def _count(self, reason: str) -> None:
         key = reason.replace(" ", "_").replace(":", "")
@@ -156,17 +175,39 @@ class DeviceWindows(KeyedProcessFunction):
     Boundaries are multiples of ``window_seconds`` of processing time; a
     device with no new readings emits nothing. A window holds the readings
     that arrived since the device's previous window was emitted.
+
+    A reading whose ``event_id`` the device has already seen is dropped: a
+    producer restarted after a crash re-sends the readings after its last
+    saved position, and windows are training data (a duplicate would be
+    trained on twice). The ids live in keyed map state with a time-to-live
+    (``flink.dedup_ttl_seconds``, longer than the producer's resend horizon),
+    so memory stays bounded; the state is checkpointed with the windows.
     """
 
     def __init__(self, settings: JobSettings) -> None:
         self.interval_ms = int(settings.window_seconds * 1000)
         self.partition = {int(k): v for k, v in settings.window_partition.items()}
         self.max_readings = settings.max_window_readings
+        self.ttl_ms = int(settings.dedup_ttl_seconds * 1000)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.pending = runtime_context.get_list_state(ListStateDescriptor("readings", Types.PICKLED_BYTE_ARRAY()))
+        ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.ttl_ms))
+               .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+               .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+               .cleanup_full_snapshot()
+               .build())
+        seen = MapStateDescriptor("seen-event-ids", Types.STRING(), Types.BOOLEAN())
+        seen.enable_time_to_live(ttl)
+        self.seen = runtime_context.get_map_state(seen)
+        self.duplicates = runtime_context.get_metrics_group().counter("duplicates_dropped")
 
     def process_element(self, reading, ctx):  # noqa: ANN001
+        event = reading["event_id"]
+        if self.seen.contains(event):
+            self.duplicates.inc()
+            return iter(())
+        self.seen.put(event, True)
         self.pending.add(reading)
         # Register the boundary for every reading (Flink keeps one timer per
         # (key, time)). A "timer pending" flag in state instead was seen to go
@@ -278,17 +319,42 @@ def build(s: JobSettings) -> StreamExecutionEnvironment:
     return env
 
 
+def flink_env_root(s: JobSettings) -> Path:
+    """The Flink virtualenv: ``<env>/bin/python`` (not resolved: the venv's python is a symlink)."""
+    return Path(s.python_executable).parent.parent
+
+
+def _log_operator_interpreter(s: JobSettings) -> None:
+    """Log what the first Python operator reports about its interpreter (a file it writes at open;
+    in process mode operators open with the first record, so this may take a while)."""
+    path = Path(s.python_env_report)
+    while not path.is_file():
+        time.sleep(1.0)
+    report = json.loads(path.read_text())
+    log.log(logging.ERROR if report["foreign_modules"] else logging.INFO, "%s", interpreter.summary(report))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The fl-iot-stream Flink job.")
     parser.add_argument("--settings", required=True, type=Path, help="JSON written by `fl-app flink`")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format=LOG_FORMAT)
+    # Our lines get a handler of their own: when PyFlink submits the job it lowers the root
+    # logger to WARNING, and a local run's Python worker replaces the root handlers with Beam's.
+    own = logging.StreamHandler(sys.stdout)
+    own.setFormatter(logging.Formatter(LOG_FORMAT))
+    log.addHandler(own)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     s = JobSettings.load(args.settings)
     log.info("starting: %s -> device_data, %s (windows every %gs), %s; checkpoints every %d ms in %s%s",
              s.readings_topic, s.windows_topic, s.window_seconds, s.dead_letter_topic, s.checkpoint_interval_ms,
              s.checkpoint_dir, f"; resuming from {s.resume_from}" if s.resume_from else "")
+    log.info("Python operators: %s mode, python.executable %s; this client runs on %s (prefix %s)",
+             s.python_execution_mode, s.python_executable, sys.executable, sys.prefix)
+    Path(s.python_env_report).unlink(missing_ok=True)
     started = time.monotonic()
+    threading.Thread(target=_log_operator_interpreter, args=(s,), name="interpreter-report", daemon=True).start()
     build(s).execute("fl-iot-stream")
     log.info("job ended after %.0fs", time.monotonic() - started)
 

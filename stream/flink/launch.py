@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from fl_app.config import PROJECT_ROOT, AppConfig, ConfigError
-from fl_app.schemas import window_partitions
+from fl_app.schemas import SENSOR_FIELDS, window_partitions
 from fl_app.services import jars
 from fl_app.services.runner import ServiceError
 from stream.flink.settings import JobSettings, latest_checkpoint
@@ -75,15 +75,16 @@ def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
         jobmanager=cfg.flink.jobmanager,
         jars=[str(j) for j in job_jars(cfg)],
         python_executable=str(flink_python(cfg)),
+        python_env_report=str(Path(cfg.paths.run_dir) / "flink_python_env.json"),
         bulk_size=cfg.flink.bulk_size,
         bulk_max_delay_ms=cfg.flink.bulk_max_delay_ms,
         bundle_size=cfg.flink.bundle_size,
         bundle_time_ms=cfg.flink.bundle_time_ms,
         transaction_timeout_ms=cfg.flink.transaction_timeout_ms,
-        valid_ranges={name: list(getattr(cfg.flink.valid_ranges, name))
-                      for name in ("temperature", "humidity", "light", "voltage")},
+        valid_ranges={name: list(getattr(cfg.flink.valid_ranges, name)) for name in SENSOR_FIELDS},
         python_execution_mode=cfg.flink.python_execution_mode,
         max_window_readings=cfg.flink.max_window_readings,
+        dedup_ttl_seconds=cfg.flink.dedup_ttl_seconds,
         mongo_timeout_ms=cfg.mongo.server_selection_timeout_ms,
         resume_from=str(resume_from) if resume_from else None,
     )
@@ -104,8 +105,13 @@ def prepare(cfg: AppConfig) -> tuple[list[str], dict[str, str]]:
     path = Path(cfg.paths.run_dir) / "flink_job.json"
     job_settings.save(path)
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")},
+        # The project only (fl_app.schemas, stream.flink); never a user's own PYTHONPATH.
+        "PYTHONPATH": str(PROJECT_ROOT),
+        # Thread mode embeds CPython in the JVM; it finds its prefix by looking up `python3` on
+        # PATH. With the Flink env's bin first it is that virtualenv (its site-packages, and not
+        # the base interpreter's); otherwise it is whatever python3 the machine has.
+        "PATH": os.pathsep.join([str(Path(job_settings.python_executable).parent), os.environ.get("PATH", "")]),
         "PYFLINK_CLIENT_EXECUTABLE": job_settings.python_executable,
         # Flink's own logs (JobManager/TaskManager of the mini-cluster) next to ours.
         "FLINK_LOG_DIR": str(Path(cfg.paths.logs_dir) / "flink"),

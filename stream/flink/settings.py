@@ -10,13 +10,16 @@ Standard library only (both environments import it).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 
 @dataclass
 class JobSettings:
+    """Every value comes from the Hydra config (see ``stream/flink/launch.py``); no defaults here,
+    so the two can never disagree."""
+
     bootstrap_servers: str
     readings_topic: str
     windows_topic: str
@@ -33,17 +36,18 @@ class JobSettings:
     jobmanager: str
     jars: list[str]
     python_executable: str
+    python_env_report: str  # where the operators write which interpreter and packages they use
     bulk_size: int
     bulk_max_delay_ms: int
     bundle_size: int
     bundle_time_ms: int
     transaction_timeout_ms: int
     valid_ranges: dict[str, list[float]]
-    python_execution_mode: str = "process"
-    max_window_readings: int = 2000
-    mongo_timeout_ms: int = 5000
-    resume_from: Optional[str] = None  # a retained checkpoint to restore state and offsets from
-    extra: dict[str, Any] = field(default_factory=dict)
+    python_execution_mode: str
+    max_window_readings: int
+    dedup_ttl_seconds: float  # how long a window remembers an event id (see DeviceWindows)
+    mongo_timeout_ms: int
+    resume_from: Optional[str]  # a retained checkpoint to restore state and offsets from
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

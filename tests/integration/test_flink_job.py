@@ -49,9 +49,10 @@ def job_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
     ]
 
 
-def provisioned_job(stack: AppConfig, home: Path) -> tuple[AppConfig, list[str], ManagedProcess]:
+def provisioned_job(stack: AppConfig, home: Path, extra: tuple[str, ...] = ()
+                    ) -> tuple[AppConfig, list[str], ManagedProcess]:
     """Topics and collections of a fresh tag, and a running job on them."""
-    overrides = job_overrides(stack, home, uuid.uuid4().hex[:8])
+    overrides = [*job_overrides(stack, home, uuid.uuid4().hex[:8]), *extra]
     cfg = load_config(overrides)
     services.provision(cfg)
     return cfg, overrides, start_job(cfg, overrides)
@@ -146,9 +147,31 @@ def test_windows_go_to_each_devices_own_partition_at_the_interval(stored_run: tu
     assert set(seen_events) >= valid_ids
     assert max(seen_events.values()) == 1  # every reading in exactly one window
     assert len(per_device) == len(devices)
-    assert sent / len(devices) > MAX_WINDOW  # so the cap really split windows, and nothing was lost
+    counts = Counter(json.loads(m.value())["device_id"] for m in windows if json.loads(m.value())["count"] == MAX_WINDOW)
+    assert counts, "no window reached the cap: the spill-over path was not exercised"
     for starts in per_device.values():
         assert len(starts) == len(set(starts))  # one window per (device, interval)
+
+
+def assert_operators_use_only_the_flink_environment(cfg: AppConfig, job: ManagedProcess) -> None:
+    """What the job's Python operators reported about their interpreter (they write it at open)."""
+    flink_env = (PROJECT_ROOT / ".venv-flink").resolve()
+    report_file = Path(cfg.paths.run_dir) / "flink_python_env.json"
+    wait_for("the operators' interpreter report", report_file.is_file, timeout=60, job=job)
+    report = json.loads(report_file.read_text())
+    assert report["foreign_modules"] == {}, f"modules imported from outside {flink_env}: {report['foreign_modules']}"
+    assert Path(report["prefix"]).resolve() == flink_env  # the virtualenv itself, not its base interpreter
+    for package in ("pyflink", "pemja"):
+        assert Path(report[package]).is_relative_to(flink_env), (package, report[package])
+    wait_for("the job to log the report", lambda: "no module from outside the Flink environment"
+             in job.log_file.read_text(), timeout=30, job=job)
+
+
+def test_python_operators_use_only_the_flink_environment(stored_run: tuple[AppConfig, int],
+                                                         flink_env: tuple[AppConfig, ManagedProcess]) -> None:
+    cfg, job = flink_env
+    assert cfg.flink.python_execution_mode == "thread"  # the default: PEMJA, CPython inside the JVM
+    assert_operators_use_only_the_flink_environment(cfg, job)
 
 
 def test_malformed_records_go_to_the_dead_letter_topic(stored_run: tuple[AppConfig, int]) -> None:
@@ -233,3 +256,48 @@ def test_kill_9_and_restart_keeps_counts_exact(stack: AppConfig, tmp_path: Path)
     events = Counter(r["event_id"] for m in windows for r in json.loads(m.value())["readings"])
     assert set(events) == {f"0-{i}" for i in range(total)}  # every reading in a committed window
     assert max(events.values()) == 1  # ... exactly once, across the crash
+
+
+def test_producer_kill_9_never_puts_a_reading_in_two_windows(stack: AppConfig, tmp_path: Path) -> None:
+    """A crashed producer re-sends what it sent after its last saved position: Kafka then holds
+    some readings twice, device_data stores them once and no committed window carries one twice.
+    Runs the job in process mode, so both execution modes are checked for a clean interpreter."""
+    cfg, overrides, job = provisioned_job(stack, tmp_path, ("flink.python_execution_mode=process",))
+    producer_overrides = [*overrides, "stream.records_per_second=250", "stream.batch_size=10",
+                          "stream.loop_dataset=false"]
+    producer = ManagedProcess(name="kafka_producer", argv=[str(FL_APP), "produce", *producer_overrides],
+                              run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir),
+                              startup_timeout=5, stop_timeout=20)
+    readings_topic = cfg.kafka.topics.readings
+    try:
+        duplicates = 0
+        for attempt in range(3):  # a kill right after a position save may re-send nothing: try again
+            producer.start()
+            if attempt == 0:  # in process mode the operators open with the first record
+                assert_operators_use_only_the_flink_environment(cfg, job)
+            time.sleep(2 + attempt)
+            producer.kill()  # kill -9: no flush, no final save of the position
+            sent = [m.value() for m in read_topic(cfg.kafka.bootstrap_servers, readings_topic.name,
+                                                   readings_topic.partitions, idle=1.0)]
+            ids = Counter(json.loads(v)["event_id"] for v in sent)
+            duplicates = sum(n - 1 for n in ids.values())
+            if duplicates:
+                break
+        assert duplicates > 0, "the producer's restarts re-sent nothing, so the test proved nothing"
+        producer.start()  # runs to the end of the data set (loop_dataset=false) and exits
+        wait_for("the producer to finish the data set", lambda: producer.pid() is None, timeout=120)
+        with storage.Storage(cfg.mongo) as store:
+            wait_for(f"{RECORDS} readings in device_data",
+                     lambda: store.device_data.count_documents({}) >= RECORDS, job=job)
+            time.sleep(2 * WINDOW_SECONDS + 2)  # the last windows close and commit
+            assert store.device_data.count_documents({}) == RECORDS
+    finally:
+        producer.stop()
+        job.stop()
+    total_sent = len(read_topic(cfg.kafka.bootstrap_servers, readings_topic.name, readings_topic.partitions))
+    assert total_sent > RECORDS  # Kafka holds the re-sent duplicates
+    windows = read_committed(cfg, cfg.kafka.topics.windows.name, cfg.kafka.topics.windows.partitions)
+    events = Counter(r["event_id"] for m in windows for r in json.loads(m.value())["readings"])
+    assert set(events) == {f"0-{i}" for i in range(RECORDS)}  # every reading in a committed window
+    twice = {e: n for e, n in events.items() if n > 1}
+    assert not twice, f"{len(twice)} readings in more than one window, e.g. {list(twice.items())[:5]}"

@@ -3,7 +3,7 @@
 # Both install what is missing first (scripts/setup.sh, idempotent).
 # Pass Hydra overrides to run with ARGS, e.g. make run ARGS="profile=production".
 
-.PHONY: setup run stop status test test-fast bench
+.PHONY: setup run stop status lint test test-fast bench
 
 setup:
 	@scripts/setup.sh
@@ -17,10 +17,15 @@ stop:
 status:
 	.venv/bin/fl-app status $(ARGS)
 
-test: setup
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+# Lint and types first (seconds), then every test, integration ones included.
+test: lint
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: lint
 	.venv/bin/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 bench: setup

@@ -10,14 +10,14 @@ Messages and documents have the shape of a real reading (~200 bytes of JSON).
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from pymongo import InsertOne, UpdateOne
 from rich.console import Console
 from rich.table import Table
@@ -74,7 +74,7 @@ def kafka_produce(cfg: AppConfig, n: int) -> Result:
     })
     errors = 0
 
-    def on_delivery(err, _msg) -> None:  # noqa: ANN001
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
         nonlocal errors
         errors += err is not None
 
@@ -106,7 +106,7 @@ def kafka_consume(cfg: AppConfig, n: int) -> Result:
         for msg in consumer.consume(num_messages=10_000, timeout=1.0):
             if msg.error() is None:
                 got += 1
-                nbytes += len(msg.value())
+                nbytes += len(msg.value() or b"")
     seconds = time.perf_counter() - started
     consumer.close()
     if got < n:
@@ -115,7 +115,7 @@ def kafka_consume(cfg: AppConfig, n: int) -> Result:
 
 
 def mongo_docs(n: int, loop: int) -> list[dict]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     docs = []
     for i in range(n):
         doc = reading(i, loop)
@@ -127,7 +127,7 @@ def mongo_docs(n: int, loop: int) -> list[dict]:
 
 def mongo_insert(cfg: AppConfig, n: int, batch: int = 1000) -> Result:
     docs = mongo_docs(n, loop=1)
-    with storage.Storage(cfg.mongo) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         started = time.perf_counter()
         for i in range(0, n, batch):
             store.device_data.bulk_write([InsertOne(d) for d in docs[i:i + batch]], ordered=False)
@@ -139,7 +139,7 @@ def mongo_insert(cfg: AppConfig, n: int, batch: int = 1000) -> Result:
 def mongo_insert_plain(cfg: AppConfig, n: int, batch: int = 1000) -> Result:
     """The same inserts into a collection with no validator and no index: the server's floor."""
     docs = mongo_docs(n, loop=3)
-    with storage.Storage(cfg.mongo) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         scratch = store.db["bench_plain"]
         scratch.drop()
         started = time.perf_counter()
@@ -153,7 +153,7 @@ def mongo_insert_plain(cfg: AppConfig, n: int, batch: int = 1000) -> Result:
 def mongo_upsert(cfg: AppConfig, n: int, batch: int = 1000) -> Result:
     """The idempotent write path later stages use: upsert on the unique event_id."""
     docs = mongo_docs(n, loop=2)
-    with storage.Storage(cfg.mongo) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         started = time.perf_counter()
         for i in range(0, n, batch):
             store.device_data.bulk_write(
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "baselines.json"
     out.write_text(json.dumps(
-        {"measured_at": datetime.now(timezone.utc).isoformat(),
+        {"measured_at": datetime.now(UTC).isoformat(),
          "results": [{**asdict(r), "per_second": r.per_second} for r in results]}, indent=2))
     console.print(f"saved {out}")
     return results

@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -32,7 +33,7 @@ from benchmarks.baselines import kafka_produce, mongo_insert
 from fl_app import storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services.runner import ManagedProcess
-from stream import dataset
+from stream.data import synthetic
 from stream.producer import ReplayProducer
 
 console = Console()
@@ -60,7 +61,7 @@ def wait_stored(store: storage.Storage, loop: int, n: int, timeout: float) -> No
         time.sleep(0.5)
 
 
-def run_producer(cfg: AppConfig, frame, loop: int, **stream: object) -> int:
+def run_producer(cfg: AppConfig, frame, loop: int, **stream: Any) -> int:
     """Replay from the start of ``loop`` (event ids are new each loop)."""
     state = Path(cfg.paths.run_dir) / f"bench-producer-{loop}.json"
     state.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for the job, e.g. flink.bundle_size=2000")
     args = parser.parse_args(argv)
 
-    frame = dataset.generate(max(args.records, 5000))
+    frame = synthetic.generate(max(args.records, 5000))
     results: dict = {}
     with private_stack() as base, tempfile.TemporaryDirectory() as home:
         console.print("[bold]baselines[/] (same run, same servers)")
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
                              logs_dir=Path(home) / "logs", startup_timeout=10)
         job.start()
         try:
-            with storage.Storage(cfg.mongo) as store:
+            with storage.Storage.from_config(cfg.mongo) as store:
                 console.print("  starting the Flink job and warming up ...")
                 run_producer(cfg, frame, 1, pace=False, max_records=500)
                 wait_stored(store, 1, 500, timeout=240)

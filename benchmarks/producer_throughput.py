@@ -23,7 +23,7 @@ from rich.table import Table
 
 from benchmarks._stack import private_stack
 from benchmarks.baselines import kafka_produce
-from stream import dataset
+from stream.data import synthetic
 from stream.producer import ReplayProducer
 
 console = Console()
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
 
-    frame = dataset.generate(max(args.records, 53))
+    frame = synthetic.generate(max(args.records, 53))
     raw_rates, producer_rates = [], []
     console.print(f"[bold]producer throughput[/]: {args.records:,} readings x {args.repeats}, pacing off")
     with private_stack() as cfg, tempfile.TemporaryDirectory() as tmp:

@@ -12,17 +12,18 @@ Every command takes trailing Hydra overrides (``key=value`` words), e.g.::
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from fl_app.config import AppConfig, ConfigError, load_config, to_yaml
+from fl_app.services.runner import ServiceError, State, Status
 
 if TYPE_CHECKING:
     from fl_app.services import Readiness
-    from stream.dataset import Summary
+    from stream.data.summary import Summary
 
 app = typer.Typer(
     add_completion=False,
@@ -42,13 +43,13 @@ OVERRIDES = typer.Argument(None, metavar="[KEY=VALUE]...", help="Hydra overrides
 PRINT_CFG = typer.Option(False, "--cfg", help="Print the composed configuration and exit.")
 
 
-def _load(overrides: Optional[List[str]], print_cfg: bool, log_name: str) -> AppConfig:
+def _load(overrides: list[str] | None, print_cfg: bool, log_name: str) -> AppConfig:
     """Compose the config (exit 2 with the key named if bad) and set up logging."""
     try:
         cfg = load_config(overrides or [])
     except ConfigError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if print_cfg:
         console.print(to_yaml(cfg), highlight=False, markup=False)
         raise typer.Exit(0)
@@ -60,17 +61,18 @@ def _load(overrides: Optional[List[str]], print_cfg: bool, log_name: str) -> App
     return cfg
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     err.print(f"[bold red]error:[/] {exc}", highlight=False)
     raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)
 
 
 # Failures a user can cause and fix (a missing file, a bad data set, a server
-# that is not there): one readable line instead of a traceback.
+# that is not there): one readable line instead of a traceback. ServiceError
+# is a RuntimeError.
 USER_ERRORS = (ConfigError, OSError, ValueError, RuntimeError)
 
 
-def _print_readiness(cfg: AppConfig, ready: "Readiness") -> None:
+def _print_readiness(cfg: AppConfig, ready: Readiness) -> None:
     _print_status(ready.services)
     topics = Table(title="Kafka topics", title_justify="left")
     topics.add_column("topic")
@@ -86,62 +88,49 @@ def _print_readiness(cfg: AppConfig, ready: "Readiness") -> None:
     console.print(colls)
 
 
-def _print_status(statuses: list, title: str = "Services") -> None:
+STATE_COLORS = {State.RUNNING: "green", State.EXTERNAL: "cyan", State.UNHEALTHY: "yellow", State.STOPPED: "red"}
+
+
+def _print_status(statuses: list[Status], title: str = "Services") -> None:
     table = Table(title=title, title_justify="left")
     for col in ("service", "state", "address", "pid", "detail"):
         table.add_column(col)
-    colors = {"running": "green", "external": "cyan", "unhealthy": "yellow", "stopped": "red"}
     for s in statuses:
-        color = colors.get(s.state.value, "white")
-        table.add_row(s.name, f"[{color}]{s.state.value}[/]", s.address, str(s.pid or ""), s.detail)
+        table.add_row(s.name, f"[{STATE_COLORS[s.state]}]{s.state.value}[/]", s.address, str(s.pid or ""), s.detail)
     console.print(table)
 
 
 @app.command()
-def run(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def run(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Run the pipeline on this machine in the background: services, topics,
-    collections, then the components (today: the producer)."""
+    collections, then every component (fl_app.pipeline.COMPONENTS)."""
     cfg = _load(overrides, print_cfg, "fl_app")
-    import time
-
-    from fl_app import pipeline, services
+    from fl_app import pipeline
 
     console.print(f"profile [bold]{cfg.profile_name}[/]: starting services, logs in {cfg.paths.logs_dir}")
     try:
-        ready = services.up(cfg)
-        _print_readiness(cfg, ready)
-        unhealthy = [s.name for s in ready.services if s.state.value not in ("running", "external")]
-        if unhealthy:
-            raise services.ServiceError(f"not healthy: {', '.join(unhealthy)}")
-        from stream.producer import load_dataset
-
-        frame = load_dataset(cfg)  # generated once and cached, before the components need it
-        console.print(f"data set: {len(frame):,} readings from {frame['device_id'].nunique()} devices")
-        pipeline.start(cfg, overrides or [])
-        time.sleep(3)  # a component that cannot start dies within seconds: show it now
-    except (services.ServiceError, *USER_ERRORS) as exc:
+        report = pipeline.run(cfg, overrides or [])
+    except USER_ERRORS as exc:
         _fail(exc)
-    statuses = pipeline.status(cfg)
-    _print_status(statuses, title="Pipeline")
-    dead = [p for p in pipeline.processes(cfg) if p.pid() is None]
-    if dead:
-        _fail(services.ServiceError("\n".join(f"{p.name} stopped; last lines of {p.log_file}:\n{p.tail()}"
-                                              for p in dead)))
+    _print_readiness(cfg, report.ready)
+    for note in report.notes:
+        console.print(note)
+    _print_status(report.components, title="Pipeline")
     console.print("[bold green]running.[/] Watch it with `fl-app status`; stop it with `fl-app stop`.")
 
 
 @app.command()
-def stop(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def stop(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Stop everything `fl-app run` started (components first, then services)."""
     cfg = _load(overrides, print_cfg, "fl_app")
-    from fl_app import pipeline, services
+    from fl_app import pipeline
 
-    stopped = pipeline.stop(cfg) + services.down(cfg)
+    stopped = pipeline.stop(cfg)
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
 @app.command()
-def status(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def status(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """What runs and what flows: services, components, topic and collection counts."""
     cfg = _load(overrides, print_cfg, "fl_app")
     from fl_app import flow, pipeline, services
@@ -149,7 +138,7 @@ def status(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_C
     service_states = services.status(cfg)
     _print_status(service_states)
     _print_status(pipeline.status(cfg), title="Pipeline")
-    reachable = all(s.state.value == "running" or s.detail == "reachable" for s in service_states)
+    reachable = all(s.state == State.RUNNING or s.detail == "reachable" for s in service_states)
     if not reachable:
         raise typer.Exit(3)
     table = Table(title="Flow", title_justify="left")
@@ -162,26 +151,26 @@ def status(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_C
 
 
 @app.command("config")
-def show_config(overrides: Optional[List[str]] = OVERRIDES) -> None:
+def show_config(overrides: list[str] | None = OVERRIDES) -> None:
     """Print the composed configuration."""
     _load(overrides, True, "fl_app")
 
 
 @services_app.command("up")
-def services_up(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def services_up(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Start the local servers (idempotent), create topics and collections."""
     cfg = _load(overrides, print_cfg, "services")
     from fl_app import services
 
     try:
         ready = services.up(cfg)
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         _fail(exc)
     _print_readiness(cfg, ready)
 
 
 @services_app.command("down")
-def services_down(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def services_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Stop the local servers (data stays on disk)."""
     cfg = _load(overrides, print_cfg, "services")
     from fl_app import services
@@ -191,58 +180,61 @@ def services_down(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = 
 
 
 @services_app.command("status")
-def services_status(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def services_status(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Show whether each service runs and answers."""
     cfg = _load(overrides, print_cfg, "services")
     from fl_app import services
 
     statuses = services.status(cfg)
     _print_status(statuses)
-    if any(s.state.value in ("stopped", "unhealthy") for s in statuses):
+    if any(s.state in (State.STOPPED, State.UNHEALTHY) for s in statuses):
         raise typer.Exit(3)
 
 
 @data_app.command("generate")
-def data_generate(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG,
+def data_generate(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG,
                   force: bool = typer.Option(False, "--force", help="Regenerate even if cached.")) -> None:
-    """Generate the stand-in data set once (cached as Parquet) and summarise it."""
+    """Prepare the data set the producer replays and summarise it: the file at
+    stream.dataset_path if set, else the generated stand-in (cached as Parquet)."""
     cfg = _load(overrides, print_cfg, "data")
-    from stream import dataset
+    from stream import data
+    from stream.data.summary import summarize
 
-    s = cfg.stream
-    path = dataset.cached_path(cfg.paths.cache_dir, s.dataset_records, s.num_devices, s.seed)
-    if force:
-        path.unlink(missing_ok=True)
+    if force and not cfg.stream.dataset_path:
+        data.cached_path(cfg.paths.cache_dir, cfg.stream.dataset_records, cfg.stream.num_devices,
+                         cfg.stream.seed).unlink(missing_ok=True)
     try:
-        frame = dataset.load_or_generate(cfg.paths.cache_dir, s.dataset_records, s.num_devices, s.seed)
+        frame = data.load(cfg.stream, cfg.paths.cache_dir)
     except USER_ERRORS as exc:
         _fail(exc)
-    console.print(f"data set: {path}")
-    _print_summary(dataset.summarize(frame))
+    console.print(f"data set: {data.source(cfg.stream, cfg.paths.cache_dir)}")
+    _print_summary(summarize(frame))
 
 
 @data_app.command("inspect")
-def data_inspect(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG,
-                 plot: Optional[str] = typer.Option(None, "--plot", help="PNG path (default: <data_dir>/dataset_preview.png)."),
-                 devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated device ids to plot.")) -> None:
+def data_inspect(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG,
+                 plot: str | None = typer.Option(None, "--plot",
+                                                 help="PNG path (default: <data_dir>/dataset_preview.png)."),
+                 devices: str | None = typer.Option(None, "--devices", help="Comma-separated device ids to plot.")
+                 ) -> None:
     """Summarise the data set the producer replays and plot a few devices' series."""
     cfg = _load(overrides, print_cfg, "data")
     from pathlib import Path
 
-    from stream import dataset
-    from stream.producer import load_dataset
+    from stream import data
+    from stream.data.summary import plot_devices, summarize
 
     try:
-        frame = load_dataset(cfg)
+        frame = data.load(cfg.stream, cfg.paths.cache_dir)
     except USER_ERRORS as exc:
         _fail(exc)
-    _print_summary(dataset.summarize(frame))
+    _print_summary(summarize(frame))
     out = Path(plot) if plot else Path(cfg.paths.data_dir) / "dataset_preview.png"
     chosen = [int(d) for d in devices.split(",")] if devices else None
-    console.print(f"plot: {dataset.plot_devices(frame, out, chosen)}")
+    console.print(f"plot: {plot_devices(frame, out, chosen)}")
 
 
-def _print_summary(summary: "Summary") -> None:
+def _print_summary(summary: Summary) -> None:
     table = Table(title="Data set", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -252,47 +244,48 @@ def _print_summary(summary: "Summary") -> None:
 
 
 @app.command()
-def produce(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def produce(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Replay the data set into Kafka (iot_stream) at stream.records_per_second."""
     cfg = _load(overrides, print_cfg, "kafka_producer")
+    import logging
     import signal
 
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-    from stream.producer import ReplayProducer, dataset_id, load_dataset
+    from stream import data
+    from stream.producer import Position, ProduceStats, ReplayProducer
 
     try:
-        frame = load_dataset(cfg)
-        producer = ReplayProducer(cfg, frame, dataset_id(cfg))
+        frame = data.load(cfg.stream, cfg.paths.cache_dir)
+        producer = ReplayProducer(cfg, frame, data.dataset_id(cfg.stream))
     except USER_ERRORS as exc:
         _fail(exc)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: producer.stop())
     size = len(frame)
+    log = logging.getLogger("stream.producer")
     with Progress(TextColumn("[bold]producing[/]"), TimeElapsedColumn(), TextColumn("{task.description}"),
                   console=console, transient=False, disable=not console.is_terminal) as progress:
         task = progress.add_task("", total=None)
         last_log = [0.0]
 
-        def on_progress(stats, pos) -> None:  # noqa: ANN001
+        def on_progress(stats: ProduceStats, pos: Position) -> None:
             progress.update(task, description=(
                 f"sent {stats.sent:,}  acked {stats.delivered:,}  {stats.rate:,.1f} rec/s  "
                 f"loop {pos.loop}  position {pos.seq:,}/{size:,}"))
             if stats.elapsed - last_log[0] >= 10:  # a line in the log every 10 s
                 last_log[0] = stats.elapsed
-                import logging
-
-                logging.getLogger("stream.producer").info(
-                    "sent %d, acked %d, %.1f rec/s, loop %d position %d/%d",
-                    stats.sent, stats.delivered, stats.rate, pos.loop, pos.seq, size)
+                log.info("sent %d, acked %d, %.1f rec/s, loop %d position %d/%d",
+                         stats.sent, stats.delivered, stats.rate, pos.loop, pos.seq, size)
 
         stats = producer.run(on_progress)
+    end = stats.end or Position()
     console.print(f"sent {stats.sent:,} readings ({stats.delivered:,} acknowledged, {stats.resent} re-sent) "
-                  f"in {stats.elapsed:.1f}s = {stats.rate:,.1f} rec/s; next: loop {stats.end.loop} seq {stats.end.seq}")
+                  f"in {stats.elapsed:.1f}s = {stats.rate:,.1f} rec/s; next: loop {end.loop} seq {end.seq}")
 
 
 @app.command()
-def flink(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def flink(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Run the Flink job (validate, store, per-device windows) in the foreground.
 
     It runs in its own environment (.venv-flink) and resumes from its last
@@ -301,12 +294,11 @@ def flink(overrides: Optional[List[str]] = OVERRIDES, print_cfg: bool = PRINT_CF
     cfg = _load(overrides, print_cfg, "flink_launcher")
     import os
 
-    from fl_app.services.runner import ServiceError
     from stream.flink import launch
 
     try:
         argv, env = launch.prepare(cfg)
-    except (ServiceError, *USER_ERRORS) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)  # same pid: `fl-app run` supervises the job itself
@@ -317,4 +309,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,19 +1,22 @@
 """The one configuration object, composed by Hydra from ``conf/``.
 
-The dataclasses below are the schema: every key, its type and its default.
+The dataclasses below are the schema: every key, its type, its default and,
+beside it, the checks its value must pass (``checked(default, positive)``).
 ``conf/`` picks variants (``kafka=local|remote``, ``profile=testing|production``)
 and the command line overrides single values. :func:`load_config` composes all
-three, checks types (Hydra/OmegaConf) and ranges (:func:`validate`), and
-returns a typed :class:`AppConfig`. A bad key or value raises
-:class:`ConfigError` whose message names the key.
+three, checks types (Hydra/OmegaConf) and then every field's declared checks
+(:func:`validate`, which walks the schema, so a new field is checked the
+moment it declares a check), and returns a typed :class:`AppConfig`. A bad
+key or value raises :class:`ConfigError` whose message names the key.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -25,6 +28,90 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 class ConfigError(ValueError):
     """A configuration key is unknown or its value is invalid."""
+
+
+# ------------------------------------------------------------------ checks
+# A check takes the value and the whole config and returns what is wrong
+# ("must be > 0") or None. Declared beside each field with `checked`.
+Check = Callable[[Any, "AppConfig"], "str | None"]
+
+
+def checked(default: Any = MISSING, *checks: Check, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field whose value must pass ``checks`` (see :func:`validate`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"checks": checks})
+    return field(default=default, metadata={"checks": checks})
+
+
+def positive(value: float, _: AppConfig) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value: float, _: AppConfig) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def positive_or_null(value: float | None, _: AppConfig) -> str | None:
+    return None if value is None or value > 0 else "must be > 0 or null"
+
+
+def tcp_port(value: int, _: AppConfig) -> str | None:
+    return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
+
+
+def _split_address(value: str) -> tuple[str, int] | None:
+    host, sep, port = value.split(",")[0].strip().rpartition(":")
+    ok = sep and host and port.isdigit() and 0 < int(port) < 65536
+    return (host, int(port)) if ok else None
+
+
+def address(value: str, _: AppConfig) -> str | None:
+    """``host:port`` (the first of a comma-separated list)."""
+    return None if _split_address(value) else "must look like host:port"
+
+
+def mongo_uri(value: str, _: AppConfig) -> str | None:
+    return None if value.startswith(("mongodb://", "mongodb+srv://")) else "must start with mongodb:// or mongodb+srv://"
+
+
+def low_high(value: list[float], _: AppConfig) -> str | None:
+    return None if len(value) == 2 and value[0] < value[1] else "must be [low, high] with low < high"
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: str, _: AppConfig) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
+def at_most(key: str) -> Check:
+    """No more than the value of another key (dotted path)."""
+    def check(value: float, app: AppConfig) -> str | None:
+        limit = lookup(app, key)
+        return None if value <= limit else f"must be <= {key} ({limit})"
+    return check
+
+
+def at_least(key: str) -> Check:
+    """No less than the value of another key (dotted path)."""
+    def check(value: float, app: AppConfig) -> str | None:
+        limit = lookup(app, key)
+        return None if value >= limit else f"must be >= {key} ({limit})"
+    return check
+
+
+def longer_than_ms(key: str) -> Check:
+    """Seconds that must exceed another key's milliseconds."""
+    def check(value: float, app: AppConfig) -> str | None:
+        limit_ms = lookup(app, key)
+        return None if value * 1000 > limit_ms else f"must exceed {key} ({limit_ms} ms)"
+    return check
+
+
+def lookup(app: Any, key: str) -> Any:
+    for part in key.split("."):
+        app = getattr(app, part)
+    return app
 
 
 # --------------------------------------------------------------------- paths
@@ -45,9 +132,9 @@ class TopicConfig:
     """One Kafka topic, created with these explicit settings."""
 
     name: str = MISSING
-    partitions: int = 1
-    retention_ms: int = 7 * 24 * 3600 * 1000
-    replication_factor: int = 1
+    partitions: int = checked(1, positive)
+    retention_ms: int = checked(7 * 24 * 3600 * 1000, positive)
+    replication_factor: int = checked(1, positive)
 
 
 @dataclass
@@ -77,14 +164,14 @@ class LocalBrokerConfig:
     """The single-node KRaft broker that ``fl-app services up`` starts."""
 
     enabled: bool = True
-    controller_port: int = 19093
+    controller_port: int = checked(19093, tcp_port)
     heap: str = "512m"
-    startup_timeout_seconds: float = 90.0
+    startup_timeout_seconds: float = checked(90.0, positive)
 
 
 @dataclass
 class KafkaConfig:
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_servers: str = checked("127.0.0.1:9092", address)
     local_broker: LocalBrokerConfig = field(default_factory=LocalBrokerConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
 
@@ -96,14 +183,14 @@ class LocalMongoConfig:
 
     enabled: bool = True
     cache_size: str = "256M"
-    startup_timeout_seconds: float = 30.0
+    startup_timeout_seconds: float = checked(30.0, positive)
 
 
 @dataclass
 class MongoConfig:
-    uri: str = "mongodb://127.0.0.1:27017"
+    uri: str = checked("mongodb://127.0.0.1:27017", mongo_uri)
     database: str = "iot_analytics"
-    server_selection_timeout_ms: int = 5000
+    server_selection_timeout_ms: int = checked(5000, positive)
     local_server: LocalMongoConfig = field(default_factory=LocalMongoConfig)
 
 
@@ -112,18 +199,18 @@ class MongoConfig:
 class StreamConfig:
     """Replay of the data set into Kafka (rate and batching come from the profile)."""
 
-    records_per_second: float = 10.0
-    batch_size: int = 10  # records sent together; also the token bucket's burst
+    records_per_second: float = checked(10.0, positive)
+    batch_size: int = checked(10, positive)  # records sent together; also the token bucket's burst
     loop_dataset: bool = True  # at the end of the data set, start again (new event ids)
     pace: bool = True  # false: as fast as the broker takes them (benchmarks)
-    num_devices: int = 53
-    dataset_records: int = 152_533
+    num_devices: int = checked(53, positive)
+    dataset_records: int = checked(152_533, positive, at_least("stream.num_devices"))
     seed: int = 42
-    dataset_path: Optional[str] = None  # the real Intel Lab data.txt; null = generated stand-in
-    max_records: Optional[int] = None  # stop after this many in this run (tests, benchmarks)
-    duration_seconds: Optional[float] = None  # stop after this long
-    linger_ms: int = 5
-    delivery_timeout_ms: int = 300_000  # how long a send may retry (e.g. across a broker restart)
+    dataset_path: str | None = None  # the real Intel Lab data.txt; null = generated stand-in
+    max_records: int | None = checked(None, positive_or_null)  # stop after this many in this run (tests, benchmarks)
+    duration_seconds: float | None = checked(None, positive_or_null)  # stop after this long
+    linger_ms: int = checked(5, non_negative)
+    delivery_timeout_ms: int = checked(300_000, positive)  # how long a send may retry (e.g. across a broker restart)
     state_file: str = "${paths.data_dir}/producer/state.json"  # resume position
 
 
@@ -136,10 +223,10 @@ class ValidRanges:
     readings (the anomalies to detect), not malformed records.
     """
 
-    temperature: list[float] = field(default_factory=lambda: [-40.0, 130.0])
-    humidity: list[float] = field(default_factory=lambda: [-20.0, 150.0])
-    light: list[float] = field(default_factory=lambda: [0.0, 100_000.0])
-    voltage: list[float] = field(default_factory=lambda: [0.0, 5.0])
+    temperature: list[float] = checked(MISSING, low_high, factory=lambda: [-40.0, 130.0])
+    humidity: list[float] = checked(MISSING, low_high, factory=lambda: [-20.0, 150.0])
+    light: list[float] = checked(MISSING, low_high, factory=lambda: [0.0, 100_000.0])
+    voltage: list[float] = checked(MISSING, low_high, factory=lambda: [0.0, 5.0])
 
 
 @dataclass
@@ -147,25 +234,26 @@ class FlinkConfig:
     """The stream job: validate, store, and cut per-device windows."""
 
     jobmanager: str = "local"  # "local" = mini-cluster; else host:port of a cluster's REST endpoint
-    parallelism: int = 1
-    checkpoint_interval_ms: int = 10_000  # window records become visible at checkpoints
+    parallelism: int = checked(1, positive)
+    checkpoint_interval_ms: int = checked(10_000, positive)  # window records become visible at checkpoints
     checkpoint_dir: str = "${paths.data_dir}/flink/checkpoints"
     python_env: str = ""  # the job's virtualenv; "" = <project root>/.venv-flink (made by `make setup`)
     group_id: str = "flink-iot-stream"
-    bulk_size: int = 500  # readings per MongoDB bulk write
-    bulk_max_delay_ms: int = 200  # ... or after this long, whichever first
-    max_window_readings: int = 2000  # per window record (~0.5 MB, under Kafka's 1 MB); more waits for the next
-    bundle_size: int = 1000  # PyFlink bundle: small enough for timely timers
-    bundle_time_ms: int = 100
+    bulk_size: int = checked(500, positive)  # readings per MongoDB bulk write
+    bulk_max_delay_ms: int = checked(200, positive)  # ... or after this long, whichever first
+    # Per window record (~0.5 MB, under Kafka's 1 MB); more waits for the next window.
+    max_window_readings: int = checked(2000, positive)
+    bundle_size: int = checked(1000, positive)  # PyFlink bundle: small enough for timely timers
+    bundle_time_ms: int = checked(100, positive)
     # "thread": Python runs inside the TaskManager JVM (PEMJA), no per-record IPC:
     # 1.6-1.8x the throughput of "process" and a third of its latency here (benchmarks/flink_pipeline.py).
     # Both modes run the operators on the Flink environment's packages (python.pythonpath).
-    python_execution_mode: str = "thread"
+    python_execution_mode: str = checked("thread", one_of("thread", "process"))
     # How long the window operator remembers each device's event ids to drop re-sent readings.
     # Must exceed the producer's resend horizon (stream.delivery_timeout_ms plus the time until
     # a crashed producer is restarted): a re-send later than this would be windowed twice.
-    dedup_ttl_seconds: float = 3600.0
-    transaction_timeout_ms: int = 300_000  # Kafka exactly-once sink; below the broker's 15 min cap
+    dedup_ttl_seconds: float = checked(3600.0, longer_than_ms("stream.delivery_timeout_ms"))
+    transaction_timeout_ms: int = checked(300_000, positive)  # Kafka exactly-once sink; below the broker's 15 min cap
     valid_ranges: ValidRanges = field(default_factory=ValidRanges)
 
 
@@ -174,10 +262,10 @@ class FlinkConfig:
 class FLConfig:
     """Federated learning cadence (the profile sets the three intervals)."""
 
-    local_training_interval_seconds: float = 30.0
-    global_update_interval_minutes: float = 1.0
-    min_devices_for_aggregation: int = 3
-    superlink_address: str = "127.0.0.1:9091"
+    local_training_interval_seconds: float = checked(30.0, positive)
+    global_update_interval_minutes: float = checked(1.0, positive)
+    min_devices_for_aggregation: int = checked(3, positive, at_most("stream.num_devices"))
+    superlink_address: str = checked("127.0.0.1:9091", address)
 
 
 # ------------------------------------------------------------------ analytics
@@ -190,13 +278,13 @@ class SparkConfig:
 @dataclass
 class ApiConfig:
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = checked(8000, tcp_port)
 
 
 @dataclass
 class SupersetConfig:
     host: str = "127.0.0.1"
-    port: int = 8088
+    port: int = checked(8088, tcp_port)
 
 
 # ---------------------------------------------------------------------- root
@@ -259,87 +347,32 @@ def to_yaml(app: AppConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(app))
 
 
-def validate(app: AppConfig) -> None:
-    """Range checks that types alone cannot express; raise ConfigError naming the key."""
-    positive = {
-        "stream.records_per_second": app.stream.records_per_second,
-        "stream.batch_size": app.stream.batch_size,
-        "stream.num_devices": app.stream.num_devices,
-        "stream.dataset_records": app.stream.dataset_records,
-        "fl.local_training_interval_seconds": app.fl.local_training_interval_seconds,
-        "fl.global_update_interval_minutes": app.fl.global_update_interval_minutes,
-        "fl.min_devices_for_aggregation": app.fl.min_devices_for_aggregation,
-        "flink.parallelism": app.flink.parallelism,
-        "flink.checkpoint_interval_ms": app.flink.checkpoint_interval_ms,
-        "flink.bulk_size": app.flink.bulk_size,
-        "flink.bulk_max_delay_ms": app.flink.bulk_max_delay_ms,
-        "flink.max_window_readings": app.flink.max_window_readings,
-        "flink.bundle_size": app.flink.bundle_size,
-        "flink.bundle_time_ms": app.flink.bundle_time_ms,
-        "mongo.server_selection_timeout_ms": app.mongo.server_selection_timeout_ms,
-    }
-    for topic_key in ("readings", "windows", "dead_letter"):
-        topic: TopicConfig = getattr(app.kafka.topics, topic_key)
-        positive[f"kafka.topics.{topic_key}.partitions"] = topic.partitions
-        positive[f"kafka.topics.{topic_key}.replication_factor"] = topic.replication_factor
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value!r}")
-    if app.stream.linger_ms < 0:
-        raise ConfigError(f"stream.linger_ms must be >= 0, got {app.stream.linger_ms!r}")
-    if app.stream.delivery_timeout_ms <= 0:
-        raise ConfigError(f"stream.delivery_timeout_ms must be > 0, got {app.stream.delivery_timeout_ms!r}")
-    for key, value in {
-        "stream.max_records": app.stream.max_records,
-        "stream.duration_seconds": app.stream.duration_seconds,
-    }.items():
-        if value is not None and value <= 0:
-            raise ConfigError(f"{key} must be > 0 or null, got {value!r}")
-
-    if app.flink.python_execution_mode not in ("process", "thread"):
-        raise ConfigError(f"flink.python_execution_mode must be process or thread, got {app.flink.python_execution_mode!r}")
-    if app.flink.dedup_ttl_seconds <= app.stream.delivery_timeout_ms / 1000:
-        raise ConfigError(f"flink.dedup_ttl_seconds ({app.flink.dedup_ttl_seconds:g}) must exceed the producer's "
-                          f"resend horizon, stream.delivery_timeout_ms ({app.stream.delivery_timeout_ms} ms)")
-    for name in ("temperature", "humidity", "light", "voltage"):
-        bounds = getattr(app.flink.valid_ranges, name)
-        if len(bounds) != 2 or bounds[0] >= bounds[1]:
-            raise ConfigError(f"flink.valid_ranges.{name} must be [low, high] with low < high, got {bounds!r}")
-    ports = {
-        "kafka.local_broker.controller_port": app.kafka.local_broker.controller_port,
-        "api.port": app.api.port,
-        "superset.port": app.superset.port,
-    }
-    for key, port in ports.items():
-        if not 0 < port < 65536:
-            raise ConfigError(f"{key} must be a TCP port (1-65535), got {port!r}")
-    _host_port("kafka.bootstrap_servers", app.kafka.bootstrap_servers.split(",")[0])
-    _host_port("fl.superlink_address", app.fl.superlink_address)
-    if not app.mongo.uri.startswith(("mongodb://", "mongodb+srv://")):
-        raise ConfigError(f"mongo.uri must start with mongodb:// or mongodb+srv://, got {app.mongo.uri!r}")
-    if app.fl.min_devices_for_aggregation > app.stream.num_devices:
-        raise ConfigError(
-            "fl.min_devices_for_aggregation "
-            f"({app.fl.min_devices_for_aggregation}) exceeds stream.num_devices ({app.stream.num_devices})"
-        )
+def validate(node: Any, app: AppConfig | None = None, prefix: str = "") -> None:
+    """Run every field's declared checks, depth first; raise ConfigError naming the first bad key."""
+    root = app if app is not None else node
+    for f in fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        for check in f.metadata.get("checks", ()):
+            problem = check(value, root)
+            if problem:
+                raise ConfigError(f"{key} {problem}, got {value!r}")
+        if is_dataclass(value):
+            validate(value, root, key + ".")
 
 
-def _host_port(key: str, address: str) -> tuple[str, int]:
-    host, sep, port = address.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key} must look like host:port, got {address!r}")
-    return host, int(port)
-
-
-def host_port(address: str) -> tuple[str, int]:
+def host_port(value: str) -> tuple[str, int]:
     """Split ``host:port`` (the first of a comma-separated list)."""
-    return _host_port("address", address.split(",")[0])
+    split = _split_address(value)
+    if split is None:
+        raise ConfigError(f"address must look like host:port, got {value!r}")
+    return split
 
 
 def _explain(exc: Exception) -> str:
     """Hydra nests the useful message (with ``full_key``) in the cause chain."""
     parts: list[str] = []
-    seen: Optional[BaseException] = exc
+    seen: BaseException | None = exc
     while seen is not None:
         text = str(seen).strip()
         # OmegaConf repeats its message template with placeholders; skip those.

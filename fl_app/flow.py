@@ -7,7 +7,6 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -55,7 +54,7 @@ def dead_letter_reasons(cfg: AppConfig, max_seconds: float = 10.0) -> Counter:
                 idle_since = time.monotonic()
             for message in batch:
                 try:
-                    reasons[json.loads(message.value())["reason"]] += 1
+                    reasons[json.loads(message.value() or b"")["reason"]] += 1
                 except (ValueError, KeyError, TypeError):
                     reasons["(unreadable dead letter)"] += 1
     finally:
@@ -64,11 +63,15 @@ def dead_letter_reasons(cfg: AppConfig, max_seconds: float = 10.0) -> Counter:
 
 
 def producer_position(cfg: AppConfig) -> str:
+    from stream.producer import PositionStore
+
     try:
-        state = json.loads(Path(cfg.stream.state_file).read_text())
-    except (OSError, ValueError):
+        saved = PositionStore.read(cfg.stream.state_file)
+    except RuntimeError as exc:
+        return str(exc)
+    if saved is None:
         return "not started"
-    return f"next: loop {state['loop']}, seq {state['seq']:,} (saved {state['updated_at'][:19]})"
+    return f"next: loop {saved.position.loop}, seq {saved.position.seq:,} (saved {saved.updated_at[:19]})"
 
 
 def snapshot(cfg: AppConfig) -> list[FlowRow]:
@@ -82,7 +85,7 @@ def snapshot(cfg: AppConfig) -> list[FlowRow]:
         rows.append(FlowRow(f"kafka {name}", count, note))
     for reason, count in sorted(dead_letter_reasons(cfg).items()):
         rows.append(FlowRow("  dead letters", count, reason))
-    with storage.Storage(cfg.mongo) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         for name, count in store.counts().items():
             rows.append(FlowRow(f"mongo {name}", count))
     return rows

@@ -1,48 +1,89 @@
-"""The pipeline's own processes, run in the background by `fl-app run`.
+"""The orchestration of `fl-app run`: services, then every component, in the background.
 
-Each component runs as its own ``fl-app <command>`` process under the one
+Each component (:class:`fl_app.component.Component`, declared by its own
+package) runs as its own ``fl-app <command>`` process under the one
 service-runner (pid file, log in ``logs/``, clean stop), composed from the
 same Hydra overrides the user gave, so every process sees one configuration.
-Today: the Flink job and the producer. Later issues add the Flower apps, Spark,
-the API and Superset here.
+This is the only module, with the CLI, that knows every component.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
+from fl_app import services
+from fl_app.component import Component
 from fl_app.config import AppConfig
-from fl_app.services.runner import ManagedProcess, Status
+from fl_app.services.runner import ManagedProcess, ServiceError, State, Status
+from stream.component import COMPONENTS as STREAM
+
+# In start order. The Flower apps, Spark, the API and Superset are added here as they land.
+COMPONENTS: tuple[Component, ...] = (*STREAM,)
+
+# A component that cannot start (bad data set path, missing environment) dies within
+# seconds; `run` waits this long so it can report it instead of "running".
+SETTLE_SECONDS = 3.0
 
 
-def _fl_app_process(cfg: AppConfig, name: str, command: Sequence[str], overrides: Sequence[str]) -> ManagedProcess:
+@dataclass
+class RunReport:
+    """What `run` did: services ready, preparation notes, the components' states."""
+
+    ready: services.Readiness
+    notes: list[str] = field(default_factory=list)
+    components: list[Status] = field(default_factory=list)
+
+
+def _process(cfg: AppConfig, component: Component, overrides: Sequence[str]) -> ManagedProcess:
     return ManagedProcess(
-        name=name,
-        argv=[sys.executable, "-m", "fl_app.cli", *command, *overrides],
+        name=component.name,
+        argv=[sys.executable, "-m", "fl_app.cli", *component.command, *overrides],
         run_dir=Path(cfg.paths.run_dir),
         logs_dir=Path(cfg.paths.logs_dir),
         health_check=None,  # alive = healthy; each component logs its own progress
         startup_timeout=5.0,
-        stop_timeout=30.0,  # the producer flushes and saves its position on SIGTERM
+        stop_timeout=component.stop_timeout,
     )
 
 
 def processes(cfg: AppConfig, overrides: Sequence[str] = ()) -> list[ManagedProcess]:
     """The pipeline components in start order."""
-    return [
-        _fl_app_process(cfg, "flink_job", ["flink"], overrides),
-        _fl_app_process(cfg, "kafka_producer", ["produce"], overrides),
-    ]
+    return [_process(cfg, component, overrides) for component in COMPONENTS]
 
 
-def start(cfg: AppConfig, overrides: Sequence[str] = ()) -> list[Status]:
-    return [proc.start() for proc in processes(cfg, overrides)]
+def run(cfg: AppConfig, overrides: Sequence[str] = ()) -> RunReport:
+    """Start the services and every component; raise ServiceError if anything is not up.
+
+    Raises
+    ------
+    ServiceError
+        A service is unhealthy, or a component died within :data:`SETTLE_SECONDS`
+        (the message holds the last lines of its log).
+    """
+    ready = services.up(cfg)
+    unhealthy = [s.name for s in ready.services if s.state not in (State.RUNNING, State.EXTERNAL)]
+    if unhealthy:
+        raise ServiceError(f"not healthy: {', '.join(unhealthy)}")
+    report = RunReport(ready)
+    report.notes = [c.prepare(cfg) for c in COMPONENTS if c.prepare is not None]
+    procs = processes(cfg, overrides)
+    for proc in procs:
+        proc.start()
+    time.sleep(SETTLE_SECONDS)
+    dead = [p for p in procs if p.pid() is None]
+    if dead:
+        raise ServiceError("\n".join(f"{p.name} stopped; last lines of {p.log_file}:\n{p.tail()}" for p in dead))
+    report.components = [p.status() for p in procs]
+    return report
 
 
 def stop(cfg: AppConfig) -> list[str]:
-    return [proc.name for proc in reversed(processes(cfg)) if proc.stop()]
+    """Stop the components (reverse start order), then the services; the names stopped."""
+    return [proc.name for proc in reversed(processes(cfg)) if proc.stop()] + services.down(cfg)
 
 
 def status(cfg: AppConfig) -> list[Status]:

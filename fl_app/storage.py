@@ -9,21 +9,32 @@ is safe to run any number of times.
 
 Model weights are stored in one compact form (see :func:`encode_weights`):
 the arrays' raw bytes concatenated in one BSON binary, plus shapes and dtype.
+
+The Flink job imports this module from its own environment, so it needs only
+pymongo and numpy at import time (the config types are for annotations).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import CollectionInvalid, PyMongoError
+from pymongo.errors import BulkWriteError, CollectionInvalid, PyMongoError
 
-from fl_app.config import MongoConfig
+from fl_app.schemas import SENSOR_FIELDS
+
+if TYPE_CHECKING:
+    from fl_app.config import MongoConfig
+
+DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 DEVICE_DATA = "device_data"
 LOCAL_MODELS = "local_models"
@@ -59,7 +70,7 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
         # One document per valid reading of the iot_stream topic.
         {
             "bsonType": "object",
-            "required": ["event_id", "device_id", "event_time", "temperature", "humidity", "light", "voltage"],
+            "required": ["event_id", "device_id", "event_time", *SENSOR_FIELDS],
             "properties": {
                 "event_id": {"bsonType": "string", "minLength": 1},
                 "device_id": _INT,
@@ -67,10 +78,7 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
                 "source_time": _DATE,
                 "loop": _INT,
                 "seq": _INT,
-                "temperature": _NUMBER,
-                "humidity": _NUMBER,
-                "light": _NUMBER,
-                "voltage": _NUMBER,
+                **{name: _NUMBER for name in SENSOR_FIELDS},
                 "stored_at": _DATE,
             },
         },
@@ -166,15 +174,19 @@ class Storage:
 
     Parameters
     ----------
-    mongo
-        The ``mongo`` section of the config (URI, database, timeouts).
+    uri, database
+        Where (``mongo.uri``, ``mongo.database``; :meth:`from_config` reads them).
+    timeout_ms
+        How long to wait for a server before an operation fails.
     """
 
-    def __init__(self, mongo: MongoConfig) -> None:
-        self.client: MongoClient = MongoClient(
-            mongo.uri, serverSelectionTimeoutMS=mongo.server_selection_timeout_ms, tz_aware=True
-        )
-        self.db: Database = self.client[mongo.database]
+    def __init__(self, uri: str, database: str, timeout_ms: int = 5000) -> None:
+        self.client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True)
+        self.db: Database = self.client[database]
+
+    @classmethod
+    def from_config(cls, mongo: MongoConfig) -> Storage:
+        return cls(mongo.uri, mongo.database, mongo.server_selection_timeout_ms)
 
     # Collections by name, so callers never spell them.
     @property
@@ -199,18 +211,38 @@ class Storage:
         for spec in COLLECTIONS:
             validator = {"$jsonSchema": spec.schema}
             if spec.name not in existing:
-                try:
+                with contextlib.suppress(CollectionInvalid):  # created concurrently
                     self.db.create_collection(
                         spec.name, validator=validator, validationLevel="strict", validationAction="error"
                     )
-                except CollectionInvalid:  # created concurrently
-                    pass
             self.db.command(
                 "collMod", spec.name, validator=validator, validationLevel="strict", validationAction="error"
             )
             if spec.indexes:
                 self.db[spec.name].create_indexes(list(spec.indexes))
         return [spec.name for spec in COLLECTIONS]
+
+    def insert_readings(self, readings: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+        """Store validated ``iot_stream`` readings; returns ``(stored, duplicates skipped)``.
+
+        Unordered bulk insert: a reading whose ``event_id`` is already stored
+        (a replay after a crash) is skipped and counted, the rest go in; any
+        other write error raises, so the caller retries the whole bulk.
+        """
+        if not readings:
+            return 0, 0
+        now = datetime.now(UTC)
+        docs = [{**r, "event_time": datetime.fromisoformat(r["event_time"]),
+                 "source_time": datetime.fromisoformat(r["source_time"]), "stored_at": now} for r in readings]
+        try:
+            self.device_data.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            if other:
+                raise RuntimeError(f"MongoDB rejected readings: {other[:3]}") from exc
+            return len(docs) - len(errors), len(errors)
+        return len(docs), 0
 
     def counts(self) -> dict[str, int]:
         """Documents per collection (estimated: cheap on large collections)."""
@@ -219,7 +251,7 @@ class Storage:
     def close(self) -> None:
         self.client.close()
 
-    def __enter__(self) -> "Storage":
+    def __enter__(self) -> Storage:
         return self
 
     def __exit__(self, *exc: object) -> None:

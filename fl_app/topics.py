@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
@@ -32,7 +33,8 @@ _quiet = logging.getLogger("fl_app.topics.librdkafka")
 
 def admin_client(bootstrap_servers: str) -> AdminClient:
     # librdkafka's own log lines go through Python logging, not raw to stderr.
-    return AdminClient({"bootstrap.servers": bootstrap_servers, "logger": _quiet})
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": _quiet}
+    return AdminClient(conf)
 
 
 def broker_ready(bootstrap_servers: str, timeout: float = 2.0) -> bool:

@@ -21,17 +21,17 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
 from confluent_kafka import KafkaError, Message, Producer
 
 from fl_app.config import AppConfig
-from fl_app.schemas import event_id
+from fl_app.schemas import SENSOR_FIELDS, Reading, event_id, iso
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class TokenBucket:
         self.updated = now
         return 0.0 if self.tokens >= n else (n - self.tokens) / self.rate
 
-    def acquire(self, n: int, stop: Optional[threading.Event] = None) -> bool:
+    def acquire(self, n: int, stop: threading.Event | None = None) -> bool:
         """Block until ``n`` tokens are taken; False if ``stop`` was set meanwhile."""
         if n > self.burst:
             raise ValueError(f"cannot take {n} tokens at once from a bucket of {self.burst:.0f}")
@@ -84,8 +84,17 @@ class Position:
         return self.loop * size + self.seq
 
     @classmethod
-    def at(cls, index: int, size: int) -> "Position":
+    def at(cls, index: int, size: int) -> Position:
         return cls(index // size, index % size)
+
+
+@dataclass
+class SavedPosition:
+    """The producer's state file: where it resumes, for which data set, saved when."""
+
+    position: Position
+    dataset: str
+    updated_at: str
 
 
 class PositionStore:
@@ -95,25 +104,41 @@ class PositionStore:
         self.path = Path(path)
         self.dataset_id = dataset_id
 
-    def load(self) -> Position:
+    @staticmethod
+    def read(path: str | Path) -> SavedPosition | None:
+        """The saved state as it is (None if there is none yet).
+
+        Raises
+        ------
+        RuntimeError
+            If the file exists but cannot be read.
+        """
         try:
-            state = json.loads(self.path.read_text())
+            state = json.loads(Path(path).read_text())
+            return SavedPosition(Position(int(state["loop"]), int(state["seq"])), str(state.get("dataset")),
+                                 str(state.get("updated_at", "")))
         except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"producer state {path} is unreadable ({exc}); remove it to start over") from exc
+
+    def load(self) -> Position:
+        """Where to resume: the saved position if it is for this data set, else the start."""
+        saved = self.read(self.path)
+        if saved is None:
             return Position()
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"producer state {self.path} is unreadable ({exc}); remove it to start over") from exc
-        if state.get("dataset") != self.dataset_id:
+        if saved.dataset != self.dataset_id:
             log.warning("producer state %s is for data set %s, not %s: starting from the beginning",
-                        self.path, state.get("dataset"), self.dataset_id)
+                        self.path, saved.dataset, self.dataset_id)
             return Position()
-        return Position(int(state["loop"]), int(state["seq"]))
+        return saved.position
 
     def save(self, pos: Position) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({
             "dataset": self.dataset_id, "loop": pos.loop, "seq": pos.seq,
-            "updated_at": datetime.now(timezone.utc).isoformat(),
+            "updated_at": iso(datetime.now(UTC)),
         }))
         os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new state
 
@@ -124,8 +149,8 @@ class ProduceStats:
     delivered: int = 0  # acknowledged by the broker
     resent: int = 0  # readings sent again after a failed delivery
     elapsed: float = 0.0
-    start: Optional[Position] = None
-    end: Optional[Position] = None
+    start: Position | None = None
+    end: Position | None = None
 
     @property
     def rate(self) -> float:
@@ -140,18 +165,13 @@ class _Encoded:
         self.device = frame["device_id"].to_numpy(dtype=np.int64)
         self.keys = [str(d).encode() for d in self.device]
         times = pd.to_datetime(frame["source_time"], utc=True)
-        self.source_time = [t.isoformat(timespec="microseconds") for t in times]
-        self.values = frame[["temperature", "humidity", "light", "voltage"]].to_numpy(dtype=np.float64).tolist()
+        self.source_time = [iso(t.to_pydatetime()) for t in times.dt.floor("us")]  # the wire has microseconds
+        self.values = frame[list(SENSOR_FIELDS)].to_numpy(dtype=np.float64).tolist()
 
     def message(self, index: int, sent_at: str) -> bytes:
         loop, seq = divmod(index, self.size)
-        t, h, li, v = self.values[seq]
-        # Field order and names: fl_app.schemas.Reading (the iot_stream contract).
-        return json.dumps({
-            "event_id": event_id(loop, seq), "device_id": int(self.device[seq]), "event_time": sent_at,
-            "source_time": self.source_time[seq], "loop": loop, "seq": seq,
-            "temperature": t, "humidity": h, "light": li, "voltage": v,
-        }, separators=(",", ":")).encode()
+        return Reading(event_id(loop, seq), int(self.device[seq]), sent_at, self.source_time[seq], loop, seq,
+                       *self.values[seq]).to_json()
 
 
 class ReplayProducer:
@@ -162,7 +182,7 @@ class ReplayProducer:
     cfg
         The whole config (``kafka`` for the broker and topic, ``stream`` for pacing).
     frame
-        The data set (``stream.dataset``'s table), in replay order.
+        The data set (``stream.data.load``), in replay order.
     dataset_id
         Names the data set in the saved state, so a different one starts at 0.
     """
@@ -196,7 +216,7 @@ class ReplayProducer:
         """Ask :meth:`run` to finish: flush, save the position, return."""
         self.stop_event.set()
 
-    def run(self, on_progress: Optional[Callable[[ProduceStats, Position], None]] = None) -> ProduceStats:
+    def run(self, on_progress: Callable[[ProduceStats, Position], None] | None = None) -> ProduceStats:
         """Send until ``max_records``, ``duration_seconds``, the end of a
         non-looping data set, or :meth:`stop`; returns what happened."""
         s = self.cfg.stream
@@ -233,7 +253,7 @@ class ReplayProducer:
                     n = min(n, s.max_records - self.stats.sent)
                 if bucket is not None and not bucket.acquire(n, self.stop_event):
                     break
-                sent_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+                sent_at = iso(datetime.now(UTC))
                 for index in range(next_index, next_index + n):
                     self._send(index, sent_at)
                 next_index += n
@@ -275,7 +295,7 @@ class ReplayProducer:
                     return  # stays in _pending, so the saved position keeps it: re-sent on restart
                 self._producer.poll(0.1)
 
-    def _delivered(self, index: int, err: Optional[KafkaError], _msg: Message) -> None:
+    def _delivered(self, index: int, err: KafkaError | None, _msg: Message) -> None:
         with self._lock:
             if err is None:
                 self._pending.discard(index)
@@ -289,7 +309,7 @@ class ReplayProducer:
         with self._lock:
             failed, self._failed = self._failed, []
         if failed:
-            sent_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+            sent_at = iso(datetime.now(UTC))
             for index in failed:
                 self._send(index, sent_at)
             self.stats.resent += len(failed)
@@ -317,18 +337,3 @@ class ReplayProducer:
             watermark = min(self._pending | set(self._failed), default=next_index)
         self.position = Position.at(watermark, self.data.size)
         self.store.save(self.position)
-
-
-def dataset_id(cfg: AppConfig) -> str:
-    s = cfg.stream
-    if s.dataset_path:
-        return f"file:{Path(s.dataset_path).resolve()}:{s.dataset_records}"
-    return f"synthetic:n{s.dataset_records}:d{s.num_devices}:s{s.seed}"
-
-
-def load_dataset(cfg: AppConfig) -> pd.DataFrame:
-    from stream import dataset
-
-    s = cfg.stream
-    return dataset.load_or_generate(cfg.paths.cache_dir, s.dataset_records, s.num_devices, s.seed,
-                                    source_path=s.dataset_path)

@@ -8,12 +8,13 @@ with the project's cache so Maven runs at most once.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from fl_app import services
 from fl_app.config import AppConfig
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppConfig]:

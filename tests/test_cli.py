@@ -103,3 +103,17 @@ def test_data_generate_and_inspect(tmp_path: Path) -> None:
     inspect = runner.invoke(app, ["data", "inspect", *overrides, "--plot", str(png), "--devices", "1,2"])
     assert inspect.exit_code == 0, inspect.output
     assert png.stat().st_size > 10_000
+
+
+def test_data_generate_honours_the_configured_data_set_file(tmp_path: Path) -> None:
+    """With stream.dataset_path set, `data generate` prepares that file, not the stand-in."""
+    path = tmp_path / "data.txt"
+    path.write_text("2004-02-28 00:58:46.002832 2 1 19.3024 38.4629 45.08 2.68742\n"
+                    "2004-02-28 00:59:16.02785 3 2 19.9884 37.0933 45.08 2.69964\n"
+                    "2004-02-28 01:03:16.33393 11 3 19.175 38.8379 45.08 2.69964\n")
+    result = runner.invoke(app, ["data", "generate", f"paths.home={tmp_path}", f"stream.dataset_path={path}",
+                                 "stream.num_devices=3"])
+    assert result.exit_code == 0, result.output
+    assert f"data set: {path}" in result.output
+    assert re.search(r"records\s*\W\s*3\b", result.output), result.output
+    assert not (tmp_path / ".cache" / "dataset").exists()  # nothing generated

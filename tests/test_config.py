@@ -1,6 +1,10 @@
 """The Hydra configuration: profiles, overrides, and errors that name the key."""
 
+from dataclasses import Field, fields, is_dataclass
+from typing import Any, get_type_hints
+
 import pytest
+from omegaconf import OmegaConf
 
 from fl_app.config import AppConfig, ConfigError, flatten, load_config, to_yaml
 
@@ -77,9 +81,41 @@ def test_unknown_profile_lists_the_available_ones() -> None:
     assert "production" in message and "testing" in message
 
 
-def test_yaml_and_flat_views_round_trip_the_values() -> None:
-    cfg = load_config(["stream.batch_size=25"])
-    assert "batch_size: 25" in to_yaml(cfg)
+def test_yaml_round_trips_to_the_same_config(tmp_path) -> None:
+    """What `fl-app config` prints composes back into an equal config (every key, not one)."""
+    cfg = load_config(["profile=production", "stream.batch_size=25", "flink.valid_ranges.light=[1,2]",
+                       "stream.max_records=7", f"paths.home={tmp_path}"])
+    back = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AppConfig), OmegaConf.create(to_yaml(cfg))))
+    assert back == cfg
     flat = flatten(cfg)
-    assert flat["stream.batch_size"] == 25
-    assert flat["kafka.topics.readings.name"] == "iot_stream"
+    assert flat == flatten(back)
+    assert flat["stream.batch_size"] == 25 and flat["flink.valid_ranges.light"] == [1.0, 2.0]
+
+
+def numeric_fields(node: Any, prefix: str = "") -> list[tuple[str, Field]]:
+    out = []
+    hints = get_type_hints(node)
+    for f in fields(node):
+        kind: Any = hints[f.name]
+        if is_dataclass(kind):
+            out += numeric_fields(kind, f"{prefix}{f.name}.")
+        elif kind in (int, float, int | None, float | None):
+            out.append((f"{prefix}{f.name}", f))
+    return out
+
+
+# Numbers whose every value is meaningful (a seed, a retention that Kafka treats as "forever").
+UNCHECKED = {"stream.seed"}
+
+
+def test_every_numeric_key_declares_its_checks() -> None:
+    """A new number without a check beside it fails here, not silently at run time."""
+    unchecked = [key for key, f in numeric_fields(AppConfig) if not f.metadata.get("checks") and key not in UNCHECKED]
+    assert not unchecked, f"declare checks for: {unchecked}"
+
+
+def test_a_check_declared_beside_a_nested_field_is_applied() -> None:
+    with pytest.raises(ConfigError, match=r"kafka.topics.dead_letter.replication_factor must be > 0, got 0"):
+        load_config(["kafka.topics.dead_letter.replication_factor=0"])
+    with pytest.raises(ConfigError, match=r"flink.dedup_ttl_seconds must exceed stream.delivery_timeout_ms"):
+        load_config(["flink.dedup_ttl_seconds=60"])

@@ -1,4 +1,4 @@
-"""The data set: the real-format loader and the deterministic generator."""
+"""The data set: the real-format loader, the deterministic generator, the configured source."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stream import dataset
+from fl_app.config import load_config
+from stream import data
+from stream.data import synthetic
+from stream.data.intel_lab import load_intel_lab
+from stream.data.summary import plot_devices, summarize
 
 REAL_FORMAT = """\
 2004-02-28 00:59:16.02785 3 1 19.9884 37.0933 45.08 2.69964
@@ -31,7 +35,7 @@ REAL_FORMAT = """\
 def test_loader_reads_the_real_format_and_reports_what_it_skipped(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_text(REAL_FORMAT)
-    frame, report = dataset.load_intel_lab(path)
+    frame, report = load_intel_lab(path)
     assert report.rows_read == 14
     assert report.rows_kept == 8 == len(frame)  # the epoch column is not used, so "abc" there is harmless
     assert report.skipped == {
@@ -41,14 +45,14 @@ def test_loader_reads_the_real_format_and_reports_what_it_skipped(tmp_path: Path
         "bad timestamp": 1,
     }
     assert "kept 8" in str(report) and "bad device id" in str(report)
-    assert list(frame.columns) == dataset.COLUMNS
+    assert list(frame.columns) == data.COLUMNS
     assert frame["source_time"].is_monotonic_increasing  # replay order, whatever the file's order
     assert frame["seq"].tolist() == list(range(8))
     first = frame.iloc[0]
     assert (first["device_id"], first["temperature"]) == (1, 19.3024)
     assert str(first["source_time"]) == "2004-02-28 00:58:46.002832+00:00"
     # The analyses' rule: from a mote's first reading over 40 C on, its battery is failing.
-    labels = dict(zip(zip(frame["device_id"], frame["temperature"]), frame["anomaly"]))
+    labels = dict(zip(zip(frame["device_id"], frame["temperature"], strict=True), frame["anomaly"], strict=True))
     assert labels[(2, 41.2)] == "battery_failure"
     assert labels[(2, 122.153)] == "battery_failure"
     assert labels[(1, 19.0)] == "normal"
@@ -58,27 +62,27 @@ def test_loader_reads_the_real_format_and_reports_what_it_skipped(tmp_path: Path
 def test_loader_limit_keeps_the_earliest(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_text(REAL_FORMAT)
-    frame, _ = dataset.load_intel_lab(path, limit=2)
+    frame, _ = load_intel_lab(path, limit=2)
     assert frame["temperature"].tolist() == [19.3024, 19.9884]
 
 
 def test_generator_is_deterministic() -> None:
-    a = dataset.generate(3000, 53, seed=7)
-    b = dataset.generate(3000, 53, seed=7)
+    a = synthetic.generate(3000, 53, seed=7)
+    b = synthetic.generate(3000, 53, seed=7)
     pd.testing.assert_frame_equal(a, b)
-    c = dataset.generate(3000, 53, seed=8)
+    c = synthetic.generate(3000, 53, seed=8)
     assert not a[["temperature", "humidity"]].equals(c[["temperature", "humidity"]])
 
 
 @pytest.fixture(scope="module")
 def full() -> pd.DataFrame:
-    return dataset.generate()  # the default: 152,533 readings, 53 devices
+    return synthetic.generate()  # the default: 152,533 readings, 53 devices
 
 
 def test_default_size_and_shape(full: pd.DataFrame) -> None:
     assert len(full) == 152_533
     assert full["device_id"].nunique() == 53
-    assert sorted(full["device_id"].unique()) == dataset.device_ids(53)
+    assert sorted(full["device_id"].unique()) == synthetic.device_ids(53)
     assert full["seq"].tolist() == list(range(len(full)))
     assert full["source_time"].is_monotonic_increasing
     per_device = full.groupby("device_id").size()
@@ -96,14 +100,26 @@ def test_readings_come_every_31_seconds_with_gaps(full: pd.DataFrame) -> None:
     assert 22 < span_hours < 40
 
 
-def test_clean_readings_stay_in_the_real_ranges(full: pd.DataFrame) -> None:
-    clean = full[full["anomaly"] == dataset.NORMAL]
-    for name, (low, high) in dataset.CLEAN_RANGES.items():
-        assert clean[name].between(low, high).all(), name
+# The real slice's clean ranges, stated here independently of the generator (which clips to
+# its own copy of them): clipping must be a guard for rare outliers, not what shapes the data.
+REAL_CLEAN = {"temperature": (14.0, 28.0), "humidity": (25.0, 52.5), "light": (0.0, 1847.0), "voltage": (2.41, 3.16)}
+REAL_MEDIANS = {"temperature": (18.0, 24.0), "humidity": (33.0, 45.0), "voltage": (2.5, 2.9)}
+
+
+def test_clean_readings_look_like_the_real_slice_without_leaning_on_clipping(full: pd.DataFrame) -> None:
+    clean = full[full["anomaly"] == data.NORMAL]
+    for name, (low, high) in REAL_CLEAN.items():
+        values = clean[name]
+        assert values.between(low, high).all(), name
+        at_a_bound = values.isin([low, high]).mean()
+        if name != "light":  # light is 0 at night by nature: the low bound is a real value
+            assert at_a_bound < 0.001, f"{at_a_bound:.1%} of {name} pinned to a clip bound"
+    for name, (low, high) in REAL_MEDIANS.items():
+        assert low < clean[name].median() < high, name
 
 
 def test_daily_cycles_and_physics(full: pd.DataFrame) -> None:
-    clean = full[full["anomaly"] == dataset.NORMAL]
+    clean = full[full["anomaly"] == data.NORMAL]
     hour = clean["source_time"].dt.hour
     assert clean[hour.between(0, 4)]["light"].median() < 10  # dark at night
     assert clean[hour.between(11, 14)]["light"].median() > 200  # office by day
@@ -117,9 +133,9 @@ def test_daily_cycles_and_physics(full: pd.DataFrame) -> None:
 
 def test_every_anomaly_kind_is_injected_and_labelled(full: pd.DataFrame) -> None:
     counts = full["anomaly"].value_counts()
-    for kind in dataset.ANOMALY_KINDS:
+    for kind in data.ANOMALY_KINDS:
         assert counts.get(kind, 0) > 0, kind
-    assert 0.005 < (full["anomaly"] != dataset.NORMAL).mean() < 0.05
+    assert 0.005 < (full["anomaly"] != data.NORMAL).mean() < 0.05
     dying = full[full["anomaly"] == "battery_failure"]
     assert (dying["temperature"] > 40).all() and dying["temperature"].max() > 100
     assert (dying["voltage"] < 2.4).all()
@@ -130,30 +146,40 @@ def test_every_anomaly_kind_is_injected_and_labelled(full: pd.DataFrame) -> None
 
 
 def test_small_data_sets_still_get_every_kind() -> None:
-    small = dataset.generate(5000, 53, seed=42)
-    assert set(dataset.ANOMALY_KINDS) <= set(small["anomaly"].unique())
+    small = synthetic.generate(5000, 53, seed=42)
+    assert set(data.ANOMALY_KINDS) <= set(small["anomaly"].unique())
 
 
 def test_cache_writes_once_and_reuses(tmp_path: Path) -> None:
-    first = dataset.load_or_generate(tmp_path, 2000, 10, 3)
-    path = dataset.cached_path(tmp_path, 2000, 10, 3)
+    stream = load_config(["stream.dataset_records=2000", "stream.num_devices=10", "stream.seed=3"]).stream
+    first = data.load(stream, tmp_path)
+    path = data.cached_path(tmp_path, 2000, 10, 3)
     stamp = path.stat().st_mtime_ns
-    second = dataset.load_or_generate(tmp_path, 2000, 10, 3)
+    second = data.load(stream, tmp_path)
     assert path.stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(first, second)
 
 
+def test_the_configured_file_is_loaded_instead_of_the_stand_in(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text(REAL_FORMAT)
+    stream = load_config([f"stream.dataset_path={path}", "stream.num_devices=3"]).stream
+    frame = data.load(stream, tmp_path)
+    assert len(frame) == 8 and data.device_ids(stream, tmp_path) == [1, 2, 3]
+    assert data.dataset_id(stream).startswith("file:") and not (tmp_path / "dataset").exists()
+
+
 def test_summary_and_plot(tmp_path: Path) -> None:
-    frame = dataset.generate(4000, 53, seed=1)
-    summary = dataset.summarize(frame)
+    frame = synthetic.generate(4000, 53, seed=1)
+    summary = summarize(frame)
     assert summary.records == 4000 and summary.devices == 53
     assert sum(summary.anomalies.values()) == int((frame["anomaly"] != "normal").sum())
     rows = dict(summary.rows())
     assert rows["records"] == "4,000"
-    png = dataset.plot_devices(frame, tmp_path / "preview.png")
+    png = plot_devices(frame, tmp_path / "preview.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
 def test_too_few_records_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one reading per device"):
-        dataset.generate(10, 53)
+        synthetic.generate(10, 53)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_app.services.runner import _pid_alive, ManagedProcess, ServiceError, State, free_port, port_is_open
+from fl_app.services.runner import ManagedProcess, ServiceError, State, _pid_alive, free_port, port_is_open
 
 
 def http_server(tmp_path: Path, port: int, **kwargs) -> ManagedProcess:
@@ -79,7 +79,8 @@ def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_stop_escalates_to_sigkill_for_a_process_ignoring_sigterm(tmp_path: Path) -> None:
-    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    script = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "print('up', flush=True); time.sleep(600)")
     proc = ManagedProcess(
         name="stubborn",
         argv=[sys.executable, "-c", script],

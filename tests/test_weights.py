@@ -17,7 +17,7 @@ def test_round_trip_keeps_shapes_dtype_and_values() -> None:
     assert doc["shapes"] == [[4, 16], [16], []]
     assert len(bytes(doc["data"])) == (64 + 16 + 1) * 4  # raw bytes, not a list of floats
     back = decode_weights(doc)
-    for a, b in zip(arrays, back):
+    for a, b in zip(arrays, back, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services import kafka, mongo
@@ -62,7 +62,7 @@ def provision(cfg: AppConfig) -> Readiness:
     except Exception as exc:  # confluent_kafka raises KafkaException / KafkaError
         raise ServiceError(f"cannot create Kafka topics at {cfg.kafka.bootstrap_servers}: {exc}") from exc
     try:
-        with storage.Storage(cfg.mongo) as store:
+        with storage.Storage.from_config(cfg.mongo) as store:
             store.ensure_schema()
             ready.collections = store.counts()
     except Exception as exc:  # pymongo errors
@@ -95,7 +95,7 @@ def status(cfg: AppConfig) -> list[Status]:
         out.append(local[mongo.NAME].status())
     else:
         ok = storage.ping(cfg.mongo.uri, timeout_ms=2000)
-        out.append(Status(mongo.NAME, State.EXTERNAL, address="%s:%d" % mongo.uri_host_port(cfg.mongo.uri),
+        out.append(Status(mongo.NAME, State.EXTERNAL, address="{}:{}".format(*mongo.uri_host_port(cfg.mongo.uri)),
                           detail="reachable" if ok else "unreachable"))
     return out
 

@@ -10,16 +10,17 @@ stopping escalates from SIGTERM to SIGKILL on the whole process group.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class ServiceError(RuntimeError):
     """A service could not be started, checked or stopped; the message says why."""
 
 
-class State(str, Enum):
+class State(StrEnum):
     RUNNING = "running"  # process alive and health check passes
     UNHEALTHY = "unhealthy"  # process alive, health check fails
     STOPPED = "stopped"
@@ -42,7 +43,7 @@ class State(str, Enum):
 class Status:
     name: str
     state: State
-    pid: Optional[int] = None
+    pid: int | None = None
     address: str = ""
     detail: str = ""
 
@@ -74,7 +75,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_time(pid: int) -> Optional[str]:
+def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
@@ -126,13 +127,13 @@ class ManagedProcess:
     run_dir: Path
     logs_dir: Path
     ports: Sequence[tuple[str, int]] = ()
-    health_check: Optional[HealthCheck] = None
+    health_check: HealthCheck | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    cwd: Optional[Path] = None
+    cwd: Path | None = None
     startup_timeout: float = 60.0
     stop_timeout: float = 20.0
     address: str = ""
-    prepare: Optional[Callable[[], Sequence[str]]] = None
+    prepare: Callable[[], Sequence[str]] | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -143,7 +144,7 @@ class ManagedProcess:
         return Path(self.logs_dir) / f"{self.name}.log"
 
     # ----------------------------------------------------------- inspection
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         """The pid from the pid file if that very process is still alive.
 
         The file also holds the process's start time, so a pid reused by an
@@ -263,7 +264,7 @@ class ManagedProcess:
             return "(no log)"
 
     # -------------------------------------------------------------- helpers
-    def _wait_healthy(self, pid: int, timeout: float, proc: Optional[subprocess.Popen] = None) -> bool:
+    def _wait_healthy(self, pid: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -280,15 +281,11 @@ class ManagedProcess:
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def _reap(pid: int) -> None:
     """Collect our own exited child so it does not linger as a zombie."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

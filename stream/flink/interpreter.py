@@ -18,8 +18,9 @@ import json
 import os
 import sys
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PACKAGE_DIRS = ("site-packages", "dist-packages")
 

@@ -33,7 +33,7 @@ import logging
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pyflink.common import Configuration, Row, Time, Types
@@ -42,12 +42,12 @@ from pyflink.datastream import OutputTag, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
 from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import (ListStateDescriptor, MapStateDescriptor, StateTtlConfig,
-                                      ValueStateDescriptor)
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
 from fl_app.schemas import DeadLetter, window_record
+from fl_app.storage import Storage
 from stream.flink import interpreter
 from stream.flink.settings import JobSettings
 from stream.flink.validation import validate
@@ -62,7 +62,7 @@ WINDOW_ROW = Types.ROW([Types.INT(), Types.STRING(), Types.STRING()])  # partiti
 
 
 def _iso_ms(millis: int) -> str:
-    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 class Validate(ProcessFunction):
@@ -88,21 +88,21 @@ class Validate(ProcessFunction):
             self.counters[key] = self.metrics.counter(key)
         self.counters[key].inc()
 
-    def process_element(self, row, ctx):  # noqa: ANN001 - PyFlink signature
+    def process_element(self, row, ctx):
         raw, partition, offset = row[0], row[1], row[2]
         reading, reason = validate(raw, self.known, self.ranges)
         if reading is None:
             self._count(reason)
             letter = DeadLetter(reason=reason, raw=raw if raw is not None else "", topic=self.topic,
                                 partition=int(partition), offset=int(offset),
-                                seen_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+                                seen_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
             yield DEAD_LETTER, letter.to_json().decode()
         else:
             yield reading
 
 
 class BulkStore(KeyedProcessFunction):
-    """Buffer readings in keyed state; write them to ``device_data`` in bulk.
+    """Buffer readings in keyed state; write them to ``device_data`` in bulk (``Storage.insert_readings``).
 
     A bulk goes out when ``bulk_size`` readings wait or ``bulk_max_delay_ms``
     after the first of them. The buffer is checkpointed state, so a crash
@@ -116,20 +116,17 @@ class BulkStore(KeyedProcessFunction):
         self.timeout_ms = settings.mongo_timeout_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from pymongo import MongoClient
-
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
         self.count = runtime_context.get_state(ValueStateDescriptor("count", Types.INT()))
-        self.client = MongoClient(self.uri, tz_aware=True, serverSelectionTimeoutMS=self.timeout_ms)
-        self.collection = self.client[self.database]["device_data"]
+        self.store = Storage(self.uri, self.database, self.timeout_ms)
         group = runtime_context.get_metrics_group()
         self.stored = group.counter("stored")
         self.duplicates = group.counter("duplicates_skipped")
 
     def close(self) -> None:
-        self.client.close()
+        self.store.close()
 
-    def process_element(self, reading, ctx):  # noqa: ANN001
+    def process_element(self, reading, ctx):
         self.pending.add(reading)
         n = (self.count.value() or 0) + 1
         # A timer on the next multiple of the delay, registered for every element:
@@ -143,28 +140,15 @@ class BulkStore(KeyedProcessFunction):
             self.count.update(n)
         return iter(())
 
-    def on_timer(self, timestamp, ctx):  # noqa: ANN001
+    def on_timer(self, timestamp, ctx):
         self._flush()
         return iter(())
 
     def _flush(self) -> None:
-        from pymongo.errors import BulkWriteError
-
-        readings = list(self.pending.get() or [])
-        if readings:
-            now = datetime.now(timezone.utc)
-            docs = [{**r, "event_time": datetime.fromisoformat(r["event_time"]),
-                     "source_time": datetime.fromisoformat(r["source_time"]), "stored_at": now} for r in readings]
-            try:
-                self.collection.insert_many(docs, ordered=False)
-                self.stored.inc(len(docs))
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                other = [e for e in errors if e.get("code") != 11000]
-                if other:  # not a replayed duplicate: fail the job, it restarts from the checkpoint
-                    raise RuntimeError(f"MongoDB rejected readings: {other[:3]}") from exc
-                self.duplicates.inc(len(errors))
-                self.stored.inc(len(docs) - len(errors))
+        # A write error other than a duplicate raises: the job restarts from the checkpoint.
+        stored, duplicates = self.store.insert_readings(list(self.pending.get() or []))
+        self.stored.inc(stored)
+        self.duplicates.inc(duplicates)
         self.pending.clear()
         self.count.clear()
 
@@ -202,7 +186,7 @@ class DeviceWindows(KeyedProcessFunction):
         self.seen = runtime_context.get_map_state(seen)
         self.duplicates = runtime_context.get_metrics_group().counter("duplicates_dropped")
 
-    def process_element(self, reading, ctx):  # noqa: ANN001
+    def process_element(self, reading, ctx):
         event = reading["event_id"]
         if self.seen.contains(event):
             self.duplicates.inc()
@@ -216,7 +200,7 @@ class DeviceWindows(KeyedProcessFunction):
         ctx.timer_service().register_processing_time_timer((now // self.interval_ms + 1) * self.interval_ms)
         return iter(())
 
-    def on_timer(self, timestamp, ctx):  # noqa: ANN001
+    def on_timer(self, timestamp, ctx):
         readings = list(self.pending.get() or [])
         self.pending.clear()
         if len(readings) > self.max_readings:

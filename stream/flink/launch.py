@@ -15,6 +15,7 @@ from fl_app.config import PROJECT_ROOT, AppConfig, ConfigError
 from fl_app.schemas import SENSOR_FIELDS, window_partitions
 from fl_app.services import jars
 from fl_app.services.runner import ServiceError
+from stream import data
 from stream.flink.settings import JobSettings, latest_checkpoint
 
 JAVA_SOURCES = Path(__file__).resolve().parent / "java"
@@ -42,15 +43,8 @@ def job_jars(cfg: AppConfig) -> list[Path]:
     return [*connector, helpers]
 
 
-def device_ids(cfg: AppConfig) -> list[int]:
-    """The devices of the replayed data set: the only ones the job accepts."""
-    from stream.producer import load_dataset
-
-    return sorted(int(d) for d in load_dataset(cfg)["device_id"].unique())
-
-
 def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
-    devices = device_ids(cfg)
+    devices = data.device_ids(cfg.stream, cfg.paths.cache_dir)  # the only ones the job accepts
     if cfg.kafka.topics.windows.partitions < len(devices):
         raise ConfigError(f"kafka.topics.windows.partitions ({cfg.kafka.topics.windows.partitions}) must be at "
                           f"least the number of devices ({len(devices)}): each device has its own partition")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 
 @dataclass
@@ -47,7 +46,7 @@ class JobSettings:
     max_window_readings: int
     dedup_ttl_seconds: float  # how long a window remembers an event id (see DeviceWindows)
     mongo_timeout_ms: int
-    resume_from: Optional[str]  # a retained checkpoint to restore state and offsets from
+    resume_from: str | None  # a retained checkpoint to restore state and offsets from
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,11 +55,11 @@ class JobSettings:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "JobSettings":
+    def load(cls, path: Path) -> JobSettings:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest completed checkpoint (a ``chk-N`` folder with ``_metadata``) of any past run."""
     done = [p.parent for p in Path(checkpoint_dir).glob("*/chk-*/_metadata")]
     return max(done, key=lambda p: p.stat().st_mtime, default=None)

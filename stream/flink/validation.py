@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Mapping, Optional
+from typing import Any
 
-from fl_app.schemas import SENSOR_FIELDS, Reading
+from fl_app.schemas import READING_FIELDS, SENSOR_FIELDS
 
-REQUIRED = tuple(Reading.__dataclass_fields__)
+REQUIRED = READING_FIELDS
 INT64_MAX = 2**63 - 1  # what BSON (and so MongoDB) can store
 
 
-def validate(raw: Optional[str], known_devices: "set[int] | frozenset[int]",
-             ranges: Mapping[str, "tuple[float, float] | list[float]"]) -> tuple[Optional[dict[str, Any]], str]:
+def validate(raw: str | None, known_devices: set[int] | frozenset[int],
+             ranges: Mapping[str, Sequence[float]]) -> tuple[dict[str, Any] | None, str]:
     """Return ``(reading, "")`` for a valid record, else ``(None, reason)``."""
     if raw is None or not raw.strip():
         return None, "empty record"

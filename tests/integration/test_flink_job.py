@@ -13,9 +13,10 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -24,7 +25,7 @@ from fl_app import flow, services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.schemas import window_partitions
 from fl_app.services.runner import ManagedProcess
-from stream import dataset
+from stream import data
 from stream.producer import ReplayProducer
 from tests.kafka_helpers import read_topic
 
@@ -82,9 +83,9 @@ def read_committed(cfg: AppConfig, topic: str, partitions: int, idle: float = 4.
     return read_topic(cfg.kafka.bootstrap_servers, topic, partitions, idle=idle)
 
 
-def produce(cfg: AppConfig, **stream: object) -> int:
+def produce(cfg: AppConfig, **stream: Any) -> int:
     run = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, **stream))
-    frame = dataset.load_or_generate(cfg.paths.cache_dir, RECORDS, cfg.stream.num_devices, cfg.stream.seed)
+    frame = data.load(cfg.stream, cfg.paths.cache_dir)
     return ReplayProducer(run, frame, "flink-test").run().delivered
 
 
@@ -105,7 +106,7 @@ def stored_run(flink_env: tuple[AppConfig, ManagedProcess]) -> tuple[AppConfig, 
     assert sent == 2000
 
     def stored() -> bool:
-        with storage.Storage(cfg.mongo) as store:
+        with storage.Storage.from_config(cfg.mongo) as store:
             return store.device_data.count_documents({}) >= sent
 
     wait_for("2,000 readings in device_data", stored, job=job)
@@ -115,11 +116,12 @@ def stored_run(flink_env: tuple[AppConfig, ManagedProcess]) -> tuple[AppConfig, 
 def test_every_valid_reading_is_stored_once(stored_run: tuple[AppConfig, int]) -> None:
     cfg, sent = stored_run
     time.sleep(2)  # nothing more should arrive
-    with storage.Storage(cfg.mongo) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         assert store.device_data.count_documents({}) == sent
         ids = store.device_data.distinct("event_id")
         assert len(ids) == sent and set(ids) == {f"0-{i}" for i in range(sent)}
         doc = store.device_data.find_one({"event_id": "0-7"}, {"_id": 0})
+    assert doc is not None
     assert isinstance(doc["event_time"], datetime) and isinstance(doc["source_time"], datetime)
     assert set(doc) >= {"device_id", "temperature", "humidity", "light", "voltage", "loop", "seq", "stored_at"}
 
@@ -128,7 +130,7 @@ def test_windows_go_to_each_devices_own_partition_at_the_interval(stored_run: tu
     cfg, sent = stored_run
     time.sleep(2 * WINDOW_SECONDS + 2)  # the last windows (and the spill-over ones) close and commit
     windows = read_committed(cfg, cfg.kafka.topics.windows.name, cfg.kafka.topics.windows.partitions)
-    devices = dataset.device_ids(cfg.stream.num_devices)
+    devices = data.device_ids(cfg.stream, cfg.paths.cache_dir)
     partition_of = window_partitions(devices)
     seen_events: Counter = Counter()
     per_device = defaultdict(list)
@@ -147,8 +149,8 @@ def test_windows_go_to_each_devices_own_partition_at_the_interval(stored_run: tu
     assert set(seen_events) >= valid_ids
     assert max(seen_events.values()) == 1  # every reading in exactly one window
     assert len(per_device) == len(devices)
-    counts = Counter(json.loads(m.value())["device_id"] for m in windows if json.loads(m.value())["count"] == MAX_WINDOW)
-    assert counts, "no window reached the cap: the spill-over path was not exercised"
+    full = [m for m in windows if json.loads(m.value())["count"] == MAX_WINDOW]
+    assert full, "no window reached the cap: the spill-over path was not exercised"
     for starts in per_device.values():
         assert len(starts) == len(set(starts))  # one window per (device, interval)
 
@@ -209,7 +211,7 @@ def test_malformed_records_go_to_the_dead_letter_topic(stored_run: tuple[AppConf
         got[letter["reason"]] = letter["raw"].encode()
     assert got == cases  # every reason, with the original payload
     assert flow.dead_letter_reasons(cfg) == Counter({reason: 1 for reason in cases})  # what `fl-app status` shows
-    with storage.Storage(cfg.mongo) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         wait_for("the valid record after the bad ones",
                  lambda: store.device_data.count_documents({"event_id": "9-1"}) == 1, timeout=30)
         assert store.device_data.count_documents({"loop": 9}) == 1  # none of the bad ones stored
@@ -221,11 +223,11 @@ def test_kill_9_and_restart_keeps_counts_exact(stack: AppConfig, tmp_path: Path)
     result: dict = {}
     paced = dataclasses.replace(cfg, stream=dataclasses.replace(
         cfg.stream, records_per_second=150, batch_size=15, max_records=total - first))
-    frame = dataset.load_or_generate(cfg.paths.cache_dir, RECORDS, cfg.stream.num_devices, cfg.stream.seed)
+    frame = data.load(cfg.stream, cfg.paths.cache_dir)
     producer = ReplayProducer(paced, frame, "flink-test")
     producing = threading.Thread(target=lambda: result.setdefault("sent", producer.run().delivered), daemon=True)
     try:
-        with storage.Storage(cfg.mongo) as store:
+        with storage.Storage.from_config(cfg.mongo) as store:
             assert produce(cfg, pace=False, max_records=first) == first
             wait_for("the job to store its first readings",
                      lambda: store.device_data.count_documents({}) == first, job=job)
@@ -286,7 +288,7 @@ def test_producer_kill_9_never_puts_a_reading_in_two_windows(stack: AppConfig, t
         assert duplicates > 0, "the producer's restarts re-sent nothing, so the test proved nothing"
         producer.start()  # runs to the end of the data set (loop_dataset=false) and exits
         wait_for("the producer to finish the data set", lambda: producer.pid() is None, timeout=120)
-        with storage.Storage(cfg.mongo) as store:
+        with storage.Storage.from_config(cfg.mongo) as store:
             wait_for(f"{RECORDS} readings in device_data",
                      lambda: store.device_data.count_documents({}) >= RECORDS, job=job)
             time.sleep(2 * WINDOW_SECONDS + 2)  # the last windows close and commit

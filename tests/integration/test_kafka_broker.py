@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from fl_app import topics
 from fl_app.config import AppConfig
@@ -55,7 +55,7 @@ def test_ten_thousand_keyed_messages_arrive_without_loss(stack: AppConfig) -> No
     })
     failures: list[str] = []
 
-    def on_delivery(err, msg) -> None:  # noqa: ANN001 - confluent_kafka callback
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             failures.append(str(err))
 
@@ -86,12 +86,12 @@ def test_ten_thousand_keyed_messages_arrive_without_loss(stack: AppConfig) -> No
         while len(seen) < n and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=1000, timeout=1.0):
                 assert msg.error() is None, msg.error()
-                body = json.loads(msg.value())
+                body = json.loads(msg.value() or b"")
                 if body["run"] != run:
                     continue
                 assert msg.key() == str(body["device_id"]).encode()
                 seen[body["seq"]] = seen.get(body["seq"], 0) + 1
-                partition_of_device.setdefault(body["device_id"], set()).add(msg.partition())
+                partition_of_device.setdefault(body["device_id"], set()).add(msg.partition() or 0)
     finally:
         consumer.close()
     assert len(seen) == n, f"lost {n - len(seen)} messages"

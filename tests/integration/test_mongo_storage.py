@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -19,8 +19,8 @@ def reading(**overrides) -> dict:
     doc = {
         "event_id": f"0-{uuid.uuid4().hex}",
         "device_id": 7,
-        "event_time": datetime.now(timezone.utc),
-        "source_time": datetime(2004, 3, 1, tzinfo=timezone.utc),
+        "event_time": datetime.now(UTC),
+        "source_time": datetime(2004, 3, 1, tzinfo=UTC),
         "loop": 0,
         "seq": 1,
         "temperature": 21.5,
@@ -34,7 +34,7 @@ def reading(**overrides) -> dict:
 
 @pytest.fixture()
 def store(stack: AppConfig):
-    with storage.Storage(stack.mongo) as s:
+    with storage.Storage.from_config(stack.mongo) as s:
         yield s
 
 
@@ -63,9 +63,33 @@ def test_unique_index_rejects_a_duplicate_event(store: storage.Storage) -> None:
     with pytest.raises(DuplicateKeyError):
         store.device_data.insert_one(dict(doc))
     assert store.device_data.count_documents({"event_id": doc["event_id"]}) == 1
-    # The idempotent write path: an upsert on event_id stores it once.
-    store.device_data.update_one({"event_id": doc["event_id"]}, {"$setOnInsert": doc}, upsert=True)
-    assert store.device_data.count_documents({"event_id": doc["event_id"]}) == 1
+
+
+def wire(**overrides: object) -> dict:
+    """A reading as the Flink job hands it to storage: timestamps still ISO strings."""
+    doc = reading(**overrides)
+    return {**doc, "event_time": doc["event_time"].isoformat(), "source_time": doc["source_time"].isoformat()}
+
+
+def test_insert_readings_stores_a_replayed_bulk_once(store: storage.Storage) -> None:
+    """The Flink job's write path: a bulk replayed after a crash overlaps what is stored."""
+    first = [wire() for _ in range(5)]
+    assert store.insert_readings(first) == (5, 0)
+    replay = first[2:] + [wire() for _ in range(4)]  # 3 already stored, 4 new
+    assert store.insert_readings(replay) == (4, 3)
+    ids = [r["event_id"] for r in first + replay]
+    assert store.device_data.count_documents({"event_id": {"$in": ids}}) == 9
+    stored = store.device_data.find_one({"event_id": first[0]["event_id"]})
+    assert stored is not None
+    assert isinstance(stored["event_time"], datetime) and isinstance(stored["stored_at"], datetime)
+    assert store.insert_readings([]) == (0, 0)
+
+
+def test_insert_readings_raises_on_anything_but_a_duplicate(store: storage.Storage) -> None:
+    good, bad = wire(), wire(temperature="hot")  # the validator refuses the second
+    with pytest.raises(RuntimeError, match="MongoDB rejected readings"):
+        store.insert_readings([good, bad])
+    assert store.device_data.count_documents({"event_id": good["event_id"]}) == 1  # unordered: the rest went in
 
 
 @pytest.mark.parametrize(
@@ -93,12 +117,13 @@ def test_validator_rejects_a_reading_missing_a_field(store: storage.Storage) -> 
 def test_global_model_round_is_unique_and_weights_are_binary(store: storage.Storage) -> None:
     weights = [np.ones((3, 2), "float32"), np.zeros(2, "float32")]
     round_no = int(uuid.uuid4().int % 1_000_000) + 1_000
-    doc = {"round": round_no, "created_at": datetime.now(timezone.utc), "num_devices": 3,
+    doc = {"round": round_no, "created_at": datetime.now(UTC), "num_devices": 3,
            "weights": storage.encode_weights(weights)}
     store.global_model.insert_one(dict(doc))
     with pytest.raises(DuplicateKeyError):
         store.global_model.insert_one(dict(doc))
     loaded = store.global_model.find_one({"round": round_no})
+    assert loaded is not None
     back = storage.decode_weights(loaded["weights"])
     np.testing.assert_array_equal(back[0], weights[0])
     with pytest.raises(WriteError):  # weights as a list of floats are refused

@@ -14,14 +14,15 @@ import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from fl_app import services, topics
 from fl_app.config import PROJECT_ROOT, AppConfig
-from fl_app.schemas import Reading
-from stream import dataset
+from fl_app.schemas import SENSOR_FIELDS, Reading
+from stream.data import synthetic
 from stream.producer import ReplayProducer
 from tests.kafka_helpers import read_topic
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.integration
 FL_APP = Path(sys.executable).parent / "fl-app"
 
 
-def producer_config(stack: AppConfig, tmp_path: Path, **stream: object) -> AppConfig:
+def producer_config(stack: AppConfig, tmp_path: Path, **stream: Any) -> AppConfig:
     """The session stack with a topic and a state file of this test's own."""
     topic = dataclasses.replace(stack.kafka.topics.readings, name=f"iot_stream_{uuid.uuid4().hex[:8]}")
     kafka = dataclasses.replace(stack.kafka, topics=dataclasses.replace(stack.kafka.topics, readings=topic))
@@ -40,7 +41,7 @@ def producer_config(stack: AppConfig, tmp_path: Path, **stream: object) -> AppCo
 
 
 def frame_for(cfg: AppConfig) -> pd.DataFrame:
-    return dataset.generate(cfg.stream.dataset_records, cfg.stream.num_devices, cfg.stream.seed)
+    return synthetic.generate(cfg.stream.dataset_records, cfg.stream.num_devices, cfg.stream.seed)
 
 
 def consume_all(cfg: AppConfig) -> list:
@@ -82,7 +83,7 @@ def test_exact_count_keys_and_contract(stack: AppConfig, tmp_path: Path) -> None
     row = frame.iloc[123]
     r = by_id["0-123"]
     assert (r.device_id, r.seq, r.loop) == (row["device_id"], 123, 0)
-    assert (r.temperature, r.humidity, r.light, r.voltage) == tuple(row[["temperature", "humidity", "light", "voltage"]])
+    assert tuple(getattr(r, name) for name in SENSOR_FIELDS) == tuple(row[list(SENSOR_FIELDS)])
     assert pd.Timestamp(r.source_time) == row["source_time"].floor("us")  # microseconds on the wire
     assert datetime.fromisoformat(r.event_time).year >= 2026  # send time, not source time
 
@@ -111,8 +112,10 @@ def test_no_loop_stops_at_the_end(stack: AppConfig, tmp_path: Path) -> None:
 def test_restart_resumes_without_duplicates(stack: AppConfig, tmp_path: Path) -> None:
     cfg = producer_config(stack, tmp_path, pace=False, max_records=150)
     frame = frame_for(cfg)
-    assert ReplayProducer(cfg, frame, "t").run().end.seq == 150
+    first = ReplayProducer(cfg, frame, "t").run()
+    assert first.end is not None and first.end.seq == 150
     second = ReplayProducer(cfg, frame, "t").run()
+    assert second.start is not None and second.end is not None
     assert (second.start.seq, second.end.seq) == (150, 300)
     ids = event_ids(consume_all(cfg))
     assert len(ids) == len(set(ids)) == 300

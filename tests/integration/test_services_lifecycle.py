@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fl_app import services, storage
 from fl_app.config import AppConfig, load_config
-from fl_app.services import ServiceError, State, jars
-from fl_app.services import private_overrides
+from fl_app.services import ServiceError, State, jars, private_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +37,9 @@ def test_data_survives_down_and_up(own_stack: AppConfig) -> None:
     cfg = own_stack
     services.up(cfg)
     event_id = f"0-{uuid.uuid4().hex}"
-    with storage.Storage(cfg.mongo) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         store.device_data.insert_one({
-            "event_id": event_id, "device_id": 3, "event_time": datetime.now(timezone.utc),
+            "event_id": event_id, "device_id": 3, "event_time": datetime.now(UTC),
             "temperature": 20.0, "humidity": 40.0, "light": 10.0, "voltage": 2.6,
         })
     producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "acks": "all"})
@@ -52,7 +51,7 @@ def test_data_survives_down_and_up(own_stack: AppConfig) -> None:
     services.up(cfg)
     assert set(_states(cfg).values()) == {State.RUNNING}
 
-    with storage.Storage(cfg.mongo) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         assert store.device_data.count_documents({"event_id": event_id}) == 1
         # indexes and validators came back with the data
         assert store.device_data.index_information()["event_id_unique"]["unique"]
@@ -65,7 +64,7 @@ def test_data_survives_down_and_up(own_stack: AppConfig) -> None:
         if found:
             break
     consumer.close()
-    assert [json.loads(m.value())["id"] for m in found] == [event_id]
+    assert [json.loads(m.value() or b"")["id"] for m in found] == [event_id]
 
 
 def test_second_up_is_a_no_op(own_stack: AppConfig) -> None:

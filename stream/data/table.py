@@ -1,0 +1,28 @@
+"""The data set's table: one row per reading, the same for every source.
+
+Sorted by time with all devices interleaved (the replay order):
+``seq`` (position), ``device_id``, ``source_time`` (UTC), the sensor fields
+(``fl_app.schemas.SENSOR_FIELDS``: temperature C, humidity %, light lux,
+voltage V) and the ground truth ``anomaly`` (``"normal"`` or the kind). The
+label stays beside the data: the producer never sends it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fl_app.schemas import SENSOR_FIELDS
+
+COLUMNS = ["seq", "device_id", "source_time", *SENSOR_FIELDS, "anomaly"]
+NORMAL = "normal"
+ANOMALY_KINDS = ("battery_failure", "stuck_sensor", "spike", "offset_shift", "light_saturation")
+
+
+def finish(frame: pd.DataFrame) -> pd.DataFrame:
+    """Number the rows in order and give every column its type and place."""
+    frame = frame.reset_index(drop=True)
+    frame.insert(0, "seq", np.arange(len(frame), dtype=np.int64))
+    frame["device_id"] = frame["device_id"].astype(np.int64)
+    frame["anomaly"] = frame["anomaly"].astype(str)
+    return frame[COLUMNS]

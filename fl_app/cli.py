@@ -35,6 +35,8 @@ services_app = typer.Typer(no_args_is_help=True, help="Local Kafka broker and Mo
 app.add_typer(services_app, name="services")
 data_app = typer.Typer(no_args_is_help=True, help="The IoT data set (generate, inspect).")
 app.add_typer(data_app, name="data")
+fl_cli = typer.Typer(no_args_is_help=True, help="Federated learning with Flower (simulate, up, down).")
+app.add_typer(fl_cli, name="fl")
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -302,6 +304,21 @@ def flink(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) 
         _fail(exc)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)  # same pid: `fl-app run` supervises the job itself
+
+
+@fl_cli.command("simulate")
+def fl_simulate(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Run the ServerApp and a ClientApp per device (fl.devices) on Flower's simulation runtime,
+    in the foreground, until fl.duration_seconds (or Ctrl-C)."""
+    cfg = _load(overrides, print_cfg, "fl_simulation")
+    from fl_app import flower
+
+    console.print(f"simulating {cfg.fl.devices or 'all'} devices; rounds in MongoDB {cfg.mongo.database}, "
+                  f"log {cfg.paths.logs_dir}/global_server.log")
+    try:
+        flower.simulate(cfg)
+    except USER_ERRORS as exc:
+        _fail(exc)
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from fl_app.schemas import SENSOR_FIELDS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -78,6 +80,29 @@ def low_high(value: list[float], _: AppConfig) -> str | None:
     return None if len(value) == 2 and value[0] < value[1] else "must be [low, high] with low < high"
 
 
+def fraction(value: float, _: AppConfig) -> str | None:
+    return None if 0 < value < 1 else "must be between 0 and 1"
+
+
+def all_positive(value: list[int], _: AppConfig) -> str | None:
+    return None if value and all(v > 0 for v in value) else "must be a non-empty list of positive numbers"
+
+
+def sensor_fields(value: list[str], _: AppConfig) -> str | None:
+    unknown = [v for v in value if v not in SENSOR_FIELDS]
+    if not value or unknown or len(set(value)) != len(value):
+        return f"must be distinct names from {', '.join(SENSOR_FIELDS)}"
+    return None
+
+
+def centre_scale(value: dict[str, list[float]], _: AppConfig) -> str | None:
+    for name in SENSOR_FIELDS:
+        pair = value.get(name)
+        if pair is None or len(pair) != 2 or pair[1] <= 0:
+            return f"must give [centre, scale > 0] for each of {', '.join(SENSOR_FIELDS)}"
+    return None
+
+
 def one_of(*choices: str) -> Check:
     def check(value: str, _: AppConfig) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
@@ -86,9 +111,9 @@ def one_of(*choices: str) -> Check:
 
 def at_most(key: str) -> Check:
     """No more than the value of another key (dotted path)."""
-    def check(value: float, app: AppConfig) -> str | None:
+    def check(value: float | None, app: AppConfig) -> str | None:
         limit = lookup(app, key)
-        return None if value <= limit else f"must be <= {key} ({limit})"
+        return None if value is None or value <= limit else f"must be <= {key} ({limit})"
     return check
 
 
@@ -259,13 +284,41 @@ class FlinkConfig:
 
 # ------------------------------------------------------------------------ fl
 @dataclass
+class ModelConfig:
+    """The anomaly model every device trains (``fl_app/model.py``)."""
+
+    features: list[str] = checked(MISSING, sensor_fields, factory=lambda: list(SENSOR_FIELDS))
+    hidden: list[int] = checked(MISSING, all_positive, factory=lambda: [16, 8])  # encoder widths; decoder mirrors
+    # Centre and scale of each sensor field, shared by the whole federation (no
+    # device normalises with its own statistics). From the real data's clean ranges.
+    normalisation: dict[str, list[float]] = checked(MISSING, centre_scale, factory=lambda: {
+        "temperature": [21.0, 3.0], "humidity": [39.0, 6.0], "light": [300.0, 500.0], "voltage": [2.7, 0.2]})
+    learning_rate: float = checked(0.005, positive)
+    batch_size: int = checked(32, positive)
+    replay_size: int = checked(512, positive)  # feature rows each device keeps between windows
+    threshold_quantile: float = checked(0.99, fraction)  # score quantile that marks an anomaly
+    seed: int = 42
+
+
+@dataclass
 class FLConfig:
-    """Federated learning cadence (the profile sets the three intervals)."""
+    """Federated learning: cadence (the profile sets the three intervals), devices, model."""
 
     local_training_interval_seconds: float = checked(30.0, positive)
     global_update_interval_minutes: float = checked(1.0, positive)
     min_devices_for_aggregation: int = checked(3, positive, at_most("stream.num_devices"))
     superlink_address: str = checked("127.0.0.1:9091", address)
+    # "deployment": flower-superlink + one flower-supernode per device;
+    # "simulation": the same apps on Flower's simulation runtime.
+    runtime: str = checked("deployment", one_of("deployment", "simulation"))
+    # How many devices (the first in id order) get a SuperNode; null = every device of the data set.
+    devices: int | None = checked(None, positive_or_null, at_most("stream.num_devices"))
+    local_epochs: int = checked(1, positive)
+    # An update computed from a global model more than this many rounds old is dropped.
+    max_staleness_rounds: int = checked(2, non_negative)
+    max_update_norm: float = checked(100.0, positive)  # L2 norm of (update - global); more is rejected
+    duration_seconds: float | None = checked(None, positive_or_null)  # the ServerApp stops after this long
+    model: ModelConfig = field(default_factory=ModelConfig)
 
 
 # ------------------------------------------------------------------ analytics

@@ -40,6 +40,7 @@ DEVICE_DATA = "device_data"
 LOCAL_MODELS = "local_models"
 GLOBAL_MODEL = "global_model"
 PREDICTIONS = "predictions"
+FL_ROUNDS = "fl_rounds"
 
 _NUMBER = {"bsonType": ["double", "int", "long", "decimal"]}
 _INT = {"bsonType": ["int", "long"]}
@@ -92,16 +93,18 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
     ),
     CollectionSpec(
         LOCAL_MODELS,
-        # One document per local training of one device on one window.
+        # One document per accepted local update: a device's training on its new windows.
+        # "round" is the global round it started from; "aggregated_into" the round it went into.
         {
             "bsonType": "object",
-            "required": ["device_id", "trained_at", "num_examples", "weights"],
+            "required": ["device_id", "trained_at", "round", "num_examples", "weights"],
             "properties": {
                 "device_id": _INT,
                 "round": _INT,
+                "aggregated_into": _INT,
                 "trained_at": _DATE,
-                "window_start": _DATE,
-                "window_end": _DATE,
+                "window_start": {"bsonType": ["date", "null"]},
+                "window_end": {"bsonType": ["date", "null"]},
                 "num_examples": _INT,
                 "metrics": {"bsonType": "object"},
                 "weights": _WEIGHTS,
@@ -117,7 +120,7 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
         # One document per aggregation round (FedAvg of the local models).
         {
             "bsonType": "object",
-            "required": ["round", "created_at", "num_devices", "weights"],
+            "required": ["round", "created_at", "num_devices", "weights", "threshold"],
             "properties": {
                 "round": _INT,
                 "created_at": _DATE,
@@ -125,6 +128,9 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
                 "device_ids": {"bsonType": "array", "items": _INT},
                 "num_examples": _INT,
                 "metrics": {"bsonType": "object"},
+                "rejected": _INT,
+                "stale": _INT,
+                "threshold": _NUMBER,
                 "weights": _WEIGHTS,
             },
         },
@@ -154,7 +160,28 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
             IndexModel([("device_id", ASCENDING), ("event_time", DESCENDING)], name="device_time"),
         ),
     ),
+    CollectionSpec(
+        FL_ROUNDS,
+        # One document per aggregation tick of the ServerApp, aggregated or skipped (with why),
+        # with every update that did not count and its reason.
+        {
+            "bsonType": "object",
+            "required": ["at", "status", "round"],
+            "properties": {
+                "at": _DATE,
+                "status": {"enum": ["aggregated", "skipped"]},
+                "round": _INT,
+                "reason": {"bsonType": "string"},
+                "accepted": {"bsonType": "array", "items": _INT},
+                "rejected": {"bsonType": "array", "items": {"bsonType": "object", "required": ["device_id", "reason"]}},
+                "stale": {"bsonType": "array", "items": _INT},
+                "idle": {"bsonType": "array", "items": _INT},
+            },
+        },
+        (IndexModel([("at", DESCENDING)], name="at"),),
+    ),
 )
+
 
 
 def ping(uri: str, timeout_ms: int = 2000) -> bool:
@@ -204,6 +231,26 @@ class Storage:
     @property
     def predictions(self) -> Collection:
         return self.db[PREDICTIONS]
+
+    @property
+    def fl_rounds(self) -> Collection:
+        return self.db[FL_ROUNDS]
+
+    def latest_global_model(self) -> dict[str, Any] | None:
+        """The newest global model document (highest round), or None before the first."""
+        return self.global_model.find_one(sort=[("round", DESCENDING)])
+
+    def record_round(self, global_doc: Mapping[str, Any] | None, local_docs: Sequence[Mapping[str, Any]],
+                     tick_doc: Mapping[str, Any]) -> None:
+        """Persist one aggregation tick: the new global model (if any) first, so that a crash
+        leaves no local model pointing at a round that does not exist, then the local
+        models it averaged, then the tick. A global round that exists already raises
+        (a second ServerApp on the same database must not overwrite history)."""
+        if global_doc is not None:
+            self.global_model.insert_one(dict(global_doc))
+        if local_docs:
+            self.local_models.insert_many([dict(d) for d in local_docs], ordered=True)
+        self.fl_rounds.insert_one(dict(tick_doc))
 
     def ensure_schema(self) -> list[str]:
         """Create missing collections; (re)apply validators and indexes. Returns names."""

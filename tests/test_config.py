@@ -105,7 +105,7 @@ def numeric_fields(node: Any, prefix: str = "") -> list[tuple[str, Field]]:
 
 
 # Numbers whose every value is meaningful (a seed, a retention that Kafka treats as "forever").
-UNCHECKED = {"stream.seed"}
+UNCHECKED = {"stream.seed", "fl.model.seed"}
 
 
 def test_every_numeric_key_declares_its_checks() -> None:

@@ -14,7 +14,7 @@ import pytest
 from fl_app.config import PROJECT_ROOT
 
 # Everything that knows every component: the CLI and what it runs.
-ORCHESTRATION = {"fl_app.cli", "fl_app.pipeline", "fl_app.flow"}
+ORCHESTRATION = {"fl_app.cli", "fl_app.pipeline", "fl_app.flow", "fl_app.flower"}
 # Components: each is a top-level package; it imports the core and itself, never another component.
 COMPONENTS = {"stream", "clients", "server", "analytics"}
 # The core is the rest of fl_app: config, schemas, storage, topics, logs, services, component, model.

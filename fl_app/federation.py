@@ -1,0 +1,208 @@
+"""The Flower message contract between the ServerApp (``server/``) and the ClientApps (``clients/``).
+
+Train message, server -> device (``RecordDict``)::
+
+    "arrays"  ArrayRecord   the global model's weights
+    "config"  ConfigRecord  {"server-round": the global round of those weights,
+                             "threshold": the global anomaly threshold,
+                             "local-epochs": passes over the device's replay buffer}
+
+Reply, device -> server::
+
+    "arrays"  ArrayRecord   the locally trained weights (empty when no new data)
+    "metrics" MetricRecord  {"num-examples": new readings trained on (0: nothing new),
+                             "loss", "score-quantile", "score-mean"}
+    "config"  ConfigRecord  {"device-id", "base-round": the "server-round" trained from,
+                             "window-start", "window-end": ISO times of the readings, or ""}
+
+Both sides import only this module for it (components never import each other).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fl_app.config import AppConfig, ModelConfig
+from fl_app.schemas import window_partitions
+
+ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
+NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
+
+
+@dataclass
+class TrainInstruction:
+    weights: list[np.ndarray]
+    server_round: int
+    threshold: float
+    local_epochs: int
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({ARRAYS: ArrayRecord(self.weights), CONFIG: ConfigRecord({
+            "server-round": self.server_round, "threshold": float(self.threshold),
+            "local-epochs": self.local_epochs})})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> TrainInstruction:
+        config = content.config_records[CONFIG]
+        return cls(weights=content.array_records[ARRAYS].to_numpy_ndarrays(),
+                   server_round=int(config["server-round"]), threshold=float(config["threshold"]),  # type: ignore[arg-type]
+                   local_epochs=int(config["local-epochs"]))  # type: ignore[arg-type]
+
+
+@dataclass
+class LocalUpdate:
+    """One device's reply to one train message."""
+
+    device_id: int
+    base_round: int
+    num_examples: int
+    weights: list[np.ndarray]
+    metrics: dict[str, float] = field(default_factory=dict)
+    window_start: str = ""
+    window_end: str = ""
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({
+            ARRAYS: ArrayRecord(self.weights),
+            METRICS: MetricRecord({NUM_EXAMPLES: self.num_examples, **self.metrics}),
+            CONFIG: ConfigRecord({"device-id": self.device_id, "base-round": self.base_round,
+                                  "window-start": self.window_start, "window-end": self.window_end}),
+        })
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> LocalUpdate:
+        """Parse a reply; raises ValueError (with what is missing) on a malformed one."""
+        try:
+            config = content.config_records[CONFIG]
+            metrics = dict(content.metric_records[METRICS])
+            arrays = content.array_records[ARRAYS]
+        except KeyError as exc:
+            raise ValueError(f"reply lacks record {exc}") from exc
+        try:
+            num_examples = int(metrics.pop(NUM_EXAMPLES))  # type: ignore[arg-type]
+            return cls(device_id=int(config["device-id"]), base_round=int(config["base-round"]),  # type: ignore[arg-type]
+                       num_examples=num_examples, weights=arrays.to_numpy_ndarrays(),
+                       metrics={k: float(v) for k, v in metrics.items()},  # type: ignore[arg-type]
+                       window_start=str(config.get("window-start", "")), window_end=str(config.get("window-end", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed reply: {exc!r}") from exc
+
+
+# ------------------------------------------------------------------ settings
+RUN_CONFIG_ENV = "FL_APP_RUN_CONFIG"  # the run config as JSON, for Flower's simulation Python API
+
+
+@dataclass
+class RunSettings:
+    """What the ServerApp and the ClientApps read, derived from the Hydra config.
+
+    Travels as Flower's run config (flat ``key = value``; ``flwr run --run-config``).
+    Holds no MongoDB address: the devices see the run config too, so the
+    server reads its database settings from ``server_settings``, a file on the
+    server's machine only.
+    """
+
+    kafka_bootstrap: str
+    windows_topic: str
+    devices: list[int]  # in partition order of the window topic (fl_app.schemas.window_partitions)
+    group_prefix: str  # a device's consumer group: "<prefix>-<device id>"
+    model: dict[str, Any]  # fl_app.config.ModelConfig as a dict
+    local_epochs: int
+    train_every: float  # seconds
+    aggregate_every: float  # seconds
+    min_devices: int
+    max_staleness_rounds: int
+    max_update_norm: float
+    duration: float  # seconds the ServerApp runs; 0 = until stopped
+    server_settings: str  # path of the server-only settings (MongoDB, log folder)
+
+    @classmethod
+    def from_config(cls, cfg: AppConfig, devices: list[int], server_settings: str) -> RunSettings:
+        from dataclasses import asdict
+
+        fl = cfg.fl
+        return cls(kafka_bootstrap=cfg.kafka.bootstrap_servers, windows_topic=cfg.kafka.topics.windows.name,
+                   devices=sorted(devices), group_prefix=f"fl-device-{cfg.kafka.topics.windows.name}",
+                   model=asdict(fl.model), local_epochs=fl.local_epochs,
+                   train_every=fl.local_training_interval_seconds,
+                   aggregate_every=fl.global_update_interval_minutes * 60, min_devices=fl.min_devices_for_aggregation,
+                   max_staleness_rounds=fl.max_staleness_rounds, max_update_norm=fl.max_update_norm,
+                   duration=fl.duration_seconds or 0.0, server_settings=server_settings)
+
+    def to_run_config(self) -> dict[str, str | int | float]:
+        """Flat scalars (Flower's run config allows no lists or tables): lists and dicts as JSON."""
+        out: dict[str, str | int | float] = {}
+        for name, value in self.__dict__.items():
+            key = name.replace("_", "-")
+            out[key] = json.dumps(value) if isinstance(value, list | dict) else value
+        return out
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
+        values: dict[str, Any] = {}
+        for name, f in cls.__dataclass_fields__.items():
+            raw = run_config[name.replace("_", "-")]
+            values[name] = json.loads(raw) if f.type in ("list[int]", "dict[str, Any]") else raw
+        return cls(**values)
+
+    @classmethod
+    def from_context(cls, run_config: Mapping[str, Any]) -> RunSettings:
+        """From the run config, or, when it is empty (simulation Python API), from $FL_APP_RUN_CONFIG."""
+        if not run_config:
+            try:
+                run_config = json.loads(os.environ[RUN_CONFIG_ENV])
+            except KeyError:
+                raise RuntimeError(
+                    f"no run config: start the apps with `fl-app fl up` (or set {RUN_CONFIG_ENV})") from None
+        return cls.from_run_config(run_config)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(**self.model)
+
+    def device_of(self, node_config: Mapping[str, Any]) -> int:
+        """The device a SuperNode serves: ``device-id`` (deployment), else the ``partition-id``'th device."""
+        if "device-id" in node_config:
+            return int(node_config["device-id"])
+        return self.devices[int(node_config["partition-id"])]
+
+    def partition_of(self, device: int) -> int:
+        return window_partitions(self.devices)[device]
+
+
+@dataclass
+class ServerSettings:
+    """What only the ServerApp's machine knows: where to persist, where to log."""
+
+    mongo_uri: str
+    mongo_database: str
+    mongo_timeout_ms: int
+    logs_dir: str
+
+    @classmethod
+    def from_config(cls, cfg: AppConfig) -> ServerSettings:
+        return cls(cfg.mongo.uri, cfg.mongo.database, cfg.mongo.server_selection_timeout_ms, cfg.paths.logs_dir)
+
+    def save(self, path: str) -> None:
+        from pathlib import Path
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__))
+        os.chmod(tmp, 0o600)  # it may hold database credentials
+        tmp.replace(target)
+
+    @classmethod
+    def load(cls, path: str) -> ServerSettings:
+        from pathlib import Path
+
+        return cls(**json.loads(Path(path).read_text()))

@@ -1,0 +1,124 @@
+"""The Flower ServerApp: a clock that trains every local interval and aggregates every global one.
+
+Not Flower's round loop (``strategy.start`` waits for every reply and drops
+late ones): this app pushes train messages to the online SuperNodes on the
+local clock, pulls replies as they come, keeps them until the next
+aggregation tick (late ones too), and lets :class:`server.strategy.TimedFedAvg`
+decide what counts. Every tick, aggregation and accepted update is persisted
+(``server/rounds.py``); on restart the round numbers continue from MongoDB.
+One line per tick and per aggregation goes to ``logs/global_server.log``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from flwr.app import Context, Message, MessageType
+from flwr.serverapp import Grid, ServerApp
+
+from fl_app.federation import LocalUpdate, RunSettings, ServerSettings, TrainInstruction
+from fl_app.storage import Storage
+from server import rounds
+from server.strategy import AGGREGATED, Clock, GlobalState, TimedFedAvg
+
+log = logging.getLogger("server.global")
+POLL_SECONDS = 0.3  # between reply pulls: short, so replies are seen soon, long enough to stay cheap
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = RunSettings.from_context(context.run_config)
+    server = ServerSettings.load(settings.server_settings)
+    _log_to(Path(server.logs_dir) / "global_server.log")
+    with Storage(server.mongo_uri, server.mongo_database, server.mongo_timeout_ms) as store:
+        TimedServer(settings, grid, store).run()
+
+
+def _log_to(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in log.handlers):
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+class TimedServer:
+    """The loop of one run: push on the local clock, pull continuously, aggregate on the global clock."""
+
+    def __init__(self, settings: RunSettings, grid: Grid, store: Storage) -> None:
+        self.settings, self.grid, self.store = settings, grid, store
+        self.strategy = TimedFedAvg(settings.min_devices, settings.max_staleness_rounds, settings.max_update_norm)
+        self.state: GlobalState = rounds.resume(store, settings.model_config())
+        self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
+        self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included
+        self.malformed = 0
+        # A message not answered within two local intervals is given up (the node will get a new one).
+        self.ttl = max(2 * settings.train_every, 30.0)
+
+    def run(self) -> None:
+        started = time.monotonic()
+        end = started + self.settings.duration if self.settings.duration > 0 else math.inf
+        clock = Clock(self.settings.train_every, self.settings.aggregate_every, start=started)
+        log.info("start: global round %d; train every %gs, aggregate every %gs with >= %d devices",
+                 self.state.round, self.settings.train_every, self.settings.aggregate_every, self.settings.min_devices)
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if clock.train_due(now):
+                self.send_train_messages(now)
+            self.collect_replies(now)
+            if clock.aggregate_due(now):
+                self.aggregate()
+            time.sleep(POLL_SECONDS)
+        log.info("stop: global round %d after %.0fs", self.state.round, time.monotonic() - started)
+
+    def send_train_messages(self, now: float) -> None:
+        online = sorted(self.grid.get_node_ids())
+        busy = {node for node, _ in self.outstanding.values()}
+        targets = [n for n in online if n not in busy]  # one message at a time per device
+        record = TrainInstruction(self.state.weights, self.state.round, self.state.threshold,
+                                  self.settings.local_epochs).to_record()
+        messages = [Message(record, dst_node_id=node, message_type=MessageType.TRAIN, ttl=self.ttl)
+                    for node in targets]
+        ids = list(self.grid.push_messages(messages)) if messages else []
+        for node, message_id in zip(targets, ids, strict=True):
+            self.outstanding[message_id] = (node, now)
+        log.info("tick: round %d, %d devices online, %d train messages sent, %d still out, %d updates pending",
+                 self.state.round, len(online), len(ids), len(self.outstanding) - len(ids), len(self.pending))
+
+    def collect_replies(self, now: float) -> None:
+        if not self.outstanding:
+            return
+        for reply in self.grid.pull_messages(list(self.outstanding)):
+            self.outstanding.pop(reply.metadata.reply_to_message_id, None)
+            if reply.has_error():
+                log.warning("node %d replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            try:
+                self.pending.append(LocalUpdate.from_record(reply.content))
+            except ValueError as exc:
+                self.malformed += 1
+                log.warning("node %d sent a malformed reply (%s); ignored", reply.metadata.src_node_id, exc)
+        expired = [mid for mid, (_, sent) in self.outstanding.items() if now - sent > self.ttl]
+        for mid in expired:
+            del self.outstanding[mid]
+
+    def aggregate(self) -> None:
+        outcome = self.strategy.aggregate_round(self.pending, self.state)
+        rounds.record(self.store, outcome)
+        self.pending = []
+        rejected = "; ".join(f"device {u.device_id}: {why}" for u, why in outcome.rejected)
+        if outcome.status == AGGREGATED and outcome.state is not None:
+            self.state = outcome.state
+            log.info("aggregated round %d: %d devices %s, %d readings, mean loss %.4f, threshold %.4f; "
+                     "%d stale, %d rejected%s", outcome.round, len(outcome.accepted), outcome.device_ids,
+                     outcome.num_examples, outcome.metrics.get("loss", float("nan")), self.state.threshold,
+                     len(outcome.stale), len(outcome.rejected), f" ({rejected})" if rejected else "")
+        else:
+            log.info("skipped (round stays %d): %s%s", outcome.round, outcome.reason,
+                     f"; rejected: {rejected}" if rejected else "")

@@ -1,0 +1,170 @@
+"""Time-triggered FedAvg: aggregate whatever updates arrived since the last tick.
+
+Flower's :class:`~flwr.serverapp.strategy.FedAvg` runs rounds as fast as
+replies come back. Here the clock decides (:class:`Clock`): every local
+interval the ServerApp sends train messages, every global interval it hands
+the updates received since the last aggregation to
+:meth:`TimedFedAvg.aggregate_round`, which
+
+1. drops *stale* updates, computed from a global model more than
+   ``max_staleness_rounds`` behind (dropped, not down-weighted: a stale model
+   pulls the average back towards an old state whatever its weight);
+2. *rejects* invalid ones with a reason: wrong shapes or dtypes, values that
+   are not finite, or an L2 distance to the current global model above
+   ``max_update_norm``; a rejected update never reaches the average;
+3. keeps each device's newest update (it was trained on the device's replay
+   buffer, which holds the earlier windows too), weighted by all the new
+   readings that device reported since the last aggregation;
+4. averages them with FedAvg's own weighted mean (``num-examples``) if at
+   least ``min_devices`` devices are left, else records a skipped round and why.
+
+The global anomaly threshold is the same weighted mean of the devices'
+reported score quantiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from fl_app.federation import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate
+
+AGGREGATED, SKIPPED = "aggregated", "skipped"
+
+
+@dataclass
+class GlobalState:
+    """The current global model: what every train message carries."""
+
+    round: int  # 0 = the initial weights, before any aggregation
+    weights: list[np.ndarray]
+    threshold: float
+
+
+@dataclass
+class RoundOutcome:
+    """What one aggregation tick did (persisted whether or not it aggregated)."""
+
+    status: str  # AGGREGATED or SKIPPED
+    round: int  # the new global round, or the unchanged one when skipped
+    reason: str = ""
+    state: GlobalState | None = None  # the new global model when aggregated
+    accepted: list[LocalUpdate] = field(default_factory=list)  # the updates averaged (one per device)
+    superseded: list[LocalUpdate] = field(default_factory=list)  # valid, but a newer one of the device counts
+    rejected: list[tuple[LocalUpdate, str]] = field(default_factory=list)
+    stale: list[LocalUpdate] = field(default_factory=list)
+    idle: list[LocalUpdate] = field(default_factory=list)  # replies with zero new readings
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def device_ids(self) -> list[int]:
+        return sorted(u.device_id for u in self.accepted)
+
+
+class Clock:
+    """When to send train messages and when to aggregate; monotonic seconds in, decisions out."""
+
+    def __init__(self, train_every: float, aggregate_every: float, start: float) -> None:
+        self.train_every, self.aggregate_every = train_every, aggregate_every
+        self.next_train, self.next_aggregate = start, start + aggregate_every
+
+    def train_due(self, now: float) -> bool:
+        """True once per train interval; a late check does not make up missed ticks."""
+        due, self.next_train = self._tick(now, self.next_train, self.train_every)
+        return due
+
+    def aggregate_due(self, now: float) -> bool:
+        due, self.next_aggregate = self._tick(now, self.next_aggregate, self.aggregate_every)
+        return due
+
+    @staticmethod
+    def _tick(now: float, due_at: float, every: float) -> tuple[bool, float]:
+        if now < due_at:
+            return False, due_at
+        return True, due_at + every * (int((now - due_at) // every) + 1)
+
+
+class TimedFedAvg(FedAvg):
+    """FedAvg driven by a clock, with staleness, validation and a minimum of devices.
+
+    Parameters
+    ----------
+    min_devices
+        Devices with new data needed for an aggregation.
+    max_staleness_rounds
+        How far behind the current global round an update's base round may be.
+    max_update_norm
+        Largest L2 distance between an update and the current global weights.
+    """
+
+    def __init__(self, min_devices: int, max_staleness_rounds: int, max_update_norm: float) -> None:
+        super().__init__(fraction_evaluate=0.0, min_train_nodes=min_devices, min_available_nodes=min_devices,
+                         weighted_by_key=NUM_EXAMPLES, arrayrecord_key=ARRAYS)
+        self.min_devices = min_devices
+        self.max_staleness_rounds = max_staleness_rounds
+        self.max_update_norm = max_update_norm
+
+    def invalid(self, update: LocalUpdate, current: GlobalState) -> str:
+        """Why ``update`` may not count ("" if it may)."""
+        if len(update.weights) != len(current.weights):
+            return f"{len(update.weights)} weight arrays, expected {len(current.weights)}"
+        for i, (got, want) in enumerate(zip(update.weights, current.weights, strict=True)):
+            if got.shape != want.shape or got.dtype != want.dtype:
+                return f"array {i} is {got.dtype}{list(got.shape)}, expected {want.dtype}{list(want.shape)}"
+            if not np.all(np.isfinite(got)):
+                return f"array {i} has values that are not finite"
+        distance = float(np.sqrt(sum(float(np.sum((g.astype(np.float64) - w) ** 2))
+                                     for g, w in zip(update.weights, current.weights, strict=True))))
+        if distance > self.max_update_norm:
+            return f"update norm {distance:.3g} exceeds {self.max_update_norm:g}"
+        for key in ("loss", "score-quantile"):
+            value = update.metrics.get(key)
+            if value is None or not np.isfinite(value):
+                return f"metric {key} missing or not finite"
+        return ""
+
+    def aggregate_round(self, updates: list[LocalUpdate], current: GlobalState) -> RoundOutcome:
+        """Sort the updates (stale, rejected, idle, accepted) and average the accepted ones."""
+        next_round = current.round + 1
+        outcome = RoundOutcome(status=SKIPPED, round=current.round)
+        newest: dict[int, LocalUpdate] = {}
+        examples: dict[int, int] = {}
+        for update in updates:
+            if update.num_examples <= 0:
+                outcome.idle.append(update)
+            elif current.round - update.base_round > self.max_staleness_rounds:
+                outcome.stale.append(update)
+            elif reason := self.invalid(update, current):
+                outcome.rejected.append((update, reason))
+            else:
+                examples[update.device_id] = examples.get(update.device_id, 0) + update.num_examples
+                previous = newest.get(update.device_id)
+                if previous is None or update.received_at >= previous.received_at:
+                    newest[update.device_id] = update
+                    if previous is not None:
+                        outcome.superseded.append(previous)
+                else:
+                    outcome.superseded.append(update)
+        outcome.accepted = [newest[d] for d in sorted(newest)]
+        if len(outcome.accepted) < self.min_devices:
+            outcome.reason = (f"{len(outcome.accepted)} device(s) with a valid update, need {self.min_devices} "
+                              f"({len(outcome.idle)} without new data, {len(outcome.stale)} stale, "
+                              f"{len(outcome.rejected)} rejected)")
+            return outcome
+        records = [RecordDict({ARRAYS: ArrayRecord(u.weights), METRICS: MetricRecord(
+            {NUM_EXAMPLES: examples[u.device_id], **u.metrics})}) for u in outcome.accepted]
+        arrays = aggregate_arrayrecords(records, self.weighted_by_key)
+        metrics = {k: float(v) for k, v in self.train_metrics_aggr_fn(records, self.weighted_by_key).items()}  # type: ignore[arg-type]
+        outcome.status, outcome.round = AGGREGATED, next_round
+        outcome.num_examples = sum(examples[u.device_id] for u in outcome.accepted)
+        outcome.metrics = metrics
+        outcome.state = GlobalState(round=next_round, weights=arrays.to_numpy_ndarrays(),
+                                    threshold=metrics.get("score-quantile", current.threshold))
+        return outcome

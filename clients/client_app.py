@@ -44,11 +44,24 @@ def train(msg: Message, context: Context) -> Message:
     try:
         windows = reader.read_new()
         update = local_update(settings, device, instruction, windows, context)
+        if "chaos" in context.node_config:
+            corrupt(update, str(context.node_config["chaos"]))
         reply = Message(update.to_record(), reply_to=msg)
         reader.commit()  # only now: a crash before this re-reads the windows
     finally:
         reader.close()
     return reply
+
+
+def corrupt(update: LocalUpdate, how: str) -> None:
+    """Failure testing only (SuperNode ``--node-config chaos=nan|shape``): send a broken update,
+    which the server must reject and record. Never set in a real deployment."""
+    if update.weights:
+        if how == "nan":
+            update.weights[0] = np.full_like(update.weights[0], np.nan)
+        elif how == "shape":
+            update.weights[0] = update.weights[0][:-1]
+    log.warning("chaos=%s: device %d sends a corrupted update", how, update.device_id)
 
 
 def local_update(settings: RunSettings, device: int, instruction: TrainInstruction, windows: list[dict],

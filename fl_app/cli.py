@@ -321,6 +321,44 @@ def fl_simulate(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT
         _fail(exc)
 
 
+@fl_cli.command("up")
+def fl_up(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Start flower-superlink and one flower-supernode per device (fl.devices), then submit the
+    run (`flwr run`, run config from Hydra). Returns once submitted; `fl-app fl down` stops it all."""
+    cfg = _load(overrides, print_cfg, "fl_launcher")
+    from fl_app import flower
+
+    try:
+        run_id = flower.up(cfg)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    _print_status([p.status() for p in flower.processes(cfg)], title="Federation")
+    console.print(f"[bold green]run {run_id} submitted.[/] Rounds: {cfg.paths.logs_dir}/global_server.log")
+
+
+@fl_cli.command("down")
+def fl_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Stop the SuperNodes, the SuperLink and the ServerApp/ClientApp processes they left."""
+    cfg = _load(overrides, print_cfg, "fl_launcher")
+    from fl_app import flower
+
+    stopped = flower.down(cfg)
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@fl_cli.command("serve")
+def fl_serve(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """The federation as one foreground process (what `fl-app run` starts): up, wait, down on SIGTERM.
+    With fl.runtime=simulation, the simulation runtime instead."""
+    cfg = _load(overrides, print_cfg, "fl_launcher")
+    from fl_app import flower
+
+    try:
+        flower.serve(cfg)
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
 def main() -> None:
     app(prog_name="fl-app")
 

@@ -307,7 +307,8 @@ class FLConfig:
     local_training_interval_seconds: float = checked(30.0, positive)
     global_update_interval_minutes: float = checked(1.0, positive)
     min_devices_for_aggregation: int = checked(3, positive, at_most("stream.num_devices"))
-    superlink_address: str = checked("127.0.0.1:9091", address)
+    superlink_address: str = checked("127.0.0.1:9091", address)  # all of the SuperLink's APIs (HTTP)
+    supernode_base_port: int = checked(9100, tcp_port)  # SuperNode i serves its runtime API on base + i
     # "deployment": flower-superlink + one flower-supernode per device;
     # "simulation": the same apps on Flower's simulation runtime.
     runtime: str = checked("deployment", one_of("deployment", "simulation"))

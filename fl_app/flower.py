@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fl_app.config import AppConfig
 from fl_app.federation import RUN_CONFIG_ENV, RunSettings, ServerSettings
+from fl_app.services.runner import ManagedProcess
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +62,141 @@ def simulate(cfg: AppConfig) -> None:
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "num_gpus": 0,
                                                  "include_dashboard": False}})
+
+
+# ----------------------------------------------------------------- deployment
+FEDERATION = "fl-iot"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+FLWR_PROCESSES = ("flwr-serverapp", "flower-superexec", "flwr-clientapp")
+
+
+def flwr_home(cfg: AppConfig) -> Path:
+    return Path(cfg.paths.run_dir) / "flwr"
+
+
+def _env(cfg: AppConfig) -> dict[str, str]:
+    import sys
+
+    # The SuperLink and SuperNodes start flower-superexec / flwr-serverapp / flwr-clientapp from PATH.
+    return {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "FLWR_HOME": str(flwr_home(cfg)), "FLWR_TELEMETRY_ENABLED": "0"}
+
+
+def superlink_process(cfg: AppConfig) -> ManagedProcess:
+    from fl_app.config import host_port
+    from fl_app.services.runner import port_is_open
+
+    host, port = host_port(cfg.fl.superlink_address)
+    return ManagedProcess(
+        name="fl_superlink",
+        argv=[_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+              "--host", host, "--port", str(port)],
+        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), ports=[(host, port)],
+        health_check=lambda: port_is_open(host, port), env=_env(cfg), startup_timeout=60, stop_timeout=10,
+        address=f"{host}:{port}")
+
+
+def supernode_process(cfg: AppConfig, index: int, device: int, node_config: str = "") -> ManagedProcess:
+    port = cfg.fl.supernode_base_port + index
+    return ManagedProcess(
+        name=f"fl_supernode_{device}",
+        argv=[_bin("flower-supernode"), "--insecure", "--superlink", cfg.fl.superlink_address,
+              "--host", "127.0.0.1", "--port", str(port), "--node-config", f"device-id={device} {node_config}".strip()],
+        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir) / "supernodes",
+        ports=[("127.0.0.1", port)], health_check=None, env=_env(cfg), startup_timeout=2, stop_timeout=5,
+        address=f"127.0.0.1:{port}")
+
+
+def _bin(name: str) -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / name)
+
+
+def processes(cfg: AppConfig) -> list[ManagedProcess]:
+    """SuperLink first, then one SuperNode per device."""
+    return [superlink_process(cfg), *(supernode_process(cfg, i, d) for i, d in enumerate(devices(cfg)))]
+
+
+def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
+    """Start the SuperLink and the SuperNodes (staggered), then submit the run; returns its id."""
+    import time
+
+    superlink, *supernodes = processes(cfg)
+    superlink.start()
+    for node in supernodes:
+        node.start()
+        time.sleep(stagger_seconds)  # all at once, many fail to register (measured: 28 of 53)
+    return submit(cfg)
+
+
+def submit(cfg: AppConfig) -> str:
+    """``flwr run`` the project's app against our SuperLink with the run config from Hydra."""
+    import subprocess
+
+    from fl_app.config import PROJECT_ROOT
+
+    settings = run_settings(cfg)
+    home = flwr_home(cfg)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
+        f'address = "{cfg.fl.superlink_address}"\ninsecure = true\n')
+    run_config = Path(cfg.paths.run_dir) / "fl_run_config.toml"
+    # A JSON string literal is a valid TOML basic string.
+    run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.to_run_config().items()))
+    proc = subprocess.run([_bin("flwr"), "run", str(PROJECT_ROOT), FEDERATION, "--run-config", str(run_config),
+                           "--format", "json"], capture_output=True, text=True, env={**os.environ, **_env(cfg)},
+                          timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"flwr run failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    try:
+        return str(json.loads(proc.stdout)["run-id"])
+    except (ValueError, KeyError):
+        return proc.stdout.strip()[-200:]
+
+
+def down(cfg: AppConfig) -> list[str]:
+    """Stop the SuperNodes, the SuperLink, and the processes they leave behind (our FLWR_HOME's)."""
+    stopped = [p.name for p in reversed(processes(cfg)) if p.stop()]
+    stopped += _kill_strays(flwr_home(cfg))
+    return stopped
+
+
+def _kill_strays(home: Path) -> list[str]:
+    """The SuperLink's ServerApp and SuperExec run in sessions of their own: find them by FLWR_HOME."""
+    import signal
+
+    killed = []
+    marker = f"FLWR_HOME={home}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if not any(name.encode() in cmdline for name in FLWR_PROCESSES):
+                continue
+            if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            os.kill(int(proc.name), signal.SIGKILL)
+            killed.append(cmdline.split(b"\0")[0].decode(errors="replace").rsplit("/", 1)[-1])
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
+def serve(cfg: AppConfig) -> None:
+    """Run the federation until SIGTERM/SIGINT (or the ServerApp's duration), then stop it all."""
+    import signal
+    import threading
+
+    if cfg.fl.runtime == "simulation":
+        simulate(cfg)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        log.info("federation run %s submitted", up(cfg))
+        stop.wait(cfg.fl.duration_seconds + 30 if cfg.fl.duration_seconds else None)
+    finally:
+        log.info("stopping the federation: %s", ", ".join(down(cfg)))

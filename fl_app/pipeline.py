@@ -19,10 +19,11 @@ from fl_app import services
 from fl_app.component import Component
 from fl_app.config import AppConfig
 from fl_app.services.runner import ManagedProcess, ServiceError, State, Status
+from server.component import COMPONENTS as FEDERATION
 from stream.component import COMPONENTS as STREAM
 
-# In start order. The Flower apps, Spark, the API and Superset are added here as they land.
-COMPONENTS: tuple[Component, ...] = (*STREAM,)
+# In start order. Spark, the API and Superset are added here as they land.
+COMPONENTS: tuple[Component, ...] = (*STREAM, *FEDERATION)
 
 # A component that cannot start (bad data set path, missing environment) dies within
 # seconds; `run` waits this long so it can report it instead of "running".

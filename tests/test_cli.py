@@ -50,9 +50,10 @@ def test_console_script_rejects_a_bad_key_by_name() -> None:
 
 @pytest.mark.integration
 def test_run_status_stop(tmp_path: Path) -> None:
-    """`fl-app run` starts services, the Flink job and the producer in the background;
-    readings flow into MongoDB; `stop` ends all."""
-    overrides = [*private_overrides(tmp_path), "stream.dataset_records=2000", "stream.records_per_second=50"]
+    """`fl-app run` starts services, the Flink job, the producer and the federation in the
+    background; readings flow into MongoDB, global models follow; `stop` ends all."""
+    overrides = [*private_overrides(tmp_path), "stream.dataset_records=2000", "stream.records_per_second=50",
+                 "fl.devices=3", "fl.local_training_interval_seconds=5", "fl.global_update_interval_minutes=0.25"]
     env = {**os.environ, "COLUMNS": "200"}
 
     def fl_app(*args: str) -> subprocess.CompletedProcess:
@@ -66,7 +67,7 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "running." in up.stdout
         for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model",
-                     "kafka_producer", "flink_job"):
+                     "kafka_producer", "flink_job", "federation"):
             assert name in up.stdout
         for log in ("kafka.log", "mongo.log", "fl_app.log", "kafka_producer.log", "flink_job.log"):
             assert (tmp_path / "logs" / log).is_file(), log
@@ -76,20 +77,21 @@ def test_run_status_stop(tmp_path: Path) -> None:
             found = re.search(where + r"\s*\W\s*([\d,]+)", text)
             return int(found.group(1).replace(",", "")) if found else -1
 
-        deadline = time.monotonic() + 150  # the Flink mini-cluster takes ~30 s to start
+        deadline = time.monotonic() + 240  # Flink takes ~30 s to start, a first ClientApp ~20 s more
         while True:
             status = fl_app("status")
             assert status.returncode == 0, status.stdout + status.stderr
-            if count("mongo device_data", status.stdout) >= 50 or time.monotonic() > deadline:
+            if count("mongo global_model", status.stdout) >= 1 or time.monotonic() > deadline:
                 break
             time.sleep(5)
         assert count("kafka iot_stream", status.stdout) >= 100, status.stdout
         assert count("mongo device_data", status.stdout) >= 50, status.stdout  # stored by the Flink job
-        assert "producer next: loop 0" in status.stdout
-        assert status.stdout.count("running") == 4  # kafka, mongo, flink_job, kafka_producer
+        assert re.search(r"producer next: loop \d+", status.stdout), status.stdout
+        assert count("mongo global_model", status.stdout) >= 1, status.stdout  # the federation aggregated
+        assert status.stdout.count("running") == 5  # kafka, mongo, flink_job, kafka_producer, federation
     finally:
         down = fl_app("stop")
-    assert down.returncode == 0 and "stopped: kafka_producer, flink_job, mongo, kafka" in down.stdout
+    assert down.returncode == 0 and "stopped: federation, kafka_producer, flink_job, mongo, kafka" in down.stdout
     assert "producing to iot_stream" in (tmp_path / "logs" / "kafka_producer.log").read_text()
 
 

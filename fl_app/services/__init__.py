@@ -111,6 +111,8 @@ def private_overrides(home: Path) -> list[str]:
         f"kafka.bootstrap_servers=127.0.0.1:{free_port()}",
         f"kafka.local_broker.controller_port={free_port()}",
         f"mongo.uri=mongodb://127.0.0.1:{free_port()}",
+        f"fl.superlink_address=127.0.0.1:{free_port()}",
+        f"fl.supernode_base_port={free_port()}",
     ]
 
 

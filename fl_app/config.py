@@ -312,8 +312,9 @@ class FLConfig:
     # "deployment": flower-superlink + one flower-supernode per device;
     # "simulation": the same apps on Flower's simulation runtime.
     runtime: str = checked("deployment", one_of("deployment", "simulation"))
-    # How many devices (the first in id order) get a SuperNode; null = every device of the data set.
-    devices: int | None = checked(None, positive_or_null, at_most("stream.num_devices"))
+    # How many devices (the first in id order) get a SuperNode; null (or more than the data set
+    # has) = every device of the data set.
+    devices: int | None = checked(None, positive_or_null)
     local_epochs: int = checked(1, positive)
     # An update computed from a global model more than this many rounds old is dropped.
     max_staleness_rounds: int = checked(2, non_negative)

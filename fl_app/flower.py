@@ -162,24 +162,36 @@ def down(cfg: AppConfig) -> list[str]:
     return stopped
 
 
-def _kill_strays(home: Path) -> list[str]:
-    """The SuperLink's ServerApp and SuperExec run in sessions of their own: find them by FLWR_HOME."""
-    import signal
+def flwr_processes(home: Path, names: tuple[str, ...] = FLWR_PROCESSES) -> list[tuple[int, str]]:
+    """``(pid, name)`` of Flower's ServerApp/SuperExec/ClientApp processes of this FLWR_HOME.
 
-    killed = []
+    The SuperLink starts them in sessions of their own, so stopping its process
+    group misses them; their environment names our FLWR_HOME.
+    """
+    found = []
     marker = f"FLWR_HOME={home}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes()
-            if not any(name.encode() in cmdline for name in FLWR_PROCESSES):
-                continue
-            if marker not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            os.kill(int(proc.name), signal.SIGKILL)
-            killed.append(cmdline.split(b"\0")[0].decode(errors="replace").rsplit("/", 1)[-1])
-        except (OSError, ProcessLookupError):
+            name = next((n for n in names if n.encode() in cmdline), None)
+            if name is not None and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((int(proc.name), name))
+        except OSError:
+            continue
+    return found
+
+
+def _kill_strays(home: Path) -> list[str]:
+    import signal
+
+    killed = []
+    for pid, name in flwr_processes(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(name)
+        except ProcessLookupError:
             continue
     return killed
 

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from bson import Binary
 from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, CollectionInvalid, PyMongoError
+from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
 
 from fl_app.schemas import SENSOR_FIELDS
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from fl_app.config import MongoConfig
 
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
+ILLEGAL_OPERATION = 20  # e.g. a transaction on a server that is not a replica set
 
 DEVICE_DATA = "device_data"
 LOCAL_MODELS = "local_models"
@@ -242,15 +244,27 @@ class Storage:
 
     def record_round(self, global_doc: Mapping[str, Any] | None, local_docs: Sequence[Mapping[str, Any]],
                      tick_doc: Mapping[str, Any]) -> None:
-        """Persist one aggregation tick: the new global model (if any) first, so that a crash
-        leaves no local model pointing at a round that does not exist, then the local
-        models it averaged, then the tick. A global round that exists already raises
-        (a second ServerApp on the same database must not overwrite history)."""
+        """Persist one aggregation tick in one transaction: the new global model (if any), the
+        local models it averaged, the tick. Without transactions (a standalone MongoDB), the
+        global model goes first, so a crash never leaves a local model pointing at a round
+        that does not exist. A global round that exists already raises (a second ServerApp
+        on the same database must not overwrite history)."""
+        with self.client.start_session() as session:
+            try:
+                with session.start_transaction():  # all or nothing where the server has transactions
+                    self._write_round(global_doc, local_docs, tick_doc, session)
+            except OperationFailure as exc:
+                if exc.code != ILLEGAL_OPERATION:  # a standalone mongod has no transactions: ordered writes
+                    raise
+                self._write_round(global_doc, local_docs, tick_doc, None)
+
+    def _write_round(self, global_doc: Mapping[str, Any] | None, local_docs: Sequence[Mapping[str, Any]],
+                     tick_doc: Mapping[str, Any], session: ClientSession | None) -> None:
         if global_doc is not None:
-            self.global_model.insert_one(dict(global_doc))
+            self.global_model.insert_one(dict(global_doc), session=session)
         if local_docs:
-            self.local_models.insert_many([dict(d) for d in local_docs], ordered=True)
-        self.fl_rounds.insert_one(dict(tick_doc))
+            self.local_models.insert_many([dict(d) for d in local_docs], ordered=True, session=session)
+        self.fl_rounds.insert_one(dict(tick_doc), session=session)
 
     def ensure_schema(self) -> list[str]:
         """Create missing collections; (re)apply validators and indexes. Returns names."""

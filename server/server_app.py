@@ -58,8 +58,9 @@ class TimedServer:
         self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included
         self.malformed = 0
-        # A message not answered within two local intervals is given up (the node will get a new one).
-        self.ttl = max(2 * settings.train_every, 30.0)
+        # A message not answered in time is given up (the node gets a new one). Generous: a stock
+        # SuperNode starts a fresh ClientApp process per message, 20-40 s on a loaded 2-core machine.
+        self.ttl = max(4 * settings.train_every, 120.0)
 
     def run(self) -> None:
         started = time.monotonic()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,98 @@ def test_simulation_runtime_with_53_devices(stack: AppConfig, tmp_path: Path) ->
     assert sum(g["num_examples"] for g in globals_) == published
     assert {d["device_id"] for d in locals_} == set(devices)
     assert {t["status"] for t in ticks} <= {"aggregated", "skipped"}
+
+
+def check_consistent(store: storage.Storage) -> list[dict]:
+    """Every global model adds up to the local updates stored for it; returns the global models."""
+    globals_ = list(store.global_model.find({}, sort=[("round", 1)]))
+    by_round = defaultdict(list)
+    for doc in store.local_models.find({}):
+        by_round[doc["aggregated_into"]].append(doc)
+    assert set(by_round) <= {g["round"] for g in globals_}  # no local update points at a missing round
+    for g in globals_:
+        mine = by_round[g["round"]]
+        assert sorted({d["device_id"] for d in mine}) == g["device_ids"]
+        assert sum(d["num_examples"] for d in mine) == g["num_examples"] > 0
+        assert all(d["round"] < g["round"] for d in mine)
+        assert all(np.isfinite(w).all() for w in storage.decode_weights(g["weights"])) and np.isfinite(g["threshold"])
+    return globals_
+
+
+def test_deployment_with_flink_and_5_supernodes(stack: AppConfig, tmp_path: Path) -> None:
+    """Real Kafka, MongoDB-wire server, Flink job, SuperLink and 5 SuperNodes (one of them sends NaN
+    weights), second-scale intervals; then a SuperNode is killed, then the ServerApp."""
+    from fl_app import flower
+    from fl_app.services.runner import ManagedProcess, free_port
+
+    overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=5",
+                 "fl.local_training_interval_seconds=3", "fl.global_update_interval_minutes=0.15",
+                 "flink.checkpoint_interval_ms=1000", "stream.records_per_second=60", "stream.batch_size=6",
+                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port()}"]
+    cfg = load_config(overrides)
+    services.provision(cfg)
+    devices = flower.devices(cfg)
+    chaos_device = devices[-1]
+
+    def component(name: str, *command: str) -> ManagedProcess:
+        return ManagedProcess(name=name, argv=[str(FL_APP), *command, *overrides], run_dir=tmp_path / ".run",
+                              logs_dir=tmp_path / "logs", startup_timeout=5, stop_timeout=20)
+
+    job, producer = component("flink_job", "flink"), component("kafka_producer", "produce")
+    superlink = flower.superlink_process(cfg)
+    nodes = {d: flower.supernode_process(cfg, i, d, "chaos=nan" if d == chaos_device else "")
+             for i, d in enumerate(devices)}
+    store = storage.Storage.from_config(cfg.mongo)
+
+    def wait_for_rounds(n: int, timeout: float = 240) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            docs = list(store.global_model.find({}, {"weights": 0}, sort=[("round", 1)]))
+            if len(docs) >= n:
+                return docs
+            time.sleep(1)
+        log = tmp_path / "logs" / "global_server.log"
+        pytest.fail(f"{n} global rounds not reached in {timeout:.0f}s:\n"
+                    + (log.read_text()[-3000:] if log.exists() else "(no server log)"))
+
+    try:
+        job.start()
+        producer.start()
+        superlink.start()
+        for node in nodes.values():
+            node.start()
+            time.sleep(0.5)
+        flower.submit(cfg)
+        first = wait_for_rounds(2)
+        assert all(g["num_devices"] >= 3 for g in first)
+
+        nodes[devices[0]].kill()  # one device goes away: the others keep aggregating
+        killed_at = datetime.now(first[0]["created_at"].tzinfo)
+        after_kill = wait_for_rounds(len(first) + 2)
+        late = [g for g in after_kill if g["created_at"] > killed_at + timedelta(seconds=10)]
+        assert late and all(devices[0] not in g["device_ids"] for g in late)
+
+        serverapps = flower.flwr_processes(flower.flwr_home(cfg), ("flwr-serverapp",))
+        assert len(serverapps) == 1
+        os.kill(serverapps[0][0], signal.SIGKILL)  # the ServerApp dies mid-run
+        last = max(g["round"] for g in after_kill)
+        flower.submit(cfg)  # a new run: its ServerApp resumes from MongoDB
+        resumed = wait_for_rounds(len(after_kill) + 1)
+        assert [g["round"] for g in resumed] == list(range(1, len(resumed) + 1))  # continued, none overwritten
+        assert max(g["round"] for g in resumed) > last
+        assert "start: global round " + str(last) in (tmp_path / "logs" / "global_server.log").read_text()
+    finally:
+        flower.down(cfg)
+        producer.stop()
+        job.stop()
+
+    globals_ = check_consistent(store)
+    ticks = list(store.fl_rounds.find({}))
+    store.close()
+    assert all(chaos_device not in g["device_ids"] for g in globals_)  # the NaN device never counted
+    rejected = [r for t in ticks for r in t["rejected"]]
+    assert rejected and {r["device_id"] for r in rejected} == {chaos_device}
+    assert all("not finite" in r["reason"] for r in rejected)
+    skipped = [t for t in ticks if t["status"] == "skipped"]
+    assert skipped and all("need 3" in t["reason"] for t in skipped)  # recorded, with the reason
+    assert not flower.flwr_processes(flower.flwr_home(cfg))  # nothing of Flower left running

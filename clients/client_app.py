@@ -79,11 +79,12 @@ def local_update(settings: RunSettings, device: int, instruction: TrainInstructi
     buffer.add(x, np.random.default_rng(seed))
     net = model.build(spec)
     model.set_weights(net, instruction.weights)
+    histogram = model.score_histogram(net, buffer.rows)  # of the global model: for the threshold
     result = model.train(net, buffer, spec, epochs=instruction.local_epochs, seed=seed)
     context.state[REPLAY] = ArrayRecord([buffer.rows])
     log.info("device %d: %d new readings, buffer %d, loss %.4f", device, len(readings), len(buffer), result.loss)
     return LocalUpdate(
         device_id=device, base_round=instruction.server_round, num_examples=len(readings),
         weights=model.get_weights(net),
-        metrics={"loss": result.loss, "score-quantile": result.score_quantile, "score-mean": result.score_mean},
+        metrics={"loss": result.loss, "score-mean": result.score_mean}, histogram=histogram,
         window_start=min(w["window_start"] for w in windows), window_end=max(w["window_end"] for w in windows))

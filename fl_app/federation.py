@@ -11,7 +11,10 @@ Reply, device -> server::
 
     "arrays"  ArrayRecord   the locally trained weights (empty when no new data)
     "metrics" MetricRecord  {"num-examples": new readings trained on (0: nothing new),
-                             "loss", "score-quantile", "score-mean"}
+                             "loss", "score-mean",
+                             "score-histogram": counts of the received global model's
+                             scores on the device's buffer per fixed bin
+                             (fl_app.model.HISTOGRAM_EDGES), for the threshold}
     "config"  ConfigRecord  {"device-id", "base-round": the "server-round" trained from,
                              "window-start", "window-end": ISO times of the readings, or ""}
 
@@ -35,6 +38,7 @@ from fl_app.schemas import window_partitions
 
 ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
+HISTOGRAM = "score-histogram"
 
 
 @dataclass
@@ -66,6 +70,7 @@ class LocalUpdate:
     num_examples: int
     weights: list[np.ndarray]
     metrics: dict[str, float] = field(default_factory=dict)
+    histogram: list[float] = field(default_factory=list)
     window_start: str = ""
     window_end: str = ""
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -73,7 +78,7 @@ class LocalUpdate:
     def to_record(self) -> RecordDict:
         return RecordDict({
             ARRAYS: ArrayRecord(self.weights),
-            METRICS: MetricRecord({NUM_EXAMPLES: self.num_examples, **self.metrics}),
+            METRICS: MetricRecord({NUM_EXAMPLES: self.num_examples, HISTOGRAM: list(self.histogram), **self.metrics}),
             CONFIG: ConfigRecord({"device-id": self.device_id, "base-round": self.base_round,
                                   "window-start": self.window_start, "window-end": self.window_end}),
         })
@@ -89,8 +94,9 @@ class LocalUpdate:
             raise ValueError(f"reply lacks record {exc}") from exc
         try:
             num_examples = int(metrics.pop(NUM_EXAMPLES))  # type: ignore[arg-type]
+            histogram = [float(v) for v in metrics.pop(HISTOGRAM, [])]  # type: ignore[union-attr]
             return cls(device_id=int(config["device-id"]), base_round=int(config["base-round"]),  # type: ignore[arg-type]
-                       num_examples=num_examples, weights=arrays.to_numpy_ndarrays(),
+                       num_examples=num_examples, weights=arrays.to_numpy_ndarrays(), histogram=histogram,
                        metrics={k: float(v) for k, v in metrics.items()},  # type: ignore[arg-type]
                        window_start=str(config.get("window-start", "")), window_end=str(config.get("window-end", "")))
         except (KeyError, TypeError, ValueError) as exc:

@@ -7,8 +7,13 @@ normalised with the centre and scale the whole federation shares
 statistics, and no label, leak into the model), plus the time of day as
 sine and cosine. The anomaly score of a reading is its reconstruction error
 (mean squared error over the inputs); a reading is an anomaly when its score
-exceeds the global model's threshold, which the server sets from the score
-quantiles the devices report.
+exceeds the global model's threshold: the ``threshold_quantile`` of the
+scores of all devices' data pooled, found without sharing a score: each
+device sends a histogram of the received global model's scores on its replay
+buffer over fixed bins (:func:`score_histogram`), the server adds them up
+(:func:`histogram_quantile`). The histograms describe the model the devices
+received, so a new global model carries its predecessor's threshold, one
+round behind.
 
 Windows are small (a device sends ~6 readings per 30 s window at the testing
 rate), so each device keeps a bounded :class:`ReplayBuffer`: training runs
@@ -120,8 +125,7 @@ class ReplayBuffer:
 @dataclass
 class TrainResult:
     loss: float  # mean reconstruction loss of the last epoch
-    score_quantile: float  # the spec's quantile of the buffer's scores after training
-    score_mean: float
+    score_mean: float  # mean score of the buffer after training
 
 
 def train(model: nn.Module, buffer: ReplayBuffer, spec: ModelConfig, epochs: int, seed: int) -> TrainResult:
@@ -140,9 +144,32 @@ def train(model: nn.Module, buffer: ReplayBuffer, spec: ModelConfig, epochs: int
             optimiser.step()
             loss_sum += loss.item() * len(batch)
             seen += len(batch)
-    after = scores(model, buffer.rows)
-    return TrainResult(loss=loss_sum / max(seen, 1), score_quantile=float(np.quantile(after, spec.threshold_quantile)),
-                       score_mean=float(after.mean()))
+    return TrainResult(loss=loss_sum / max(seen, 1), score_mean=float(scores(model, buffer.rows).mean()))
+
+
+def score_quantile(model: nn.Module, rows: np.ndarray, spec: ModelConfig) -> float:
+    """The ``threshold_quantile`` of a model's scores on ``rows``."""
+    return float(np.quantile(scores(model, rows), spec.threshold_quantile))
+
+
+# Fixed, log-spaced score bins shared by every device, so histograms add up across the
+# federation and the server gets the pooled quantile without seeing a single score.
+HISTOGRAM_EDGES = np.logspace(-5, 5, 251)  # 25 bins per decade: ~10 % resolution
+
+
+def score_histogram(model: nn.Module, rows: np.ndarray) -> list[float]:
+    """Counts of the model's scores on ``rows`` per bin of :data:`HISTOGRAM_EDGES` (clipped to its range)."""
+    clipped = np.clip(scores(model, rows), HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1])
+    return np.histogram(clipped, bins=HISTOGRAM_EDGES)[0].astype(float).tolist()
+
+
+def histogram_quantile(counts: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of summed :func:`score_histogram` counts: the upper edge of its bin."""
+    total = counts.sum()
+    if total <= 0:
+        return float("inf")
+    index = int(np.searchsorted(np.cumsum(counts), q * total))
+    return float(HISTOGRAM_EDGES[min(index + 1, len(HISTOGRAM_EDGES) - 1)])
 
 
 def scores(model: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -53,7 +53,8 @@ class TimedServer:
 
     def __init__(self, settings: RunSettings, grid: Grid, store: Storage) -> None:
         self.settings, self.grid, self.store = settings, grid, store
-        self.strategy = TimedFedAvg(settings.min_devices, settings.max_staleness_rounds, settings.max_update_norm)
+        self.strategy = TimedFedAvg(settings.min_devices, settings.max_staleness_rounds, settings.max_update_norm,
+                                    settings.model_config().threshold_quantile)
         self.state: GlobalState = rounds.resume(store, settings.model_config())
         self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included

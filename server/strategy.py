@@ -18,8 +18,10 @@ the updates received since the last aggregation to
 4. averages them with FedAvg's own weighted mean (``num-examples``) if at
    least ``min_devices`` devices are left, else records a skipped round and why.
 
-The global anomaly threshold is the same weighted mean of the devices'
-reported score quantiles.
+The global anomaly threshold is the ``threshold_quantile`` of the devices'
+score histograms added up (``fl_app.model.histogram_quantile``): the pooled
+quantile, computed for the global model the devices received (so the
+threshold lags the weights by one round).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fl_app.federation import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate
+from fl_app.model import HISTOGRAM_EDGES, histogram_quantile
 
 AGGREGATED, SKIPPED = "aggregated", "skipped"
 
@@ -102,14 +105,18 @@ class TimedFedAvg(FedAvg):
         How far behind the current global round an update's base round may be.
     max_update_norm
         Largest L2 distance between an update and the current global weights.
+    threshold_quantile
+        The quantile of the pooled scores that becomes the anomaly threshold.
     """
 
-    def __init__(self, min_devices: int, max_staleness_rounds: int, max_update_norm: float) -> None:
+    def __init__(self, min_devices: int, max_staleness_rounds: int, max_update_norm: float,
+                 threshold_quantile: float) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=min_devices, min_available_nodes=min_devices,
                          weighted_by_key=NUM_EXAMPLES, arrayrecord_key=ARRAYS)
         self.min_devices = min_devices
         self.max_staleness_rounds = max_staleness_rounds
         self.max_update_norm = max_update_norm
+        self.threshold_quantile = threshold_quantile
 
     def invalid(self, update: LocalUpdate, current: GlobalState) -> str:
         """Why ``update`` may not count ("" if it may)."""
@@ -124,10 +131,12 @@ class TimedFedAvg(FedAvg):
                                      for g, w in zip(update.weights, current.weights, strict=True))))
         if distance > self.max_update_norm:
             return f"update norm {distance:.3g} exceeds {self.max_update_norm:g}"
-        for key in ("loss", "score-quantile"):
-            value = update.metrics.get(key)
-            if value is None or not np.isfinite(value):
-                return f"metric {key} missing or not finite"
+        loss = update.metrics.get("loss")
+        if loss is None or not np.isfinite(loss):
+            return "metric loss missing or not finite"
+        counts = np.asarray(update.histogram, dtype=np.float64)
+        if len(counts) != len(HISTOGRAM_EDGES) - 1 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+            return f"score histogram must be {len(HISTOGRAM_EDGES) - 1} finite counts >= 0"
         return ""
 
     def aggregate_round(self, updates: list[LocalUpdate], current: GlobalState) -> RoundOutcome:
@@ -165,6 +174,7 @@ class TimedFedAvg(FedAvg):
         outcome.status, outcome.round = AGGREGATED, next_round
         outcome.num_examples = sum(examples[u.device_id] for u in outcome.accepted)
         outcome.metrics = metrics
+        pooled = np.sum([np.asarray(u.histogram) for u in outcome.accepted], axis=0)
         outcome.state = GlobalState(round=next_round, weights=arrays.to_numpy_ndarrays(),
-                                    threshold=metrics.get("score-quantile", current.threshold))
+                                    threshold=histogram_quantile(pooled, self.threshold_quantile))
         return outcome

@@ -10,6 +10,7 @@ import pytest
 
 from fl_app.config import load_config
 from fl_app.federation import LocalUpdate
+from fl_app.model import HISTOGRAM_EDGES
 from fl_app.storage import encode_weights
 from server import rounds
 from server.strategy import AGGREGATED, SKIPPED, Clock, GlobalState, TimedFedAvg
@@ -21,10 +22,17 @@ def weights(value: float) -> list[np.ndarray]:
     return [np.full((3, 2), value, np.float32), np.full(2, value, np.float32)]
 
 
+def histogram(score: float, count: int) -> list[float]:
+    """``count`` scores of ``score``."""
+    counts = np.zeros(len(HISTOGRAM_EDGES) - 1)
+    counts[np.searchsorted(HISTOGRAM_EDGES, score, side="right") - 1] = count
+    return counts.tolist()
+
+
 def update(device: int, value: float, examples: int = 10, base: int = 5, seconds: int = 0,
            **metrics: float) -> LocalUpdate:
     return LocalUpdate(device_id=device, base_round=base, num_examples=examples, weights=weights(value),
-                       metrics={"loss": 0.1, "score-quantile": value, **metrics},
+                       metrics={"loss": 0.1, **metrics}, histogram=histogram(value, examples),
                        received_at=T0 + timedelta(seconds=seconds))
 
 
@@ -33,7 +41,7 @@ CURRENT = GlobalState(round=5, weights=weights(0.0), threshold=1.0)
 
 @pytest.fixture
 def strategy() -> TimedFedAvg:
-    return TimedFedAvg(min_devices=3, max_staleness_rounds=2, max_update_norm=20.0)
+    return TimedFedAvg(min_devices=3, max_staleness_rounds=2, max_update_norm=20.0, threshold_quantile=0.5)
 
 
 def test_clock_trains_every_local_interval_and_aggregates_every_global_one() -> None:
@@ -57,7 +65,8 @@ def test_weighted_average_of_the_devices(strategy: TimedFedAvg) -> None:
     expected = (1.0 * 10 + 2.0 * 30 + 4.0 * 60) / 100
     assert out.state is not None
     np.testing.assert_allclose(out.state.weights[0], expected, rtol=1e-6)
-    assert out.state.threshold == pytest.approx(expected)  # same weighting for the score quantile
+    # The median of the pooled scores (10 x 1.0, 30 x 2.0, 60 x 4.0) is 4.0: the upper edge of its bin.
+    assert 4.0 < out.state.threshold <= 4.0 * 1.1
     assert out.num_examples == 100
 
 
@@ -79,14 +88,15 @@ def test_stale_updates_are_dropped(strategy: TimedFedAvg) -> None:
 
 @pytest.mark.parametrize(("bad", "why"), [
     (LocalUpdate(4, 5, 10, [np.full((3, 2), np.nan, np.float32), np.zeros(2, np.float32)],
-                 {"loss": 0.1, "score-quantile": 1.0}), "not finite"),
+                 {"loss": 0.1}, histogram(1.0, 10)), "not finite"),
     (LocalUpdate(4, 5, 10, [np.zeros((2, 3), np.float32), np.zeros(2, np.float32)],
-                 {"loss": 0.1, "score-quantile": 1.0}), "expected float32[3, 2]"),
+                 {"loss": 0.1}, histogram(1.0, 10)), "expected float32[3, 2]"),
     (LocalUpdate(4, 5, 10, [np.zeros((3, 2), np.float64), np.zeros(2, np.float32)],
-                 {"loss": 0.1, "score-quantile": 1.0}), "expected float32"),
-    (LocalUpdate(4, 5, 10, weights(0.0)[:1], {"loss": 0.1, "score-quantile": 1.0}), "1 weight arrays"),
+                 {"loss": 0.1}, histogram(1.0, 10)), "expected float32"),
+    (LocalUpdate(4, 5, 10, weights(0.0)[:1], {"loss": 0.1}, histogram(1.0, 10)), "1 weight arrays"),
     (update(4, 100.0), "norm"),
     (update(4, 1.0, loss=float("inf")), "metric loss"),
+    (LocalUpdate(4, 5, 10, weights(1.0), {"loss": 0.1}, [1.0, 2.0]), "score histogram"),
 ])
 def test_invalid_updates_are_rejected_with_a_reason_and_never_averaged(
         strategy: TimedFedAvg, bad: LocalUpdate, why: str) -> None:

@@ -117,7 +117,7 @@ def test_validator_rejects_a_reading_missing_a_field(store: storage.Storage) -> 
 def test_global_model_round_is_unique_and_weights_are_binary(store: storage.Storage) -> None:
     weights = [np.ones((3, 2), "float32"), np.zeros(2, "float32")]
     round_no = int(uuid.uuid4().int % 1_000_000) + 1_000
-    doc = {"round": round_no, "created_at": datetime.now(UTC), "num_devices": 3,
+    doc = {"round": round_no, "created_at": datetime.now(UTC), "num_devices": 3, "threshold": 1.0,
            "weights": storage.encode_weights(weights)}
     store.global_model.insert_one(dict(doc))
     with pytest.raises(DuplicateKeyError):

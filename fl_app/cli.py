@@ -90,6 +90,10 @@ def _print_readiness(cfg: AppConfig, ready: Readiness) -> None:
     console.print(colls)
 
 
+def _print_stopped(stopped: list[str]) -> None:
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
 STATE_COLORS = {State.RUNNING: "green", State.EXTERNAL: "cyan", State.UNHEALTHY: "yellow", State.STOPPED: "red"}
 
 
@@ -128,7 +132,7 @@ def stop(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -
     from fl_app import pipeline
 
     stopped = pipeline.stop(cfg)
-    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    _print_stopped(stopped)
 
 
 @app.command()
@@ -178,7 +182,7 @@ def services_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRI
     from fl_app import services
 
     stopped = services.down(cfg)
-    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    _print_stopped(stopped)
 
 
 @services_app.command("status")
@@ -343,7 +347,7 @@ def fl_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG
     from fl_app import flower
 
     stopped = flower.down(cfg)
-    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    _print_stopped(stopped)
 
 
 @fl_cli.command("serve")

@@ -38,14 +38,16 @@ def fl_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
     ]
 
 
-def publish_windows(cfg: AppConfig, devices: list[int], per_device: int) -> int:
-    """Window records as the Flink job writes them, ``per_device`` for each device, in its partition."""
+def publish_windows(cfg: AppConfig, devices: list[int], per_device: int, skip: int = 0) -> int:
+    """Window records as the Flink job writes them, ``per_device`` for each device, in its partition,
+    from each device's ``skip``-th window of readings on."""
     frame = data.load(cfg.stream, cfg.paths.cache_dir)
     partition = window_partitions(data.device_ids(cfg.stream, cfg.paths.cache_dir))
     producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
     total = 0
     for device in devices:
-        rows = frame[frame["device_id"] == device].head(per_device * READINGS_PER_WINDOW)
+        rows = frame[frame["device_id"] == device].iloc[
+            skip * READINGS_PER_WINDOW:(skip + per_device) * READINGS_PER_WINDOW]
         readings = [{"event_id": f"0-{r['seq']}", "device_id": device, "event_time": "2026-11-28T00:00:00+00:00",
                      "source_time": r["source_time"].isoformat(), "loop": 0, "seq": r["seq"],
                      **{k: r[k] for k in ("temperature", "humidity", "light", "voltage")}}
@@ -63,15 +65,21 @@ def publish_windows(cfg: AppConfig, devices: list[int], per_device: int) -> int:
 def test_simulation_runtime_with_53_devices(stack: AppConfig, tmp_path: Path) -> None:
     overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.runtime=simulation", "fl.devices=53",
                  "fl.local_training_interval_seconds=4", "fl.global_update_interval_minutes=0.25",
-                 "fl.duration_seconds=50"]
+                 "fl.duration_seconds=100"]
     cfg = load_config(overrides)
     services.provision(cfg)
     devices = data.device_ids(cfg.stream, cfg.paths.cache_dir)
     assert len(devices) == 53
     published = publish_windows(cfg, devices, per_device=2)
-    proc = subprocess.run([str(FL_APP), "fl", "simulate", *overrides], capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "COLUMNS": "200"}, cwd=PROJECT_ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.Popen([str(FL_APP), "fl", "simulate", *overrides], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"}, cwd=PROJECT_ROOT)
+    with storage.Storage.from_config(cfg.mongo) as store:  # more windows once the first round is in
+        deadline = time.monotonic() + 90
+        while store.global_model.count_documents({}) == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+    published += publish_windows(cfg, devices, per_device=1, skip=2)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
     log = (tmp_path / "logs" / "global_server.log").read_text()
     assert "53 devices online" in log, log[-2000:]
 

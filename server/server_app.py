@@ -113,7 +113,7 @@ class TimedServer:
     def aggregate(self) -> None:
         outcome = self.strategy.aggregate_round(self.pending, self.state)
         rounds.record(self.store, outcome)
-        self.pending = []
+        self.pending = outcome.carried_over
         rejected = "; ".join(f"device {u.device_id}: {why}" for u, why in outcome.rejected)
         if outcome.status == AGGREGATED and outcome.state is not None:
             self.state = outcome.state

@@ -70,6 +70,12 @@ class RoundOutcome:
     def device_ids(self) -> list[int]:
         return sorted(u.device_id for u in self.accepted)
 
+    @property
+    def carried_over(self) -> list[LocalUpdate]:
+        """What the next tick must see again: after a skipped tick, every valid update (its device's
+        readings are already consumed; dropping it would lose them). Staleness retires them later."""
+        return [*self.accepted, *self.superseded] if self.status == SKIPPED else []
+
 
 class Clock:
     """When to send train messages and when to aggregate; monotonic seconds in, decisions out."""

@@ -113,6 +113,14 @@ def test_too_few_devices_is_a_skipped_round_with_the_reason(strategy: TimedFedAv
     assert out.reason.startswith("2 device(s) with a valid update, need 3") and "1 without new data" in out.reason
 
 
+def test_valid_updates_of_a_skipped_tick_count_at_the_next_one(strategy: TimedFedAvg) -> None:
+    """Their readings are consumed already: dropping them would lose data (seen on the simulation runtime)."""
+    first = strategy.aggregate_round([update(1, 1.0, 16), update(2, 1.0, examples=0)], CURRENT)
+    assert first.status == SKIPPED and [u.device_id for u in first.carried_over] == [1]
+    second = strategy.aggregate_round([*first.carried_over, update(2, 1.0, 8), update(3, 1.0, 8)], CURRENT)
+    assert second.status == AGGREGATED and second.num_examples == 32 and second.carried_over == []
+
+
 class FakeStore:
     def __init__(self, docs: list[dict[str, Any]]) -> None:
         self.docs = docs

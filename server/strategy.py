@@ -16,7 +16,8 @@ the updates received since the last aggregation to
    buffer, which holds the earlier windows too), weighted by all the new
    readings that device reported since the last aggregation;
 4. averages them with FedAvg's own weighted mean (``num-examples``) if at
-   least ``min_devices`` devices are left, else records a skipped round and why.
+   least ``min_devices`` devices are left, else records a skipped round and why,
+   and hands the valid updates to the next tick (:attr:`RoundOutcome.carried_over`).
 
 The global anomaly threshold is the ``threshold_quantile`` of the devices'
 score histograms added up (``fl_app.model.histogram_quantile``): the pooled

@@ -28,11 +28,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fl_app.atomic import write_json
 from fl_app.config import AppConfig, ModelConfig
 from fl_app.schemas import window_partitions
 
@@ -144,21 +146,17 @@ class RunSettings:
                    max_staleness_rounds=fl.max_staleness_rounds, max_update_norm=fl.max_update_norm,
                    duration=fl.duration_seconds or 0.0, server_settings=server_settings)
 
+    # Flower's run config holds flat scalars only: these travel as JSON text.
+    JSON_FIELDS = ("devices", "model")
+
     def to_run_config(self) -> dict[str, str | int | float]:
-        """Flat scalars (Flower's run config allows no lists or tables): lists and dicts as JSON."""
-        out: dict[str, str | int | float] = {}
-        for name, value in self.__dict__.items():
-            key = name.replace("_", "-")
-            out[key] = json.dumps(value) if isinstance(value, list | dict) else value
-        return out
+        return {name.replace("_", "-"): json.dumps(value) if name in self.JSON_FIELDS else value
+                for name, value in self.__dict__.items()}
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
-        values: dict[str, Any] = {}
-        for name, f in cls.__dataclass_fields__.items():
-            raw = run_config[name.replace("_", "-")]
-            values[name] = json.loads(raw) if f.type in ("list[int]", "dict[str, Any]") else raw
-        return cls(**values)
+        values = {name: run_config[name.replace("_", "-")] for name in cls.__dataclass_fields__}
+        return cls(**{k: json.loads(v) if k in cls.JSON_FIELDS else v for k, v in values.items()})
 
     @classmethod
     def from_context(cls, run_config: Mapping[str, Any]) -> RunSettings:
@@ -198,17 +196,8 @@ class ServerSettings:
         return cls(cfg.mongo.uri, cfg.mongo.database, cfg.mongo.server_selection_timeout_ms, cfg.paths.logs_dir)
 
     def save(self, path: str) -> None:
-        from pathlib import Path
-
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__))
-        os.chmod(tmp, 0o600)  # it may hold database credentials
-        tmp.replace(target)
+        write_json(path, self.__dict__, mode=0o600)  # it may hold database credentials
 
     @classmethod
     def load(cls, path: str) -> ServerSettings:
-        from pathlib import Path
-
         return cls(**json.loads(Path(path).read_text()))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import KafkaError, Message, Producer
 
+from fl_app.atomic import write_json
 from fl_app.config import AppConfig
 from fl_app.schemas import SENSOR_FIELDS, Reading, event_id, iso
 
@@ -134,13 +134,8 @@ class PositionStore:
         return saved.position
 
     def save(self, pos: Position) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({
-            "dataset": self.dataset_id, "loop": pos.loop, "seq": pos.seq,
-            "updated_at": iso(datetime.now(UTC)),
-        }))
-        os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new state
+        write_json(self.path, {"dataset": self.dataset_id, "loop": pos.loop, "seq": pos.seq,
+                               "updated_at": iso(datetime.now(UTC))})
 
 
 @dataclass

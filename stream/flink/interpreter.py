@@ -14,7 +14,6 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import sysconfig
@@ -77,15 +76,6 @@ def describe(env_root: Path, own_packages: Iterable[Path]) -> dict[str, Any]:
         "flink_env": str(Path(os.path.realpath(env_root))),
         "foreign_modules": foreign_modules(env_root, own_packages),
     }
-
-
-def write_report(path: str | Path, report: dict[str, Any]) -> None:
-    """Atomically write ``report`` as JSON (several operator instances may race)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(report)}")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
 
 
 def summary(report: dict[str, Any]) -> str:

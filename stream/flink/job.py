@@ -46,6 +46,7 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, St
 from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
+from fl_app.atomic import write_json
 from fl_app.schemas import DeadLetter, window_record
 from fl_app.storage import Storage
 from stream.flink import interpreter
@@ -79,7 +80,7 @@ class Validate(ProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.metrics = runtime_context.get_metrics_group().add_group("dead_letter")
         report = interpreter.describe(self.env_root, OWN_PACKAGES)
-        interpreter.write_report(self.report_path, report)
+        write_json(self.report_path, report)
         log.log(logging.ERROR if report["foreign_modules"] else logging.INFO, "%s", interpreter.summary(report))
 
     def _count(self, reason: str) -> None:

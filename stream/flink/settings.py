@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fl_app.atomic import write_json
+
 
 @dataclass
 class JobSettings:
@@ -49,10 +51,7 @@ class JobSettings:
     resume_from: str | None  # a retained checkpoint to restore state and offsets from
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> JobSettings:

@@ -1,0 +1,26 @@
+"""Writing a JSON file so that a reader (or a crash) sees the old or the new version, never half.
+
+Standard library only: the Flink job's environment imports it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: str | Path, value: Any, mode: int | None = None) -> None:
+    """Write ``value`` as JSON to a temporary file beside ``path`` and rename it into place.
+
+    The temporary name carries the pid, so concurrent writers never share one; ``mode``
+    (e.g. ``0o600`` for a file with credentials) is set before the file becomes visible.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    if mode is not None:
+        os.chmod(tmp, mode)
+    tmp.replace(target)

@@ -340,6 +340,26 @@ def fl_up(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) 
     console.print(f"[bold green]run {run_id} submitted.[/] Rounds: {cfg.paths.logs_dir}/global_server.log")
 
 
+@fl_cli.command("certs")
+def fl_certs(overrides: list[str] | None = OVERRIDES, force: bool = typer.Option(
+        False, "--force", help="Make everything new (new CA: every SuperNode needs the new ca.crt)."),
+             print_cfg: bool = PRINT_CFG) -> None:
+    """Make the certificates and keys for fl.security (TLS, SuperNode authentication) under
+    fl.security.certs_dir: a CA, the SuperLink certificate for fl.security.hostnames, one key pair
+    per device. Keeps what exists. Copy ca.crt and device-<id>.key to a device's machine."""
+    cfg = _load(overrides, print_cfg, "fl_launcher")
+    from fl_app import flower
+
+    if not cfg.fl.security.supernode_auth:
+        console.print("fl.security.supernode_auth is off: no SuperNode keys made")
+    try:
+        written = flower.ensure_certificates(cfg, force=force)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"{len(written)} files written under {cfg.fl.security.certs_dir}" if written
+                  else f"all present under {cfg.fl.security.certs_dir}; nothing changed")
+
+
 @fl_cli.command("down")
 def fl_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Stop the SuperNodes, the SuperLink and the ServerApp/ClientApp processes they left."""

@@ -300,6 +300,34 @@ class ModelConfig:
     seed: int = 42
 
 
+def only_with(key: str) -> Check:
+    """A flag that may be on only when another (boolean) key is on too."""
+    def check(value: bool, app: AppConfig) -> str | None:
+        return None if not value or lookup(app, key) else f"needs {key}=true"
+    return check
+
+
+def non_empty(value: list[str], _: AppConfig) -> str | None:
+    return None if value else "must not be empty"
+
+
+@dataclass
+class FLSecurityConfig:
+    """Flower's own TLS and SuperNode authentication (the production profile turns both on).
+
+    ``fl-app fl certs`` makes what they need under ``certs_dir``: a CA, the
+    SuperLink's certificate for ``hostnames`` and one key pair per device
+    (``fl-app fl up`` makes any that are missing).
+    """
+
+    tls: bool = False  # every SuperLink API over HTTPS; SuperNodes and `flwr` verify it with the CA
+    # Only SuperNodes whose public key was registered (`flwr supernode register`) may connect.
+    supernode_auth: bool = checked(False, only_with("fl.security.tls"))
+    certs_dir: str = "${paths.data_dir}/flwr-certs"
+    hostnames: list[str] = checked(MISSING, non_empty, factory=lambda: ["localhost", "127.0.0.1"])  # SuperLink SANs
+    certificate_days: int = checked(365, positive)
+
+
 @dataclass
 class FLConfig:
     """Federated learning: cadence (the profile sets the three intervals), devices, model."""
@@ -321,6 +349,7 @@ class FLConfig:
     max_update_norm: float = checked(100.0, positive)  # L2 norm of (update - global); more is rejected
     duration_seconds: float | None = checked(None, positive_or_null)  # the ServerApp stops after this long
     model: ModelConfig = field(default_factory=ModelConfig)
+    security: FLSecurityConfig = field(default_factory=FLSecurityConfig)
 
 
 # ------------------------------------------------------------------ analytics

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from fl_app.certs import CertPaths
 from fl_app.config import AppConfig
 from fl_app.federation import RUN_CONFIG_ENV, RunSettings, ServerSettings
 from fl_app.services.runner import ManagedProcess
@@ -86,7 +87,7 @@ def superlink_process(cfg: AppConfig) -> ManagedProcess:
     host, port = host_port(cfg.fl.superlink_address)
     return ManagedProcess(
         name="fl_superlink",
-        argv=[_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+        argv=[_bin("flower-superlink"), *_superlink_security(cfg), "--disable-runtime-dependency-installation",
               "--host", host, "--port", str(port)],
         run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), ports=[(host, port)],
         health_check=lambda: port_is_open(host, port), env=_env(cfg), startup_timeout=60, stop_timeout=10,
@@ -97,11 +98,75 @@ def supernode_process(cfg: AppConfig, index: int, device: int, node_config: str 
     port = cfg.fl.supernode_base_port + index
     return ManagedProcess(
         name=f"fl_supernode_{device}",
-        argv=[_bin("flower-supernode"), "--insecure", "--superlink", cfg.fl.superlink_address,
+        argv=[_bin("flower-supernode"), *_supernode_security(cfg, device), "--superlink", cfg.fl.superlink_address,
               "--host", "127.0.0.1", "--port", str(port), "--node-config", f"device-id={device} {node_config}".strip()],
         run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir) / "supernodes",
         ports=[("127.0.0.1", port)], health_check=None, env=_env(cfg), startup_timeout=2, stop_timeout=5,
         address=f"127.0.0.1:{port}")
+
+
+def _superlink_security(cfg: AppConfig) -> list[str]:
+    security = cfg.fl.security
+    if not security.tls:
+        return ["--insecure"]
+    paths = CertPaths(Path(security.certs_dir))
+    flags = ["--ssl-ca-certfile", str(paths.ca_cert), "--ssl-certfile", str(paths.superlink_cert),
+             "--ssl-keyfile", str(paths.superlink_key)]
+    return [*flags, "--enable-supernode-auth"] if security.supernode_auth else flags
+
+
+def _supernode_security(cfg: AppConfig, device: int) -> list[str]:
+    # The SuperNode's own runtime API (its ClientApps) stays plain HTTP on 127.0.0.1.
+    security = cfg.fl.security
+    if not security.tls:
+        return ["--insecure"]
+    paths = CertPaths(Path(security.certs_dir))
+    flags = ["--root-certificates", str(paths.ca_cert)]
+    return [*flags, "--auth-supernode-private-key", str(paths.supernode_key(device))] if security.supernode_auth \
+        else flags
+
+
+def ensure_certificates(cfg: AppConfig, force: bool = False) -> list[Path]:
+    """Make the CA, the SuperLink certificate and the devices' key pairs that are missing."""
+    from fl_app import certs
+
+    security = cfg.fl.security
+    return certs.make(Path(security.certs_dir), security.hostnames, devices(cfg) if security.supernode_auth else [],
+                      days=security.certificate_days, force=force)
+
+
+def write_flwr_config(cfg: AppConfig) -> None:
+    """``$FLWR_HOME/config.toml``: how the ``flwr`` CLI reaches our SuperLink (and trusts it, with TLS)."""
+    home = flwr_home(cfg)
+    home.mkdir(parents=True, exist_ok=True)
+    trust = (f'root-certificates = "{CertPaths(Path(cfg.fl.security.certs_dir)).ca_cert}"\n'
+             if cfg.fl.security.tls else "insecure = true\n")
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
+        f'address = "{cfg.fl.superlink_address}"\n{trust}')
+
+
+def register_supernodes(cfg: AppConfig) -> int:
+    """Register each device's public key with the SuperLink (``flwr supernode register``); returns how many
+    were new. Needs a running SuperLink; a key registered before counts as done."""
+    import subprocess
+
+    write_flwr_config(cfg)
+    paths = CertPaths(Path(cfg.fl.security.certs_dir))
+    new = 0
+    for device in devices(cfg):
+        proc = subprocess.run([_bin("flwr"), "supernode", "register", str(paths.supernode_public_key(device)),
+                               FEDERATION, "--name", f"device-{device}", "--format", "json"],
+                              capture_output=True, text=True, env={**os.environ, **_env(cfg)}, timeout=60)
+        try:
+            reply = json.loads(proc.stdout)
+        except ValueError:
+            reply = {"success": False, "error-message": proc.stdout[-500:] + proc.stderr[-500:]}
+        if reply.get("success"):
+            new += 1
+        elif "already in use" not in str(reply.get("error-message")):
+            raise RuntimeError(f"registering device {device}'s SuperNode key failed: {reply.get('error-message')}")
+    return new
 
 
 def _bin(name: str) -> str:
@@ -119,8 +184,12 @@ def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
     """Start the SuperLink and the SuperNodes (staggered), then submit the run; returns its id."""
     import time
 
+    if cfg.fl.security.tls:
+        ensure_certificates(cfg)
     superlink, *supernodes = processes(cfg)
     superlink.start()
+    if cfg.fl.security.supernode_auth:
+        log.info("registered %d new SuperNode keys", register_supernodes(cfg))
     for node in supernodes:
         node.start()
         time.sleep(stagger_seconds)  # all at once, many fail to register (measured: 28 of 53)
@@ -134,11 +203,7 @@ def submit(cfg: AppConfig) -> str:
     from fl_app.config import PROJECT_ROOT
 
     settings = run_settings(cfg)
-    home = flwr_home(cfg)
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
-        f'address = "{cfg.fl.superlink_address}"\ninsecure = true\n')
+    write_flwr_config(cfg)
     run_config = Path(cfg.paths.run_dir) / "fl_run_config.toml"
     # A JSON string literal is a valid TOML basic string.
     run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.to_run_config().items()))

@@ -199,3 +199,66 @@ def test_deployment_with_flink_and_5_supernodes(stack: AppConfig, tmp_path: Path
     skipped = [t for t in ticks if t["status"] == "skipped"]
     assert skipped and all("need 3" in t["reason"] for t in skipped)  # recorded, with the reason
     assert not flower.flwr_processes(flower.flwr_home(cfg))  # nothing of Flower left running
+
+
+def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> None:
+    """fl.security on (as in the production profile): every SuperLink API speaks only TLS with our
+    certificate, registered SuperNodes train and aggregate through it, an unregistered key is refused."""
+    import http.client
+    import ssl
+
+    from fl_app import certs, flower
+    from fl_app.services.runner import free_port
+
+    overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=3",
+                 "fl.security.tls=true", "fl.security.supernode_auth=true",
+                 f"fl.security.certs_dir={tmp_path / 'certs'}",
+                 "fl.local_training_interval_seconds=3", "fl.global_update_interval_minutes=0.1",
+                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port()}"]
+    cfg = load_config(overrides)
+    services.provision(cfg)
+    devices = flower.devices(cfg)
+    publish_windows(cfg, devices, per_device=2)
+    host, port = cfg.fl.superlink_address.split(":")
+    paths = certs.CertPaths(tmp_path / "certs")
+    try:
+        flower.up(cfg, stagger_seconds=0.2)
+        for private in (paths.ca_key, paths.superlink_key, paths.supernode_key(devices[0])):
+            assert private.stat().st_mode & 0o077 == 0, private  # nobody else may read a private key
+
+        # TLS only, with a certificate the CA vouches for, for the address we dial.
+        verified = http.client.HTTPSConnection(host, int(port), timeout=10,
+                                               context=ssl.create_default_context(cafile=str(paths.ca_cert)))
+        verified.request("GET", "/")
+        assert verified.getresponse().status < 500
+        plain = http.client.HTTPConnection(host, int(port), timeout=10)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plain.request("GET", "/")
+            plain.getresponse()
+
+        # A SuperNode whose key was never registered is refused and gives up.
+        certs.make(tmp_path / "rogue", ["localhost"], [devices[0]])
+        rogue_log = tmp_path / "rogue.log"
+        with rogue_log.open("w") as out:  # a file, not a pipe: the SuperNode's detached SuperExec keeps it open
+            rogue = subprocess.Popen(
+                [flower._bin("flower-supernode"), "--root-certificates", str(paths.ca_cert),
+                 "--auth-supernode-private-key", str(certs.CertPaths(tmp_path / "rogue").supernode_key(devices[0])),
+                 "--superlink", cfg.fl.superlink_address, "--host", "127.0.0.1", "--port", str(free_port()),
+                 "--node-config", f"device-id={devices[0]}", "--max-retries", "2"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **flower._env(cfg)})
+            assert rogue.wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in rogue_log.read_text()
+
+        with storage.Storage.from_config(cfg.mongo) as store:
+            deadline = time.monotonic() + 180
+            while store.global_model.count_documents({}) == 0 and time.monotonic() < deadline:
+                time.sleep(1)
+            first = store.global_model.find_one({}, {"weights": 0})
+        assert first is not None, (tmp_path / "logs" / "global_server.log").read_text()[-3000:]
+        assert first["device_ids"] == devices  # all three registered devices trained, over TLS
+        listed = subprocess.run([flower._bin("flwr"), "supernode", "ls", flower.FEDERATION, "--format", "json"],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, **flower._env(cfg)})
+        assert [n["status"] for n in json.loads(listed.stdout)["nodes"]] == ["online"] * 3, listed.stdout
+    finally:
+        flower.down(cfg)
+    assert not flower.flwr_processes(flower.flwr_home(cfg))

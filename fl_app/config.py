@@ -220,6 +220,31 @@ class MongoConfig:
 
 
 # -------------------------------------------------------------------- stream
+def some_sensor_fields(value: dict[str, str | None], _: AppConfig) -> str | None:
+    unknown = [k for k in value if k not in SENSOR_FIELDS]
+    if unknown or not any(value.values()):
+        return f"must map at least one of {', '.join(SENSOR_FIELDS)} to a column (null = not in the file)"
+    return None
+
+
+def every_sensor_field(value: dict[str, float], _: AppConfig) -> str | None:
+    return None if set(value) == set(SENSOR_FIELDS) else f"must give a value for each of {', '.join(SENSOR_FIELDS)}"
+
+
+@dataclass
+class CsvColumns:
+    """Which CSV column holds what (``stream.dataset_format=csv``); the names are the file's header."""
+
+    device_id: str = "device_id"  # integer device ids
+    timestamp: str = "timestamp"  # ISO 8601 text, or numbers: seconds since 1970 (UTC)
+    # Sensor field -> column. Any subset: a field mapped to null is not in the file and
+    # gets the constant of `fill` (valid, so not dead-lettered); leave it out of fl.model.features.
+    fields: dict[str, str | None] = checked(MISSING, some_sensor_fields, factory=lambda: {f: f for f in SENSOR_FIELDS})
+    label: str | None = "label"  # 0 = normal, 1 = anomaly; null = the file has no labels
+    fill: dict[str, float] = checked(MISSING, every_sensor_field, factory=lambda: {
+        "temperature": 21.0, "humidity": 39.0, "light": 300.0, "voltage": 2.7})
+
+
 @dataclass
 class StreamConfig:
     """Replay of the data set into Kafka (rate and batching come from the profile)."""
@@ -231,7 +256,10 @@ class StreamConfig:
     num_devices: int = checked(53, positive)
     dataset_records: int = checked(152_533, positive, at_least("stream.num_devices"))
     seed: int = 42
-    dataset_path: str | None = None  # the real Intel Lab data.txt; null = generated stand-in
+    dataset_path: str | None = None  # a data set file (see dataset_format); null = generated stand-in
+    # "auto": a path ending in .csv is csv, anything else intel_lab (the real Intel Lab data.txt).
+    dataset_format: str = checked("auto", one_of("auto", "intel_lab", "csv"))
+    csv: CsvColumns = field(default_factory=CsvColumns)
     max_records: int | None = checked(None, positive_or_null)  # stop after this many in this run (tests, benchmarks)
     duration_seconds: float | None = checked(None, positive_or_null)  # stop after this long
     linger_ms: int = checked(5, non_negative)

@@ -1,4 +1,5 @@
-"""Running the federation: Flower's simulation runtime, or a SuperLink with one SuperNode per device.
+"""Running the federation: Flower's simulation runtime, or a SuperLink with one SuperNode per device;
+and the learning-quality evaluation (`fl-app evaluate`) on the simulation runtime.
 
 Orchestration layer: it knows both apps (``server.server_app:app`` and
 ``clients.client_app:app``) and hands them the same settings, derived from
@@ -12,12 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fl_app.certs import CertPaths
 from fl_app.config import AppConfig
 from fl_app.federation import RUN_CONFIG_ENV, RunSettings, ServerSettings
 from fl_app.services.runner import ManagedProcess
+
+if TYPE_CHECKING:
+    from fl_app import quality  # imports torch: only where needed
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +281,61 @@ def serve(cfg: AppConfig) -> None:
         stop.wait(cfg.fl.duration_seconds + 30 if cfg.fl.duration_seconds else None)
     finally:
         log.info("stopping the federation: %s", ", ".join(down(cfg)))
+
+
+# ----------------------------------------------------------------- evaluation
+@dataclass
+class Evaluation:
+    """What `fl-app evaluate` measured: scores per approach and the mean of the devices' own local F1."""
+
+    results: dict[str, quality.Scores]
+    local_mean_f1: float
+    readings: int
+    devices: int
+    seconds: dict[str, float]
+
+
+def evaluate(cfg: AppConfig, rounds: int, local_epochs: int, train_fraction: float) -> Evaluation:
+    """Federated (evaluation apps on Flower's simulation runtime), central and local, on the data set."""
+    import tempfile
+    import time
+
+    from flwr.simulation import run_simulation
+
+    from clients.evaluation_app import app as client_app
+    from fl_app import model, quality
+    from server.evaluation_app import app as server_app
+    from stream import data
+
+    spec = cfg.fl.model
+    frame = data.load(cfg.stream, cfg.paths.cache_dir)
+    partitions = quality.split(frame, spec, train_fraction)
+    seconds: dict[str, float] = {}
+    results: dict[str, quality.Scores] = {}
+    with tempfile.TemporaryDirectory(dir=cfg.paths.run_dir if Path(cfg.paths.run_dir).is_dir() else None) as tmp:
+        quality.save_partitions(partitions, Path(tmp))
+        settings = quality.EvaluationSettings(tmp, [p.device for p in partitions], rounds, local_epochs,
+                                              asdict(spec), str(Path(tmp) / "result.npz"))
+        os.environ.update(settings.to_env())
+        os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+        log.info("federated: %d devices, %d rounds x %d epoch(s) on the simulation runtime", len(partitions),
+                 rounds, local_epochs)
+        started = time.monotonic()
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(partitions),
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "num_gpus": 0,
+                                                     "include_dashboard": False, "log_to_driver": False}})
+        if not Path(settings.result_path).exists():
+            raise RuntimeError("the federated evaluation ended without a result (see the log above)")
+        weights, threshold = quality.load_result(settings.result_path)
+    seconds["federated"] = time.monotonic() - started
+    net = model.build(spec)
+    model.set_weights(net, weights)
+    results["federated"] = quality.scored(net, threshold, partitions)
+    started = time.monotonic()
+    results["central"] = quality.central(partitions, spec, rounds * local_epochs)
+    seconds["central"] = time.monotonic() - started
+    started = time.monotonic()
+    results["local"], local_mean = quality.local(partitions, spec, rounds * local_epochs)
+    seconds["local"] = time.monotonic() - started
+    return Evaluation(results, local_mean, len(frame), len(partitions), seconds)

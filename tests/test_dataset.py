@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fl_app.config import load_config
+from fl_app.config import ConfigError, load_config
 from stream import data
-from stream.data import synthetic
+from stream.data import csv_file, synthetic
 from stream.data.intel_lab import load_intel_lab
 from stream.data.summary import plot_devices, summarize
 
@@ -166,7 +166,7 @@ def test_the_configured_file_is_loaded_instead_of_the_stand_in(tmp_path: Path) -
     stream = load_config([f"stream.dataset_path={path}", "stream.num_devices=3"]).stream
     frame = data.load(stream, tmp_path)
     assert len(frame) == 8 and data.device_ids(stream, tmp_path) == [1, 2, 3]
-    assert data.dataset_id(stream).startswith("file:") and not (tmp_path / "dataset").exists()
+    assert data.dataset_id(stream).startswith("intel_lab:") and not (tmp_path / "dataset").exists()
 
 
 def test_summary_and_plot(tmp_path: Path) -> None:
@@ -183,3 +183,51 @@ def test_summary_and_plot(tmp_path: Path) -> None:
 def test_too_few_records_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one reading per device"):
         synthetic.generate(10, 53)
+
+
+CSV_FILE = """site,ts,temp_c,rh,is_anomaly,extra
+7,2004-03-01T00:00:30Z,19.5,40.1,0,x
+3,2004-03-01T00:00:00Z,20.0,38.0,0,x
+3,2004-03-01T00:00:31Z,45.0,38.5,1,x
+abc,2004-03-01T00:01:00Z,20.0,38.0,0,x
+3,not a time,20.0,38.0,0,x
+7,2004-03-01T00:01:00Z,,38.0,0,x
+7,2004-03-01T00:01:30Z,19.0,38.0,2,x
+"""
+CSV_MAPPING = ["stream.csv.device_id=site", "stream.csv.timestamp=ts", "stream.csv.fields.temperature=temp_c",
+               "stream.csv.fields.humidity=rh", "stream.csv.fields.light=null", "stream.csv.fields.voltage=null",
+               "stream.csv.label=is_anomaly"]
+
+
+def test_a_csv_file_with_a_column_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "readings.csv"
+    path.write_text(CSV_FILE)
+    cfg = load_config([f"stream.dataset_path={path}", *CSV_MAPPING])
+    frame, report = csv_file.load_csv(path, cfg.stream.csv)
+    assert report.rows_read == 7 and report.rows_kept == 3
+    assert report.skipped == {"bad device id": 1, "bad timestamp": 1, "non-numeric value": 1, "bad label (not 0/1)": 1}
+    assert frame["device_id"].tolist() == [3, 7, 3]  # in time order
+    assert frame["temperature"].tolist() == [20.0, 19.5, 45.0] and frame["humidity"].tolist() == [38.0, 40.1, 38.5]
+    assert (frame["light"] == cfg.stream.csv.fill["light"]).all()  # not in the file: the fill constant
+    assert frame["anomaly"].tolist() == ["normal", "normal", "labelled"]
+    assert list(frame.columns) == data.COLUMNS and str(frame["source_time"].dt.tz) == "UTC"
+    # The data set loader reads it by its .csv suffix; the producer's position names the format.
+    loaded = data.load(cfg.stream, tmp_path)
+    pd.testing.assert_frame_equal(loaded, frame)
+    assert data.device_ids(cfg.stream, tmp_path) == [3, 7] and data.dataset_id(cfg.stream).startswith("csv:")
+
+
+def test_csv_numeric_timestamps_and_unmapped_columns(tmp_path: Path) -> None:
+    path = tmp_path / "readings.csv"
+    path.write_text("device_id,timestamp,temperature,humidity,light,voltage\n1,1078099200,20,40,100,2.7\n")
+    cfg = load_config([f"stream.dataset_path={path}", "stream.csv.label=null"])
+    frame = data.load(cfg.stream, tmp_path)
+    assert frame["source_time"].iloc[0] == pd.Timestamp("2004-03-01T00:00:00Z") and frame["anomaly"].iloc[0] == "normal"
+    wrong = load_config([f"stream.dataset_path={path}", "stream.csv.fields.humidity=rh"])
+    with pytest.raises(ValueError, match="stream.csv.fields.humidity='rh'"):
+        data.load(wrong.stream, tmp_path)
+
+
+def test_a_csv_mapping_without_any_sensor_field_is_refused() -> None:
+    with pytest.raises(ConfigError, match="stream.csv.fields"):
+        load_config([f"stream.csv.fields.{f}=null" for f in ("temperature", "humidity", "light", "voltage")])

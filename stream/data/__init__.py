@@ -2,9 +2,10 @@
 
 One module per job: :mod:`~stream.data.table` (the table every source
 returns), :mod:`~stream.data.intel_lab` (the real-format loader),
+:mod:`~stream.data.csv_file` (any CSV file, columns mapped by ``stream.csv``),
 :mod:`~stream.data.synthetic` (the generator), :mod:`~stream.data.summary`
 (summary and plot), and this module, which picks the source the
-configuration names (``stream.dataset_path``, else the stand-in, generated
+configuration names (``stream.dataset_path`` in ``stream.dataset_format``, else the stand-in, generated
 once and cached as Parquet).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from fl_app.config import StreamConfig
-from stream.data import intel_lab, synthetic
+from stream.data import csv_file, intel_lab, synthetic
 from stream.data.table import ANOMALY_KINDS, COLUMNS, NORMAL
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,13 @@ def load(stream: StreamConfig, cache_dir: str | Path) -> pd.DataFrame:
     """
     if stream.dataset_path:
         if not Path(stream.dataset_path).is_file():
-            raise ValueError(f"stream.dataset_path={stream.dataset_path!r}: no such file (the Intel Lab data.txt)")
-        frame, _ = intel_lab.load_intel_lab(stream.dataset_path, limit=stream.dataset_records)
+            raise ValueError(f"stream.dataset_path={stream.dataset_path!r}: no such file")
+        if file_format(stream) == "csv":
+            frame, _ = csv_file.load_csv(stream.dataset_path, stream.csv, limit=stream.dataset_records)
+        else:
+            frame, _ = intel_lab.load_intel_lab(stream.dataset_path, limit=stream.dataset_records)
+        if frame.empty:
+            raise ValueError(f"stream.dataset_path={stream.dataset_path!r}: no valid reading in the file")
         return frame
     path = cached_path(cache_dir, stream.dataset_records, stream.num_devices, stream.seed)
     if path.is_file():
@@ -60,6 +66,13 @@ def load(stream: StreamConfig, cache_dir: str | Path) -> pd.DataFrame:
     return frame
 
 
+def file_format(stream: StreamConfig) -> str:
+    """``csv`` or ``intel_lab``: ``stream.dataset_format``, or for ``auto`` the path's suffix."""
+    if stream.dataset_format != "auto":
+        return stream.dataset_format
+    return "csv" if str(stream.dataset_path).lower().endswith(".csv") else "intel_lab"
+
+
 def source(stream: StreamConfig, cache_dir: str | Path) -> str:
     """Where :func:`load` reads from: the real file, or the stand-in's cache file."""
     if stream.dataset_path:
@@ -70,7 +83,7 @@ def source(stream: StreamConfig, cache_dir: str | Path) -> str:
 def dataset_id(stream: StreamConfig) -> str:
     """Names the data set in the producer's saved position, so a different one starts at 0."""
     if stream.dataset_path:
-        return f"file:{Path(stream.dataset_path).resolve()}:{stream.dataset_records}"
+        return f"{file_format(stream)}:{Path(stream.dataset_path).resolve()}:{stream.dataset_records}"
     return f"synthetic:n{stream.dataset_records}:d{stream.num_devices}:s{stream.seed}"
 
 

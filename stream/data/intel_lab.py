@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,25 +11,12 @@ import numpy as np
 import pandas as pd
 
 from fl_app.schemas import SENSOR_FIELDS
-from stream.data.table import NORMAL, finish
+from stream.data.table import NORMAL, LoadReport, finish
 
 log = logging.getLogger(__name__)
 
 MAX_MOTE_ID = 58  # the real file has ids up to 58 for a few stray rows; 1-54 are motes
 BATTERY_FAILURE_CELSIUS = 40.0  # from a mote's first reading above this on, its battery is failing
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_intel_lab` read and what it skipped, by reason."""
-
-    rows_read: int = 0
-    rows_kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
-
-    def __str__(self) -> str:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"
-        return f"read {self.rows_read} rows, kept {self.rows_kept}, skipped: {reasons}"
 
 
 def load_intel_lab(path: str | Path, limit: int | None = None) -> tuple[pd.DataFrame, LoadReport]:

@@ -34,7 +34,7 @@ class Summary:
         yield ("readings per device",
                f"min {self.per_device_min}, median {self.per_device_median:.0f}, max {self.per_device_max}")
         yield "median interval per device", f"{self.median_interval_seconds:.1f} s"
-        for kind in ANOMALY_KINDS:
+        for kind in [*ANOMALY_KINDS, *sorted(set(self.anomalies) - set(ANOMALY_KINDS))]:
             yield f"anomaly: {kind}", f"{self.anomalies.get(kind, 0):,}"
 
 

@@ -9,6 +9,9 @@ label stays beside the data: the producer never sends it.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -17,6 +20,20 @@ from fl_app.schemas import SENSOR_FIELDS
 COLUMNS = ["seq", "device_id", "source_time", *SENSOR_FIELDS, "anomaly"]
 NORMAL = "normal"
 ANOMALY_KINDS = ("battery_failure", "stuck_sensor", "spike", "offset_shift", "light_saturation")
+LABELLED = "labelled"  # a CSV file's label 1 (the file does not say which kind)
+
+
+@dataclass
+class LoadReport:
+    """What a file loader read and what it skipped, by reason."""
+
+    rows_read: int = 0
+    rows_kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def __str__(self) -> str:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"
+        return f"read {self.rows_read} rows, kept {self.rows_kept}, skipped: {reasons}"
 
 
 def finish(frame: pd.DataFrame) -> pd.DataFrame:

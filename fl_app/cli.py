@@ -367,13 +367,16 @@ def evaluate(overrides: list[str] | None = OVERRIDES, rounds: int = EVAL_ROUNDS,
         result = flower.evaluate(cfg, rounds, local_epochs, train_fraction)
     except USER_ERRORS as exc:
         _fail(exc)
-    table = Table(title=f"Held-out anomaly detection: {result.readings:,} readings, {result.devices} devices "
-                        "(pooled over devices)", title_justify="left")
-    for col in ("approach", "precision", "recall", "F1", "AUROC", "threshold", "flagged", "anomalies", "time"):
-        table.add_column(col, justify="left" if col == "approach" else "right")
+    from rich import box
+
+    anomalies = next(iter(result.results.values())).anomalies
+    table = Table(title=f"Held-out anomaly detection: {result.readings:,} readings, {result.devices} devices, "
+                        f"{anomalies:,} labelled anomalies held out", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("approach", "precision", "recall", "F1", "AUROC", "threshold", "flagged", "time"):
+        table.add_column(col, justify="left" if col == "approach" else "right", no_wrap=True)
     for name, r in result.results.items():
         table.add_row(name, f"{r.precision:.3f}", f"{r.recall:.3f}", f"{r.f1:.3f}", f"{r.auroc:.3f}",
-                      f"{r.threshold:.4g}", f"{r.flagged:,}", f"{r.anomalies:,}", f"{result.seconds[name]:.0f}s")
+                      f"{r.threshold:.3g}", f"{r.flagged:,}", f"{result.seconds[name]:.0f}s")
     console.print(table)
     console.print(f"local, mean of the devices' own F1: {result.local_mean_f1:.3f}")
     out = json_out or Path(cfg.paths.logs_dir) / "learning_quality.json"

@@ -382,6 +382,12 @@ class FLConfig:
     # has) = every device of the data set.
     devices: int | None = checked(None, positive_or_null)
     local_epochs: int = checked(1, positive)
+    # How SuperNodes run their ClientApps. "warm": with --isolation process, and one executor
+    # process (clients/executor.py) that imports torch and flwr once and forks a child per task;
+    # "subprocess": Flower's stock way, a fresh flwr-clientapp process per message.
+    isolation: str = checked("warm", one_of("warm", "subprocess"))
+    executor_capacity: int = checked(4, positive)  # ClientApps the warm executor runs at once
+    executor_poll_seconds: float = checked(0.2, positive)  # its wait between polls of the SuperNodes when idle
     # An update computed from a global model more than this many rounds old is dropped.
     max_staleness_rounds: int = checked(2, non_negative)
     max_update_norm: float = checked(100.0, positive)  # L2 norm of (update - global); more is rejected

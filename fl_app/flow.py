@@ -88,4 +88,23 @@ def snapshot(cfg: AppConfig) -> list[FlowRow]:
     with storage.Storage.from_config(cfg.mongo) as store:
         for name, count in store.counts().items():
             rows.append(FlowRow(f"mongo {name}", count))
+        rows += federation_rows(store)
+    return rows
+
+
+def federation_rows(store: storage.Storage) -> list[FlowRow]:
+    """The FL layer at its last aggregation tick: round, devices online, replies, message-to-reply latency."""
+    tick = store.fl_rounds.find_one(sort=[("at", -1)])
+    if tick is None:
+        return [FlowRow("fl round", 0, "no aggregation tick yet")]
+    when = f"{tick['at']:%H:%M:%S}"
+    rows = [FlowRow("fl round", int(tick["round"]), f"last tick {when} UTC: {tick['status']}"
+                    + (f" ({tick['reason']})" if tick.get("reason") else f", {len(tick.get('accepted', []))} devices"))]
+    t = tick.get("transport")
+    if t:
+        rows.append(FlowRow("fl devices online", int(t["online"]), f"{t['replies']} replies to {t['sent']} train "
+                            f"messages since the tick before, {t['outstanding']} pending, {t['expired']} expired"))
+        if t["replies"]:
+            latency = f"p50 {t['latency_p50']:.1f}s, p99 {t['latency_p99']:.1f}s, max {t['latency_max']:.1f}s"
+            rows.append(FlowRow("fl message -> reply", int(t["replies"]), latency))
     return rows

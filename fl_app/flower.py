@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fl_app.certs import CertPaths
-from fl_app.config import AppConfig
+from fl_app.config import PROJECT_ROOT, AppConfig
 from fl_app.federation import RUN_CONFIG_ENV, RunSettings, ServerSettings
 from fl_app.services.runner import ManagedProcess
 
@@ -105,7 +105,9 @@ def supernode_process(cfg: AppConfig, index: int, device: int, node_config: str 
     return ManagedProcess(
         name=f"fl_supernode_{device}",
         argv=[_bin("flower-supernode"), *_supernode_security(cfg, device), "--superlink", cfg.fl.superlink_address,
-              "--host", "127.0.0.1", "--port", str(port), "--node-config", f"device-id={device} {node_config}".strip()],
+              "--host", "127.0.0.1", "--port", str(port), "--node-config", f"device-id={device} {node_config}".strip(),
+              # warm: the SuperNode starts no SuperExec; its tasks wait for the executor (executor_process)
+              *(["--isolation", "process"] if cfg.fl.isolation == "warm" else [])],
         run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir) / "supernodes",
         ports=[("127.0.0.1", port)], health_check=None, env=_env(cfg), startup_timeout=2, stop_timeout=5,
         address=f"127.0.0.1:{port}")
@@ -181,9 +183,24 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def executor_process(cfg: AppConfig) -> ManagedProcess:
+    """The warm ClientApp executor (``clients/executor.py``) serving every local SuperNode's runtime API."""
+    import sys
+
+    addresses = [f"127.0.0.1:{cfg.fl.supernode_base_port + i}" for i in range(len(devices(cfg)))]
+    return ManagedProcess(
+        name="fl_executor",
+        argv=[sys.executable, "-m", "clients.executor", "--capacity", str(cfg.fl.executor_capacity),
+              "--poll-interval", str(cfg.fl.executor_poll_seconds), "--runtime-api", *addresses],
+        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), health_check=None,
+        env={**_env(cfg), "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}, cwd=PROJECT_ROOT,
+        startup_timeout=2, stop_timeout=10)
+
+
 def processes(cfg: AppConfig) -> list[ManagedProcess]:
-    """SuperLink first, then one SuperNode per device."""
-    return [superlink_process(cfg), *(supernode_process(cfg, i, d) for i, d in enumerate(devices(cfg)))]
+    """SuperLink first, then one SuperNode per device, then (warm isolation) the executor."""
+    nodes = [superlink_process(cfg), *(supernode_process(cfg, i, d) for i, d in enumerate(devices(cfg)))]
+    return [*nodes, executor_process(cfg)] if cfg.fl.isolation == "warm" else nodes
 
 
 def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
@@ -192,12 +209,12 @@ def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
 
     if cfg.fl.security.tls:
         ensure_certificates(cfg)
-    superlink, *supernodes = processes(cfg)
+    superlink, *others = processes(cfg)
     superlink.start()
     if cfg.fl.security.supernode_auth:
         log.info("registered %d new SuperNode keys", register_supernodes(cfg))
-    for node in supernodes:
-        node.start()
+    for process in others:
+        process.start()
         time.sleep(stagger_seconds)  # all at once, many fail to register (measured: 28 of 53)
     return submit(cfg)
 
@@ -205,8 +222,6 @@ def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
 def submit(cfg: AppConfig) -> str:
     """``flwr run`` the project's app against our SuperLink with the run config from Hydra."""
     import subprocess
-
-    from fl_app.config import PROJECT_ROOT
 
     settings = run_settings(cfg)
     write_flwr_config(cfg)

@@ -178,6 +178,11 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
                 "rejected": {"bsonType": "array", "items": {"bsonType": "object", "required": ["device_id", "reason"]}},
                 "stale": {"bsonType": "array", "items": _INT},
                 "idle": {"bsonType": "array", "items": _INT},
+                # The message layer since the previous tick: devices online, train messages sent,
+                # replies, expired messages, message-to-reply seconds (p50, p99, max).
+                "transport": {"bsonType": "object", "properties": {
+                    "online": _INT, "sent": _INT, "replies": _INT, "expired": _INT, "outstanding": _INT,
+                    "latency_p50": _NUMBER, "latency_p99": _NUMBER, "latency_max": _NUMBER}},
             },
         },
         (IndexModel([("at", DESCENDING)], name="at"),),

@@ -43,8 +43,9 @@ def local_doc(update: LocalUpdate, aggregated_into: int) -> dict[str, Any]:
             "metrics": dict(update.metrics), "weights": encode_weights(update.weights)}
 
 
-def record(store: Storage, outcome: RoundOutcome) -> None:
-    """Persist one tick: the global model and its local updates if it aggregated, the tick always."""
+def record(store: Storage, outcome: RoundOutcome, transport: dict[str, Any] | None = None) -> None:
+    """Persist one tick: the global model and its local updates if it aggregated, the tick always
+    (with the message layer's numbers since the previous tick, ``transport``)."""
     global_doc = None
     if outcome.status == AGGREGATED and outcome.state is not None:
         global_doc = {
@@ -60,5 +61,6 @@ def record(store: Storage, outcome: RoundOutcome) -> None:
     tick = {"at": outcome.at, "status": outcome.status, "round": outcome.round, "reason": outcome.reason,
             "accepted": outcome.device_ids,
             "rejected": [{"device_id": u.device_id, "reason": why} for u, why in outcome.rejected],
-            "stale": [u.device_id for u in outcome.stale], "idle": [u.device_id for u in outcome.idle]}
+            "stale": [u.device_id for u in outcome.stale], "idle": [u.device_id for u in outcome.idle],
+            **({"transport": transport} if transport is not None else {})}
     store.record_round(global_doc, local_docs, tick)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
@@ -48,6 +50,22 @@ def _log_to(path: Path) -> None:
     log.setLevel(logging.INFO)
 
 
+@dataclass
+class Transport:
+    """The message layer between two aggregation ticks (persisted with the tick)."""
+
+    online: int = 0
+    sent: int = 0
+    expired: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds from push to reply, per reply
+
+    def summary(self, outstanding: int) -> dict[str, float | int]:
+        lat = np.asarray(self.latencies) if self.latencies else np.asarray([math.nan])
+        return {"online": self.online, "sent": self.sent, "replies": len(self.latencies), "expired": self.expired,
+                "outstanding": outstanding, "latency_p50": float(np.percentile(lat, 50)),
+                "latency_p99": float(np.percentile(lat, 99)), "latency_max": float(lat.max())}
+
+
 class TimedServer:
     """The loop of one run: push on the local clock, pull continuously, aggregate on the global clock."""
 
@@ -59,6 +77,7 @@ class TimedServer:
         self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included
         self.malformed = 0
+        self.transport = Transport()
         # A message not answered in time is given up (the node gets a new one). Generous: a stock
         # SuperNode starts a fresh ClientApp process per message, 20-40 s on a loaded 2-core machine.
         self.ttl = max(4 * settings.train_every, 120.0)
@@ -90,6 +109,7 @@ class TimedServer:
         ids = list(self.grid.push_messages(messages)) if messages else []
         for node, message_id in zip(targets, ids, strict=True):
             self.outstanding[message_id] = (node, now)
+        self.transport.online, self.transport.sent = len(online), self.transport.sent + len(ids)
         log.info("tick: round %d, %d devices online, %d train messages sent, %d still out, %d updates pending",
                  self.state.round, len(online), len(ids), len(self.outstanding) - len(ids), len(self.pending))
 
@@ -97,7 +117,9 @@ class TimedServer:
         if not self.outstanding:
             return
         for reply in self.grid.pull_messages(list(self.outstanding)):
-            self.outstanding.pop(reply.metadata.reply_to_message_id, None)
+            sent = self.outstanding.pop(reply.metadata.reply_to_message_id, None)
+            if sent is not None:
+                self.transport.latencies.append(time.monotonic() - sent[1])
             if reply.has_error():
                 log.warning("node %d replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
                 continue
@@ -109,11 +131,18 @@ class TimedServer:
         expired = [mid for mid, (_, sent) in self.outstanding.items() if now - sent > self.ttl]
         for mid in expired:
             del self.outstanding[mid]
+        self.transport.expired += len(expired)
 
     def aggregate(self) -> None:
         outcome = self.strategy.aggregate_round(self.pending, self.state)
-        rounds.record(self.store, outcome)
+        transport = self.transport.summary(len(self.outstanding))
+        rounds.record(self.store, outcome, transport)
+        self.transport = Transport(online=self.transport.online)
         self.pending = outcome.carried_over
+        log.info("messages since the last tick: %d devices online, %d sent, %d replies (reply after p50 %.1fs, "
+                 "p99 %.1fs), %d expired, %d still out", transport["online"], transport["sent"],
+                 transport["replies"], transport["latency_p50"], transport["latency_p99"], transport["expired"],
+                 transport["outstanding"])
         rejected = "; ".join(f"device {u.device_id}: {why}" for u, why in outcome.rejected)
         if outcome.status == AGGREGATED and outcome.state is not None:
             self.state = outcome.state

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services import kafka, mongo
-from fl_app.services.runner import ManagedProcess, ServiceError, State, Status, free_port
+from fl_app.services.runner import ManagedProcess, ServiceError, State, Status, free_port, free_port_block
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def private_overrides(home: Path) -> list[str]:
         f"kafka.local_broker.controller_port={free_port()}",
         f"mongo.uri=mongodb://127.0.0.1:{free_port()}",
         f"fl.superlink_address=127.0.0.1:{free_port()}",
-        f"fl.supernode_base_port={free_port()}",
+        f"fl.supernode_base_port={free_port_block(64)}",
     ]
 
 

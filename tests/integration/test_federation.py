@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -126,12 +126,12 @@ def test_deployment_with_flink_and_5_supernodes(stack: AppConfig, tmp_path: Path
     """Real Kafka, MongoDB-wire server, Flink job, SuperLink and 5 SuperNodes (one of them sends NaN
     weights), second-scale intervals; then a SuperNode is killed, then the ServerApp."""
     from fl_app import flower
-    from fl_app.services.runner import ManagedProcess, free_port
+    from fl_app.services.runner import ManagedProcess, free_port, free_port_block
 
     overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=5",
                  "fl.local_training_interval_seconds=3", "fl.global_update_interval_minutes=0.15",
                  "flink.checkpoint_interval_ms=1000", "stream.records_per_second=60", "stream.batch_size=6",
-                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port()}"]
+                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
     cfg = load_config(overrides)
     services.provision(cfg)
     devices = flower.devices(cfg)
@@ -165,6 +165,7 @@ def test_deployment_with_flink_and_5_supernodes(stack: AppConfig, tmp_path: Path
         for node in nodes.values():
             node.start()
             time.sleep(0.5)
+        flower.executor_process(cfg).start()  # fl.isolation=warm: it runs the SuperNodes' ClientApps
         flower.submit(cfg)
         first = wait_for_rounds(2)
         assert all(g["num_devices"] >= 3 for g in first)
@@ -184,6 +185,13 @@ def test_deployment_with_flink_and_5_supernodes(stack: AppConfig, tmp_path: Path
         assert [g["round"] for g in resumed] == list(range(1, len(resumed) + 1))  # continued, none overwritten
         assert max(g["round"] for g in resumed) > last
         assert "start: global round " + str(last) in (tmp_path / "logs" / "global_server.log").read_text()
+
+        nodes[devices[1]].kill()  # two valid devices left (the third one sends NaN): below the minimum
+        deadline = time.monotonic() + 120
+        while not store.fl_rounds.find_one({"status": "skipped", "at": {"$gt": datetime.now(UTC)
+                                                                          - timedelta(seconds=5)}}):
+            assert time.monotonic() < deadline, "no skipped tick with two valid devices"
+            time.sleep(1)
     finally:
         flower.down(cfg)
         producer.stop()
@@ -208,13 +216,13 @@ def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> N
     import ssl
 
     from fl_app import certs, flower
-    from fl_app.services.runner import free_port
+    from fl_app.services.runner import free_port, free_port_block
 
     overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=3",
                  "fl.security.tls=true", "fl.security.supernode_auth=true",
                  f"fl.security.certs_dir={tmp_path / 'certs'}",
                  "fl.local_training_interval_seconds=3", "fl.global_update_interval_minutes=0.1",
-                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port()}"]
+                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
     cfg = load_config(overrides)
     services.provision(cfg)
     devices = flower.devices(cfg)
@@ -262,3 +270,55 @@ def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> N
     finally:
         flower.down(cfg)
     assert not flower.flwr_processes(flower.flwr_home(cfg))
+
+
+def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Path) -> None:
+    """fl.isolation=warm (the default): 10 SuperNodes with --isolation process, one executor forking
+    their ClientApps. Every device's readings reach a global model; the executor is killed and
+    restarted mid-run (pending tasks wait for it, nothing hangs); nothing is left running at the end."""
+    from fl_app import flower
+    from fl_app.services.runner import free_port, free_port_block
+
+    # min 1 device: the last devices' updates after the restart must not wait for two more devices.
+    overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=10", "fl.isolation=warm",
+                 "fl.min_devices_for_aggregation=1",
+                 "fl.local_training_interval_seconds=3", "fl.global_update_interval_minutes=0.1",
+                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
+    cfg = load_config(overrides)
+    services.provision(cfg)
+    devices = flower.devices(cfg)
+    published = publish_windows(cfg, devices, per_device=2)
+    executor = next(p for p in flower.processes(cfg) if p.name == "fl_executor")
+    store = storage.Storage.from_config(cfg.mongo)
+
+    def trained_readings(timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        total = 0
+        while time.monotonic() < deadline:
+            total = sum(g["num_examples"] for g in store.global_model.find({}, {"num_examples": 1}))
+            if total >= published:
+                break
+            time.sleep(1)
+        return total
+
+    try:
+        flower.up(cfg, stagger_seconds=0.2)
+        assert trained_readings(180) == published, (tmp_path / "logs" / "global_server.log").read_text()[-3000:]
+        devices_seen = {d for g in store.global_model.find({}) for d in g["device_ids"]}
+        assert devices_seen == set(devices)
+
+        pid = executor.status().pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # the executor dies; its running children follow it
+        time.sleep(2)
+        more = publish_windows(cfg, devices, per_device=1, skip=2)
+        published += more
+        executor.start()  # a new executor picks up the tasks the SuperNodes still hold
+        assert trained_readings(180) == published, (tmp_path / "logs" / "fl_executor.log").read_text()[-3000:]
+    finally:
+        flower.down(cfg)
+    check_consistent(store)
+    store.close()
+    log = (tmp_path / "logs" / "fl_executor.log").read_text()
+    assert "warm in" in log and "stopped:" in log, log[-2000:]
+    assert not flower.flwr_processes(flower.flwr_home(cfg), (*flower.FLWR_PROCESSES, "clients.executor"))

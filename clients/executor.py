@@ -1,0 +1,341 @@
+"""A warm ClientApp executor: one pre-warmed process runs the ClientApps of many SuperNodes.
+
+Stock Flower starts a fresh ``flwr-clientapp`` process per message (per
+SuperNode, through its own SuperExec), and each one imports torch and flwr
+again: on a 2-core machine 53 SuperNodes then never answer in time. Here the
+SuperNodes run with ``--isolation process`` (their tasks wait on their Runtime
+APIs) and one long-lived executor process
+
+1. imports the heavy modules once (``preload``: torch, flwr, ...) and warms
+   torch (one optimiser step: its first one lazily imports ``torch._dynamo``);
+2. polls every SuperNode's Runtime API for a ClientApp task (``AcquireTask``,
+   what ``flower-superexec`` does for one SuperNode), round-robin, and only
+   while it has a free slot: an unclaimed task simply stays pending;
+3. forks one child per task (:class:`ForkExecutor`), which runs Flower's own
+   ``run_clientapp`` against that SuperNode and leaves with ``os._exit``;
+   ``capacity`` children at most; children are reaped every loop (no zombies)
+   and exit by themselves if the executor dies (Flower's parent monitor).
+
+Why fork and not threads: ``run_clientapp`` ends in ``sys.exit``, installs
+signal handlers and exit hooks, and keeps task identity in process globals.
+A forked child inherits the warm imports (copy-on-write) and nothing leaks
+between tasks.
+
+:class:`ForkExecutor` implements Flower's SuperExec ``Executor`` protocol
+(``flwr.supercore.superexec.executor.types``: ``get_eligible_capacity``,
+``wait_for_capacity``, ``launch``, ``reconcile``, ``close``), so it could
+serve as an executor type of ``flower-superexec`` as well;
+:func:`serve` is the loop that feeds it from many Runtime APIs.
+
+    python -m clients.executor --runtime-api 127.0.0.1:9100 127.0.0.1:9101 ... [--capacity 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Event
+
+log = logging.getLogger("clients.executor")
+
+CLIENT_APP = "flwr-clientapp"  # flwr.supercore.constant.TaskType.CLIENT_APP
+DEFAULT_PRELOAD = ("torch", "numpy", "confluent_kafka", "flwr.clientapp", "flwr.supernode.runtime.run_clientapp")
+# The project's own packages come fresh from each task's app bundle (FAB), never from the parent.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Child:
+    pid: int
+    task_id: int
+    runtime_api_address: str
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class ExecutorStats:
+    launched: int = 0
+    succeeded: int = 0
+    failed: int = 0  # non-zero exit or killed by a signal
+    rejected: int = 0  # launch refused: no free slot
+
+
+def run_flower_clientapp(runtime_api_address: str, token: str, insecure: bool,
+                         root_certificates_path: str | None, parent_pid: int | None) -> None:
+    """What a child runs: Flower's own ClientApp process main, in this (forked) process."""
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    certificates = Path(root_certificates_path).read_bytes() if root_certificates_path else None
+    run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=insecure,
+                  certificates=certificates, parent_pid=parent_pid, runtime_dependency_install=False)
+
+
+class ForkExecutor:
+    """Runs each ClientApp task in a child forked from this warm process; ``capacity`` at a time.
+
+    Implements ``flwr.supercore.superexec.executor.types.Executor``.
+    """
+
+    def __init__(self, capacity: int, target: Callable[..., None] = run_flower_clientapp) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.target = target  # tests swap in their own
+        self.children: dict[int, Child] = {}
+        self.stats = ExecutorStats()
+
+    # --- Flower's Executor protocol -------------------------------------------------------
+    def get_eligible_capacity(self, supported_task_types: set[str], *, insecure: bool = False,
+                              root_certificates_path: str | None = None) -> tuple[set[str], set[str]]:
+        """The task types that may be acquired now: ClientApps, while a slot is free."""
+        del insecure, root_certificates_path
+        self.reconcile()
+        if len(self.children) >= self.capacity:
+            return set(), set()
+        return {t for t in supported_task_types if t == CLIENT_APP}, set()
+
+    def wait_for_capacity(self, task_type: str | None = None, *, fab_hash: str | None = None,
+                          insecure: bool = False, root_certificates_path: str | None = None,
+                          timeout: float | None = None) -> None:
+        del task_type, fab_hash, insecure, root_certificates_path
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.reconcile()
+            if len(self.children) < self.capacity or (deadline is not None and time.monotonic() > deadline):
+                return
+            time.sleep(0.02)
+
+    def launch(self, spec: object) -> object:
+        """Fork a child for ``spec`` (a Flower ``ExecutionSpec``); returns a Flower ``LaunchResult``."""
+        from flwr.supercore.superexec.executor.types import LaunchResult
+
+        task_type = str(getattr(spec, "task_type", ""))
+        if task_type != CLIENT_APP:
+            return LaunchResult.failed(f"only {CLIENT_APP} tasks run here, got {task_type!r}")
+        self.reconcile()
+        if len(self.children) >= self.capacity:
+            self.stats.rejected += 1
+            return LaunchResult.capacity_rejected(f"{len(self.children)} of {self.capacity} slots busy")
+        address, token, task_id = spec.runtime_api_address, spec.token, spec.task_id  # type: ignore[attr-defined]
+        args = (address, token, spec.insecure, spec.root_certificates_path, os.getpid())  # type: ignore[attr-defined]
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            _run_child(self.target, args)
+        self.children[pid] = Child(pid, task_id, address)
+        self.stats.launched += 1
+        return LaunchResult.accepted()
+
+    def reconcile(self) -> bool:
+        """Reap finished children (no zombies); True if any finished."""
+        reaped = False
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                break
+            if pid == 0:
+                break
+            child = self.children.pop(pid, None)
+            reaped = True
+            if child is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code == 0:
+                self.stats.succeeded += 1
+            else:
+                self.stats.failed += 1
+                log.warning("task %d for %s: ClientApp exited with %s after %.1fs", child.task_id,
+                            child.runtime_api_address, f"signal {-code}" if code < 0 else f"code {code}",
+                            time.monotonic() - child.started)
+        return reaped
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the children: SIGTERM, then SIGKILL after ``timeout``; reap all of them."""
+        for pid in list(self.children):
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.children and time.monotonic() < deadline:
+            self.reconcile()
+            time.sleep(0.05)
+        for pid in list(self.children):
+            _signal(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self.children.pop(pid, None)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _run_child(target: Callable[..., None], args: tuple) -> None:
+    """The forked child: fresh project modules, default signals, run the task, leave with ``os._exit``."""
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        _forget_project_modules()
+        target(*args)
+        code = 0
+    except SystemExit as exc:  # run_clientapp ends with sys.exit
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - anything at all: report it, never return into the parent's loop
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _forget_project_modules() -> None:
+    """Drop the project's own modules the parent imported, so the task's app bundle loads its own code."""
+    venv = PROJECT_DIR / ".venv"
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and Path(path).is_relative_to(PROJECT_DIR) and not Path(path).is_relative_to(venv) \
+                and name != __name__:
+            del sys.modules[name]
+
+
+def warm_up(preload: Iterable[str]) -> list[str]:
+    """Import ``preload`` (and run one torch optimiser step) so every forked child starts warm."""
+    loaded = []
+    for name in preload:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except ImportError as exc:
+            log.warning("preload %s: %s", name, exc)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(1)  # fork a single-threaded torch (a threaded one can deadlock a child)
+        param = torch.nn.Parameter(torch.zeros(1))
+        optimiser = torch.optim.Adam([param])
+        param.sum().backward()
+        optimiser.step()  # the first step imports torch._dynamo: once here, not in every child
+    return loaded
+
+
+class RuntimeApi:
+    """One SuperNode's Runtime API, as the executor polls it."""
+
+    def __init__(self, address: str, insecure: bool, root_certificates_path: str | None) -> None:
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        self.address, self.insecure, self.root_certificates_path = address, insecure, root_certificates_path
+        # No retry invoker: a SuperNode that is down must not stall the others; the loop retries later.
+        self.client = RuntimeHttpClient.from_server_address(
+            server_address=address, insecure=insecure, root_certificates=None if insecure else root_certificates_path,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+        self.reachable = True
+
+    def acquire(self, task_types: set[str]) -> tuple[str, object] | None:
+        """``(token, task)`` of the oldest pending ClientApp task, or None."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+
+        reply = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=sorted(task_types)))
+        if reply.HasField("task") and reply.token:
+            return reply.token, reply.task
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def serve(apis: Sequence[RuntimeApi], executor: ForkExecutor, stop: Event, poll_interval: float = 0.2,
+          log_every: float = 30.0) -> ExecutorStats:
+    """Acquire tasks from every Runtime API round-robin while a slot is free; launch each. Until ``stop``."""
+    from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResultStatus
+
+    start, last_log = 0, time.monotonic()
+    while not stop.is_set():
+        acquired = 0
+        for i in range(len(apis)):
+            api = apis[(start + i) % len(apis)]
+            task_types, _ = executor.get_eligible_capacity({CLIENT_APP})
+            if not task_types:
+                break
+            try:
+                hit = api.acquire(task_types)
+            except Exception as exc:  # noqa: BLE001 - a SuperNode that is down or restarting: try it next time
+                if api.reachable:
+                    log.warning("SuperNode runtime API %s unreachable: %s", api.address, exc)
+                api.reachable = False
+                continue
+            if not api.reachable:
+                log.info("SuperNode runtime API %s reachable again", api.address)
+                api.reachable = True
+            if hit is None:
+                continue
+            token, task = hit
+            spec = ExecutionSpec(task_type=CLIENT_APP, runtime_api_address=api.address, token=token,  # type: ignore[arg-type]
+                                 insecure=api.insecure, root_certificates_path=api.root_certificates_path,
+                                 runtime_dependency_install=False, parent_pid=os.getpid(), suppress_output=False,
+                                 task_id=int(task.task_id))  # type: ignore[attr-defined]
+            result = executor.launch(spec)
+            if getattr(result, "status", None) != LaunchResultStatus.ACCEPTED:
+                log.warning("task %d from %s not launched: %s", spec.task_id, api.address, result)
+            acquired += 1
+        start = (start + 1) % max(len(apis), 1)  # fairness: the next pass starts one SuperNode later
+        now = time.monotonic()
+        if now - last_log >= log_every:
+            last_log = now
+            s = executor.stats
+            log.info("%d running, %d launched, %d ok, %d failed; %d of %d SuperNodes reachable",
+                     len(executor.children), s.launched, s.succeeded, s.failed,
+                     sum(a.reachable for a in apis), len(apis))
+        if not acquired:
+            stop.wait(poll_interval)
+    return executor.stats
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runtime-api", nargs="+", required=True, metavar="HOST:PORT",
+                        help="the SuperNodes' Runtime API addresses (--host/--port of flower-supernode)")
+    parser.add_argument("--capacity", type=int, default=4, help="ClientApps running at once")
+    parser.add_argument("--poll-interval", type=float, default=0.2, help="seconds between polls when idle")
+    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD), help="modules to import before forking")
+    parser.add_argument("--root-certificates", default=None, help="CA of TLS Runtime APIs (default: plain HTTP)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    logging.getLogger("flwr").propagate = False  # Flower logs through its own handler; no second copy
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
+    started = time.monotonic()
+    loaded = warm_up([m for m in args.preload.split(",") if m])
+    log.info("warm in %.1fs (%s); serving %d SuperNodes, capacity %d", time.monotonic() - started,
+             ", ".join(loaded), len(args.runtime_api), args.capacity)
+    stop = Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    executor = ForkExecutor(args.capacity)
+    insecure = args.root_certificates is None
+    apis = [RuntimeApi(address, insecure, args.root_certificates) for address in args.runtime_api]
+    try:
+        stats = serve(apis, executor, stop, poll_interval=args.poll_interval)
+    finally:
+        executor.close()
+        for api in apis:
+            api.close()
+    log.info("stopped: %d launched, %d ok, %d failed, %d refused for capacity", stats.launched, stats.succeeded,
+             stats.failed, stats.rejected)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The warm ClientApp executor on its own (clients/executor.py): forking, capacity, crashes, reaping,
+shutdown, and the polling loop over several Runtime APIs. The ClientApp itself is replaced by small
+functions here; tests/integration/test_federation.py runs real SuperNodes through it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResultStatus
+
+from clients.executor import CLIENT_APP, ForkExecutor, serve
+
+
+def spec(task_id: int, address: str = "127.0.0.1:1") -> ExecutionSpec:
+    return ExecutionSpec(task_type=CLIENT_APP, runtime_api_address=address, token=f"t{task_id}",  # type: ignore[arg-type]
+                         insecure=True, root_certificates_path=None, runtime_dependency_install=False,
+                         parent_pid=os.getpid(), suppress_output=False, task_id=task_id)
+
+
+def sleeper(seconds: float) -> Callable[..., None]:
+    def run(address: str, token: str, *_: object) -> None:
+        time.sleep(seconds)
+    return run
+
+
+def no_zombies() -> bool:
+    try:
+        return os.waitpid(-1, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True  # no children at all
+
+
+def test_capacity_is_enforced_and_freed(tmp_path: Path) -> None:
+    executor = ForkExecutor(capacity=2, target=sleeper(0.5))
+    assert executor.get_eligible_capacity({CLIENT_APP, "flwr-serverapp"}) == ({CLIENT_APP}, set())
+    assert [executor.launch(spec(i)).status for i in (1, 2, 3)] == [  # type: ignore[attr-defined]
+        LaunchResultStatus.ACCEPTED, LaunchResultStatus.ACCEPTED, LaunchResultStatus.CAPACITY_REJECTED]
+    assert executor.get_eligible_capacity({CLIENT_APP}) == (set(), set())  # full: acquire nothing
+    executor.wait_for_capacity(timeout=10)
+    assert len(executor.children) < 2 and executor.get_eligible_capacity({CLIENT_APP})[0] == {CLIENT_APP}
+    executor.close()
+    assert executor.stats.succeeded == 2 and executor.stats.rejected == 1 and no_zombies()
+
+
+def test_a_child_that_crashes_is_reaped_and_counted(tmp_path: Path) -> None:
+    def crash(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    def exit_code_3(*_: object) -> None:
+        sys.exit(3)
+
+    def ok(address: str, token: str, *_: object) -> None:
+        (tmp_path / token).write_text(address)
+
+    for target in (crash, exit_code_3, ok):
+        executor = ForkExecutor(capacity=1, target=target)
+        assert executor.launch(spec(7, "127.0.0.1:9")).status == LaunchResultStatus.ACCEPTED  # type: ignore[attr-defined]
+        executor.wait_for_capacity(timeout=10)
+        assert not executor.children
+        assert (executor.stats.succeeded, executor.stats.failed) == ((1, 0) if target is ok else (0, 1))
+    assert (tmp_path / "t7").read_text() == "127.0.0.1:9"  # the child got the task's address and token
+    assert no_zombies()
+
+
+def test_other_task_types_are_refused() -> None:
+    executor = ForkExecutor(capacity=1, target=sleeper(0))
+    other = ExecutionSpec(task_type="flwr-serverapp", runtime_api_address="x:1", token="t",  # type: ignore[arg-type]
+                          insecure=True, root_certificates_path=None, runtime_dependency_install=False,
+                          parent_pid=None, suppress_output=False, task_id=1)
+    assert executor.launch(other).status == LaunchResultStatus.FAILED  # type: ignore[attr-defined]
+    assert not executor.children
+
+
+def test_close_kills_children_that_ignore_sigterm() -> None:
+    def stubborn(*_: object) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(60)
+
+    executor = ForkExecutor(capacity=3, target=stubborn)
+    for i in (1, 2, 3):
+        executor.launch(spec(i))
+    time.sleep(0.3)
+    pids = list(executor.children)
+    started = time.monotonic()
+    executor.close(timeout=1)
+    assert time.monotonic() - started < 5
+    assert not executor.children and no_zombies()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+class FakeRuntimeApi:
+    """A SuperNode's Runtime API with a queue of pending tasks (or down)."""
+
+    def __init__(self, address: str, tasks: int, down: bool = False) -> None:
+        self.address, self.insecure, self.root_certificates_path = address, True, None
+        self.pending, self.down, self.reachable, self.polls = tasks, down, True, 0
+
+    def acquire(self, task_types: set[str]) -> tuple[str, object] | None:
+        self.polls += 1
+        if self.down:
+            raise ConnectionError("connection refused")
+        if CLIENT_APP not in task_types or not self.pending:
+            return None
+        self.pending -= 1
+        return f"{self.address}-{self.pending}", type("Task", (), {"task_id": 100 + self.pending})()
+
+
+def test_serve_takes_tasks_from_every_supernode_and_skips_one_that_is_gone(tmp_path: Path) -> None:
+    def record(address: str, token: str, *_: object) -> None:
+        (tmp_path / token).touch()
+
+    apis = [FakeRuntimeApi("a:1", 3), FakeRuntimeApi("b:2", 2), FakeRuntimeApi("gone:3", 5, down=True),
+            FakeRuntimeApi("c:4", 1)]
+    executor = ForkExecutor(capacity=2, target=record)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(apis, executor, stop), kwargs={"poll_interval": 0.05})
+    thread.start()
+    deadline = time.monotonic() + 20
+    while len(list(tmp_path.iterdir())) < 6 and time.monotonic() < deadline:  # every task ran
+        time.sleep(0.05)
+    time.sleep(0.3)  # the last children exit and are reaped by the loop
+    stop.set()
+    thread.join(10)
+    executor.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a:1-0", "a:1-1", "a:1-2", "b:2-0", "b:2-1", "c:4-0"]
+    assert executor.stats.succeeded == 6 and executor.stats.rejected == 0  # never launched beyond capacity
+    assert apis[2].polls >= 1 and not apis[2].reachable and apis[2].pending == 5
+    assert no_zombies()

@@ -75,6 +75,7 @@ class Result:
     pipeline_pss_peak_mb: float = 0.0
     cpu_busy: float = 0.0
     load_average: float = 0.0
+    error: str = ""  # why the run could not be measured as planned (e.g. the run was never submitted)
     per_tick: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -152,8 +153,14 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         producer.start()
         thread.start()
         console.print(f"[bold]{isolation}[/]: starting {devices} SuperNodes ...")
-        flower.up(cfg)
-        console.print(f"  submitted after {time.monotonic() - started:.0f}s; running {minutes:g} min")
+        error = ""
+        try:
+            flower.up(cfg)
+            console.print(f"  submitted after {time.monotonic() - started:.0f}s; running {minutes:g} min")
+        except Exception as exc:  # noqa: BLE001 - a failed start is a result too (stock isolation)
+            error = f"start failed after {time.monotonic() - started:.0f}s: {str(exc)[-300:]}"
+            console.print(f"  [red]{error}[/]")
+            minutes = 0.5  # measure what is there, then stop
         deadline = time.monotonic() + minutes * 60
         while time.monotonic() < deadline:
             time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
@@ -171,7 +178,7 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         producer.stop()
         job.stop()
     result = Result(isolation, devices, minutes, cpu_busy=(busy1 - busy0) / max(total1 - total0, 1),
-                    load_average=load)
+                    load_average=load, error=error)
     with storage.Storage.from_config(cfg.mongo) as store:
         ticks_docs = [t for t in store.fl_rounds.find({}, sort=[("at", 1)]) if t.get("transport")]
         result.aggregated = store.global_model.count_documents({})
@@ -206,10 +213,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "logs" / "fl_supernodes.json")
     args = parser.parse_args(argv)
     results = []
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     with private_stack() as stack:
-        results.append(run_one(stack, "warm", args.devices, args.minutes))
-        if args.stock_minutes > 0:
-            results.append(run_one(stack, "subprocess", args.devices, args.stock_minutes))
+        for isolation, minutes in (("warm", args.minutes), ("subprocess", args.stock_minutes)):
+            if minutes > 0:
+                results.append(run_one(stack, isolation, args.devices, minutes))
+                args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))  # kept if a later run dies
     table = Table(title=f"{args.devices} SuperNodes, train every 30 s, aggregate every 60 s, stream running",
                   title_justify="left")
     for col in ("isolation", "minutes", "ticks", "online min/mean", "replied min/mean", "ticks >= n-1",
@@ -222,8 +231,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
                       f"{r.fl_pss_mean_mb / 1024:.2f}/{r.fl_pss_peak_mb / 1024:.2f} GB",
                       f"{r.pipeline_pss_peak_mb / 1024:.2f} GB", f"{r.cpu_busy:.0%}", f"{r.load_average:.1f}")
     console.print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    for r in results:
+        if r.error:
+            console.print(f"{r.isolation}: {r.error}")
     console.print(f"written: {args.json}")
     return results
 

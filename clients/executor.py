@@ -49,7 +49,8 @@ from threading import Event
 log = logging.getLogger("clients.executor")
 
 CLIENT_APP = "flwr-clientapp"  # flwr.supercore.constant.TaskType.CLIENT_APP
-DEFAULT_PRELOAD = ("torch", "numpy", "confluent_kafka", "flwr.clientapp", "flwr.supernode.runtime.run_clientapp")
+DEFAULT_PRELOAD = ("torch", "numpy", "confluent_kafka", "hydra", "omegaconf", "flwr.clientapp",
+                   "flwr.supernode.runtime.run_clientapp")
 # The project's own packages come fresh from each task's app bundle (FAB), never from the parent.
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 

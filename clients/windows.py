@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 T = TypeVar("T")
 
@@ -40,14 +40,17 @@ class WindowReader:
             "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
             "isolation.level": "read_committed",  # only windows of committed Flink checkpoints
             "auto.offset.reset": "earliest",
+            # Tells when the readable end is reached: with read_committed the partition's high
+            # watermark lies past a commit marker (or an open transaction) and is never reached.
+            "enable.partition.eof": True,
         })
         self.next_offset: int | None = None
 
     def read_new(self, max_seconds: float = 5.0, idle_seconds: float = 0.5) -> list[dict[str, Any]]:
         """Every committed window record after the group's position, up to the end of the partition.
 
-        Stops at the partition's end, or when nothing more arrives for ``idle_seconds``
-        (records of a Flink transaction still open are not readable yet: they come next time).
+        Stops at the readable end of the partition (records of a Flink transaction still open
+        are not readable yet: they come next time), or when nothing more arrives for ``idle_seconds``.
         """
         tp = TopicPartition(self.topic, self.partition)
         committed = _retry(lambda: self.consumer.committed([tp], timeout=10)[0].offset)
@@ -60,13 +63,18 @@ class WindowReader:
         last_new = started + 1.0  # allow a second for the first fetch
         while time.monotonic() - started < max_seconds and time.monotonic() - last_new < idle_seconds:
             messages = self.consumer.consume(500, timeout=0.1)
+            at_end = False
             for message in messages:
-                if message.error() is not None:
-                    raise KafkaException(message.error())
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end = True
+                        continue
+                    raise KafkaException(error)
                 windows.append(json.loads(message.value() or b"{}"))
                 self.next_offset = (message.offset() or 0) + 1
                 last_new = time.monotonic()
-            if self.next_offset is not None and self.next_offset >= high:
+            if at_end or (self.next_offset is not None and self.next_offset >= high):
                 break
         return windows
 

@@ -186,7 +186,7 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         result.fl_pss_mean_mb = statistics.fmean(s.fl_pss_mb for s in samples)
         result.fl_pss_peak_mb = max(s.fl_pss_mb for s in samples)
         result.pipeline_pss_peak_mb = max(s.pipeline_pss_mb for s in samples)
-    ticks_docs = ticks_docs[1:]  # the first tick covers the start-up
+    ticks_docs = ticks_docs[1:-1]  # the first tick covers the start-up, the last one the shutdown
     if ticks_docs:
         replied = [len({*t["accepted"], *t["idle"], *t["stale"], *(r["device_id"] for r in t["rejected"])})
                    for t in ticks_docs]

@@ -37,8 +37,13 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_context(context.run_config)
     server = ServerSettings.load(settings.server_settings)
     _log_to(Path(server.logs_dir) / "global_server.log")
-    with Storage(server.mongo_uri, server.mongo_database, server.mongo_timeout_ms) as store:
-        TimedServer(settings, grid, store).run()
+    try:
+        with Storage(server.mongo_uri, server.mongo_database, server.mongo_timeout_ms) as store:
+            TimedServer(settings, grid, store).run()
+    except BaseException:
+        # The SuperLink starts this process with its output discarded: the log is the only witness.
+        log.exception("the ServerApp stops on an error")
+        raise
 
 
 def _log_to(path: Path) -> None:

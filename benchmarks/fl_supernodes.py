@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._stack import private_stack
-from fl_app import flower, storage
+from fl_app import flower, services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services.runner import ManagedProcess, free_port, free_port_block
 
@@ -125,16 +125,10 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
     home = Path(stack.paths.home) / f"fl-{isolation}"
     tag = uuid.uuid4().hex[:8]
     overrides = [
-        f"paths.home={home}", f"paths.cache_dir={PROJECT_ROOT / '.cache'}",
-        f"kafka.bootstrap_servers={stack.kafka.bootstrap_servers}", f"mongo.uri={stack.mongo.uri}",
-        f"mongo.database=bench_{tag}", f"kafka.topics.readings.name=readings_{tag}",
-        f"kafka.topics.windows.name=windows_{tag}", f"kafka.topics.dead_letter.name=dlq_{tag}",
-        f"fl.devices={devices}", f"fl.isolation={isolation}",
+        *services.tenant_overrides(stack, home, tag), f"fl.devices={devices}", f"fl.isolation={isolation}",
         f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}",
     ]
     cfg = load_config(overrides)
-    from fl_app import services
-
     services.provision(cfg)
 
     def component(name: str, *command: str) -> ManagedProcess:

@@ -30,8 +30,8 @@ from rich.table import Table
 
 from benchmarks._stack import private_stack
 from benchmarks.baselines import kafka_produce, mongo_insert
-from fl_app import storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
+from fl_app import services, storage
+from fl_app.config import AppConfig, load_config
 from fl_app.services.runner import ManagedProcess
 from stream.data import synthetic
 from stream.producer import ReplayProducer
@@ -84,16 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["raw_kafka"] = kafka_produce(base, 50_000).per_second
         results["raw_mongo"] = mongo_insert(base, 20_000).per_second
         tag = uuid.uuid4().hex[:8]
-        overrides = [
-            f"paths.home={home}", f"paths.cache_dir={PROJECT_ROOT / '.cache'}",
-            f"kafka.bootstrap_servers={base.kafka.bootstrap_servers}", f"mongo.uri={base.mongo.uri}",
-            f"mongo.database=bench_{tag}", f"kafka.topics.readings.name=bench_{tag}",
-            f"kafka.topics.windows.name=bench_windows_{tag}", f"kafka.topics.dead_letter.name=bench_dlq_{tag}",
-            f"flink.group_id=bench-{tag}", f"stream.dataset_records={len(frame)}", *args.overrides,
-        ]
+        overrides = [*services.tenant_overrides(base, Path(home), tag), f"stream.dataset_records={len(frame)}",
+                     *args.overrides]
         cfg = load_config(overrides)
-        from fl_app import services
-
         services.provision(cfg)
         job = ManagedProcess(name="flink_job", argv=[str(FL_APP), "flink", *overrides], run_dir=Path(home) / "run",
                              logs_dir=Path(home) / "logs", startup_timeout=10)

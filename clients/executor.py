@@ -92,6 +92,8 @@ class ForkExecutor:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self.target = target  # tests swap in their own
+        # Found once, not in every child: after warm-up the parent imports no more of the project.
+        self.project_modules = project_modules()
         self.children: dict[int, Child] = {}
         self.stats = ExecutorStats()
 
@@ -131,7 +133,7 @@ class ForkExecutor:
         args = (address, token, spec.insecure, spec.root_certificates_path, os.getpid())  # type: ignore[attr-defined]
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            _run_child(self.target, args)
+            _run_child(self.target, args, self.project_modules)
         self.children[pid] = Child(pid, task_id, address)
         self.stats.launched += 1
         return LaunchResult.accepted()
@@ -181,13 +183,14 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _run_child(target: Callable[..., None], args: tuple) -> None:
+def _run_child(target: Callable[..., None], args: tuple, forget: Sequence[str]) -> None:
     """The forked child: fresh project modules, default signals, run the task, leave with ``os._exit``."""
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        _forget_project_modules()
+        for name in forget:  # the task's app bundle loads its own code
+            sys.modules.pop(name, None)
         target(*args)
         code = 0
     except SystemExit as exc:  # run_clientapp ends with sys.exit
@@ -200,14 +203,16 @@ def _run_child(target: Callable[..., None], args: tuple) -> None:
         os._exit(code)
 
 
-def _forget_project_modules() -> None:
-    """Drop the project's own modules the parent imported, so the task's app bundle loads its own code."""
+def project_modules() -> list[str]:
+    """The project's own modules imported here (not the virtualenv's), which a child must not reuse."""
     venv = PROJECT_DIR / ".venv"
+    names = []
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if path and Path(path).is_relative_to(PROJECT_DIR) and not Path(path).is_relative_to(venv) \
                 and name != __name__:
-            del sys.modules[name]
+            names.append(name)
+    return names
 
 
 def warm_up(preload: Iterable[str]) -> list[str]:

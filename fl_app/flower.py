@@ -267,8 +267,10 @@ def flwr_processes(home: Path, names: tuple[str, ...] = FLWR_PROCESSES) -> list[
     return found
 
 
-def _kill_strays(home: Path) -> list[str]:
+def _kill_strays(home: Path, timeout: float = 5.0) -> list[str]:
+    """SIGKILL them and wait until they are gone (a killed process lingers for a moment)."""
     import signal
+    import time
 
     killed = []
     for pid, name in flwr_processes(home):
@@ -277,6 +279,9 @@ def _kill_strays(home: Path) -> list[str]:
             killed.append(name)
         except ProcessLookupError:
             continue
+    deadline = time.monotonic() + timeout
+    while killed and flwr_processes(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
     return killed
 
 
@@ -327,7 +332,8 @@ def evaluate(cfg: AppConfig, rounds: int, local_epochs: int, train_fraction: flo
     partitions = quality.split(frame, spec, train_fraction)
     seconds: dict[str, float] = {}
     results: dict[str, quality.Scores] = {}
-    with tempfile.TemporaryDirectory(dir=cfg.paths.run_dir if Path(cfg.paths.run_dir).is_dir() else None) as tmp:
+    Path(cfg.paths.run_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cfg.paths.run_dir) as tmp:
         quality.save_partitions(partitions, Path(tmp))
         settings = quality.EvaluationSettings(tmp, [p.device for p in partitions], rounds, local_epochs,
                                               asdict(spec), str(Path(tmp) / "result.npz"))

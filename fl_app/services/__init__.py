@@ -116,6 +116,18 @@ def private_overrides(home: Path) -> list[str]:
     ]
 
 
+def tenant_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
+    """Overrides for a run of its own on a shared ``stack`` (tests, benchmarks): its own home, and a
+    database, topics and Flink consumer group named after ``tag``, on the stack's servers."""
+    return [
+        f"paths.home={home}", f"paths.cache_dir={PROJECT_ROOT / '.cache'}",
+        f"kafka.bootstrap_servers={stack.kafka.bootstrap_servers}", f"mongo.uri={stack.mongo.uri}",
+        f"mongo.database=run_{tag}", f"kafka.topics.readings.name=readings_{tag}",
+        f"kafka.topics.windows.name=windows_{tag}", f"kafka.topics.dead_letter.name=dlq_{tag}",
+        f"flink.group_id=flink-{tag}",
+    ]
+
+
 @contextlib.contextmanager
 def private_stack(home: Path, extra: Sequence[str] = ()) -> Iterator[AppConfig]:
     """A running broker and MongoDB-wire server of their own, stopped on exit."""

@@ -29,13 +29,7 @@ READINGS_PER_WINDOW = 8
 
 
 def fl_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
-    return [
-        f"paths.home={home}", f"paths.cache_dir={PROJECT_ROOT / '.cache'}",
-        f"kafka.bootstrap_servers={stack.kafka.bootstrap_servers}", f"mongo.uri={stack.mongo.uri}",
-        f"mongo.database=fl_{tag}", f"kafka.topics.readings.name=readings_{tag}",
-        f"kafka.topics.windows.name=windows_{tag}", f"kafka.topics.dead_letter.name=dlq_{tag}",
-        "stream.dataset_records=20000",
-    ]
+    return [*services.tenant_overrides(stack, home, tag), "stream.dataset_records=20000"]
 
 
 def publish_windows(cfg: AppConfig, devices: list[int], per_device: int, skip: int = 0) -> int:

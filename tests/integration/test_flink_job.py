@@ -39,11 +39,7 @@ RECORDS = 5000  # data set size for these tests
 def job_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
     """Topics, database, consumer group and checkpoints of this test's own."""
     return [
-        f"paths.home={home}", f"paths.cache_dir={PROJECT_ROOT / '.cache'}",
-        f"kafka.bootstrap_servers={stack.kafka.bootstrap_servers}",
-        f"mongo.uri={stack.mongo.uri}", f"mongo.database=flink_{tag}",
-        f"kafka.topics.readings.name=readings_{tag}", f"kafka.topics.windows.name=windows_{tag}",
-        f"kafka.topics.dead_letter.name=dlq_{tag}", f"flink.group_id=flink-{tag}",
+        *services.tenant_overrides(stack, home, tag),
         f"fl.local_training_interval_seconds={WINDOW_SECONDS}", "flink.checkpoint_interval_ms=1000",
         f"stream.dataset_records={RECORDS}", f"stream.state_file={home}/producer_state.json",
         f"flink.max_window_readings={MAX_WINDOW}",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import threading
@@ -42,7 +43,7 @@ from fl_app import flower, services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services.runner import ManagedProcess, free_port, free_port_block
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table
 FL_APP = Path(sys.executable).parent / "fl-app"
 FL_NAMES = ("flower-superlink", "flower-supernode", "flwr-serverapp", "flower-superexec", "flwr-clientapp",
             "clients.executor")
@@ -70,6 +71,10 @@ class Result:
     aggregated: int = 0
     latency_p50: float = float("nan")
     latency_p99: float = float("nan")
+    # medians over the ticks of each tick's p50 of a reply's hops (server/server_app.py, Transport)
+    delivery_p50: float = float("nan")
+    work_p50: float = float("nan")
+    return_p50: float = float("nan")
     fl_pss_mean_mb: float = 0.0
     fl_pss_peak_mb: float = 0.0
     pipeline_pss_peak_mb: float = 0.0
@@ -171,6 +176,10 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         flower.down(cfg)
         producer.stop()
         job.stop()
+        # The run's logs (ServerApp ticks, executor, SuperNodes) outlive the temporary home.
+        kept = PROJECT_ROOT / "logs" / "fl_supernodes" / isolation
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(cfg.paths.logs_dir, kept)
     result = Result(isolation, devices, minutes, cpu_busy=(busy1 - busy0) / max(total1 - total0, 1),
                     load_average=load, error=error)
     with storage.Storage.from_config(cfg.mongo) as store:
@@ -193,8 +202,12 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         p99s = [t["transport"]["latency_p99"] for t in ticks_docs if t["transport"]["replies"]]
         result.latency_p50 = statistics.median(p50s) if p50s else float("nan")
         result.latency_p99 = max(p99s) if p99s else float("nan")
+        for hop in ("delivery", "work", "return"):
+            values = [t["transport"][f"{hop}_p50"] for t in ticks_docs if t["transport"].get(f"{hop}_p50") is not None]
+            setattr(result, f"{hop}_p50", statistics.median(values) if values else float("nan"))
         result.per_tick = [{"online": t["transport"]["online"], "replied": r, "status": t["status"],
-                            "p50": t["transport"]["latency_p50"], "p99": t["transport"]["latency_p99"]}
+                            **{k: t["transport"].get(k) for k in ("latency_p50", "latency_p99", "delivery_p50",
+                                                                  "work_p50", "return_p50")}}
                            for t, r in zip(ticks_docs, replied, strict=True)]
     return result
 
@@ -216,12 +229,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     table = Table(title=f"{args.devices} SuperNodes, train every 30 s, aggregate every 60 s, stream running",
                   title_justify="left")
     for col in ("isolation", "minutes", "ticks", "online min/mean", "replied min/mean", "ticks >= n-1",
-                "rounds", "reply p50", "reply p99", "FL PSS mean/peak", "pipeline peak", "CPU busy", "load"):
+                "rounds", "reply p50", "reply p99", "delivery/work/return p50", "FL PSS mean/peak", "pipeline peak",
+                "CPU busy", "load"):
         table.add_column(col, justify="left" if col == "isolation" else "right")
     for r in results:
         table.add_row(r.isolation, f"{r.minutes:g}", str(r.ticks), f"{r.online_min}/{r.online_mean:.1f}",
                       f"{r.replied_min}/{r.replied_mean:.1f}", f"{r.ticks_with_all_but_one:.0%}", str(r.aggregated),
                       f"{r.latency_p50:.1f}s", f"{r.latency_p99:.1f}s",
+                      f"{r.delivery_p50:.1f}/{r.work_p50:.1f}/{r.return_p50:.1f}s",
                       f"{r.fl_pss_mean_mb / 1024:.2f}/{r.fl_pss_peak_mb / 1024:.2f} GB",
                       f"{r.pipeline_pss_peak_mb / 1024:.2f} GB", f"{r.cpu_busy:.0%}", f"{r.load_average:.1f}")
     console.print(table)

@@ -19,6 +19,7 @@ A device talks to Kafka and to its SuperNode only; it holds no MongoDB address.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message
@@ -36,6 +37,7 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    started = time.time()
     settings = RunSettings.from_context(context.run_config)
     device = settings.device_of(context.node_config)
     instruction = TrainInstruction.from_record(msg.content)
@@ -46,6 +48,8 @@ def train(msg: Message, context: Context) -> Message:
         update = local_update(settings, device, instruction, windows, context)
         if "chaos" in context.node_config:
             corrupt(update, str(context.node_config["chaos"]))
+        update.delivery_seconds = started - msg.metadata.created_at  # wall clocks: the server's and ours
+        update.work_seconds = time.time() - started
         reply = Message(update.to_record(), reply_to=msg)
         reader.commit()  # only now: a crash before this re-reads the windows
     finally:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -45,6 +46,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
+
+from fl_app import flower_backoff
 
 log = logging.getLogger("clients.executor")
 
@@ -69,6 +72,11 @@ class ExecutorStats:
     succeeded: int = 0
     failed: int = 0  # non-zero exit or killed by a signal
     rejected: int = 0  # launch refused: no free slot
+    task_seconds: float = 0.0  # wall time of finished tasks, fork to exit
+    task_cpu_seconds: float = 0.0  # their CPU time (user + system), from the kernel's accounting
+
+    def finished(self) -> int:
+        return self.succeeded + self.failed
 
 
 def run_flower_clientapp(runtime_api_address: str, token: str, insecure: bool,
@@ -143,7 +151,7 @@ class ForkExecutor:
         reaped = False
         while self.children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
                 break
@@ -154,6 +162,8 @@ class ForkExecutor:
             if child is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            self.stats.task_seconds += time.monotonic() - child.started
+            self.stats.task_cpu_seconds += usage.ru_utime + usage.ru_stime
             if code == 0:
                 self.stats.succeeded += 1
             else:
@@ -232,6 +242,10 @@ def warm_up(preload: Iterable[str]) -> list[str]:
         optimiser = torch.optim.Adam([param])
         param.sum().backward()
         optimiser.step()  # the first step imports torch._dynamo: once here, not in every child
+    # Out of the garbage collector's sight: a collection in a child would otherwise write to (and so
+    # copy) every page of the parent's objects it visits.
+    gc.collect()
+    gc.freeze()
     return loaded
 
 
@@ -267,7 +281,7 @@ def serve(apis: Sequence[RuntimeApi], executor: ForkExecutor, stop: Event, poll_
     """Acquire tasks from every Runtime API round-robin while a slot is free; launch each. Until ``stop``."""
     from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResultStatus
 
-    start, last_log = 0, time.monotonic()
+    start, last_log, logged = 0, time.monotonic(), ExecutorStats()
     while not stop.is_set():
         acquired = 0
         for i in range(len(apis)):
@@ -299,11 +313,14 @@ def serve(apis: Sequence[RuntimeApi], executor: ForkExecutor, stop: Event, poll_
         start = (start + 1) % max(len(apis), 1)  # fairness: the next pass starts one SuperNode later
         now = time.monotonic()
         if now - last_log >= log_every:
-            last_log = now
-            s = executor.stats
-            log.info("%d running, %d launched, %d ok, %d failed; %d of %d SuperNodes reachable",
-                     len(executor.children), s.launched, s.succeeded, s.failed,
+            last_log, s = now, executor.stats
+            done = s.finished() - logged.finished()
+            per_task = (f"; per task {(s.task_seconds - logged.task_seconds) / done:.2f}s, CPU "
+                        f"{(s.task_cpu_seconds - logged.task_cpu_seconds) / done:.2f}s" if done else "")
+            log.info("%d running, %d launched, %d ok, %d failed%s; %d of %d SuperNodes reachable",
+                     len(executor.children), s.launched, s.succeeded, s.failed, per_task,
                      sum(a.reachable for a in apis), len(apis))
+            logged = ExecutorStats(**vars(s))
         if not acquired:
             stop.wait(poll_interval)
     return executor.stats
@@ -325,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
     started = time.monotonic()
     loaded = warm_up([m for m in args.preload.split(",") if m])
+    flower_backoff.shorten(flower_backoff.CLIENTAPP_FETCH)  # the children inherit it
     log.info("warm in %.1fs (%s); serving %d SuperNodes, capacity %d", time.monotonic() - started,
              ", ".join(loaded), len(args.runtime_api), args.capacity)
     stop = Event()

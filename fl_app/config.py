@@ -382,9 +382,11 @@ class FLConfig:
     # has) = every device of the data set.
     devices: int | None = checked(None, positive_or_null)
     local_epochs: int = checked(1, positive)
-    # How SuperNodes run their ClientApps. "warm": with --isolation process, and one executor
-    # process (clients/executor.py) that imports torch and flwr once and forks a child per task;
-    # "subprocess": Flower's stock way, a fresh flwr-clientapp process per message.
+    # How the local SuperNodes and their ClientApps run. "warm": the SuperNodes are forked from one
+    # parent that imported Flower once (clients/supernodes.py) and run with --isolation process;
+    # one executor process (clients/executor.py) that imports torch and flwr once forks a child per
+    # ClientApp task. "subprocess": Flower's stock way, separate SuperNode processes, each starting
+    # a fresh flwr-clientapp process per message.
     isolation: str = checked("warm", one_of("warm", "subprocess"))
     # ClientApps the warm executor runs at once. Much of a task's time is waiting (Kafka, the
     # SuperNode's runtime API), not CPU, so more than the cores pays off.

@@ -16,7 +16,10 @@ Reply, device -> server::
                              scores on the device's buffer per fixed bin
                              (fl_app.model.HISTOGRAM_EDGES), for the threshold}
     "config"  ConfigRecord  {"device-id", "base-round": the "server-round" trained from,
-                             "window-start", "window-end": ISO times of the readings, or ""}
+                             "window-start", "window-end": ISO times of the readings, or "",
+                             "delivery-seconds": from the train message's creation to the
+                             ClientApp's start (SuperLink, SuperNode, executor; clocks of two
+                             machines may differ), "work-seconds": the ClientApp's own time}
 
 Both sides import only this module for it (components never import each other).
 """
@@ -24,6 +27,7 @@ Both sides import only this module for it (components never import each other).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +79,8 @@ class LocalUpdate:
     histogram: list[float] = field(default_factory=list)
     window_start: str = ""
     window_end: str = ""
+    delivery_seconds: float = float("nan")  # message created -> ClientApp started (where messages wait)
+    work_seconds: float = float("nan")  # ClientApp started -> reply built
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_record(self) -> RecordDict:
@@ -82,7 +88,9 @@ class LocalUpdate:
             ARRAYS: ArrayRecord(self.weights),
             METRICS: MetricRecord({NUM_EXAMPLES: self.num_examples, HISTOGRAM: list(self.histogram), **self.metrics}),
             CONFIG: ConfigRecord({"device-id": self.device_id, "base-round": self.base_round,
-                                  "window-start": self.window_start, "window-end": self.window_end}),
+                                  "window-start": self.window_start, "window-end": self.window_end,
+                                  "delivery-seconds": float(self.delivery_seconds),
+                                  "work-seconds": float(self.work_seconds)}),
         })
 
     @classmethod
@@ -100,7 +108,9 @@ class LocalUpdate:
             return cls(device_id=int(config["device-id"]), base_round=int(config["base-round"]),  # type: ignore[arg-type]
                        num_examples=num_examples, weights=arrays.to_numpy_ndarrays(), histogram=histogram,
                        metrics={k: float(v) for k, v in metrics.items()},  # type: ignore[arg-type]
-                       window_start=str(config.get("window-start", "")), window_end=str(config.get("window-end", "")))
+                       window_start=str(config.get("window-start", "")), window_end=str(config.get("window-end", "")),
+                       delivery_seconds=float(config.get("delivery-seconds", math.nan)),  # type: ignore[arg-type]
+                       work_seconds=float(config.get("work-seconds", math.nan)))  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed reply: {exc!r}") from exc
 

@@ -106,5 +106,8 @@ def federation_rows(store: storage.Storage) -> list[FlowRow]:
                             f"messages since the tick before, {t['outstanding']} pending, {t['expired']} expired"))
         if t["replies"]:
             latency = f"p50 {t['latency_p50']:.1f}s, p99 {t['latency_p99']:.1f}s, max {t['latency_max']:.1f}s"
+            if "delivery_p50" in t:
+                latency += (f" (p50 of delivery {t['delivery_p50']:.1f}s, work {t['work_p50']:.1f}s, "
+                            f"return {t['return_p50']:.1f}s)")
             rows.append(FlowRow("fl message -> reply", int(t["replies"]), latency))
     return rows

@@ -197,10 +197,35 @@ def executor_process(cfg: AppConfig) -> ManagedProcess:
         startup_timeout=2, stop_timeout=10)
 
 
-def processes(cfg: AppConfig) -> list[ManagedProcess]:
-    """SuperLink first, then one SuperNode per device, then (warm isolation) the executor."""
-    nodes = [superlink_process(cfg), *(supernode_process(cfg, i, d) for i, d in enumerate(devices(cfg)))]
-    return [*nodes, executor_process(cfg)] if cfg.fl.isolation == "warm" else nodes
+def supernodes_launcher(cfg: AppConfig, nodes: list[ManagedProcess], stagger_seconds: float) -> ManagedProcess:
+    """Warm isolation: one parent (``clients/supernodes.py``) forks the SuperNodes ``nodes`` describe
+    (their flags, pid files and logs), at half the memory of separate processes."""
+    import sys
+
+    from clients.supernodes import NodeSpec, save_spec
+
+    spec = Path(cfg.paths.run_dir) / "fl_supernodes.json"
+
+    def prepare() -> list[str]:
+        save_spec(spec, [NodeSpec(n.name, list(n.argv[1:]), str(n.pid_file), str(n.log_file)) for n in nodes],
+                  stagger_seconds)
+        return [sys.executable, "-m", "clients.supernodes", "--spec", str(spec)]
+
+    return ManagedProcess(
+        name="fl_supernodes", argv=[], prepare=prepare, run_dir=Path(cfg.paths.run_dir),
+        logs_dir=Path(cfg.paths.logs_dir), health_check=lambda: all(n.pid() is not None for n in nodes),
+        env={**_env(cfg), "PYTHONPATH": str(PROJECT_ROOT)}, cwd=PROJECT_ROOT,
+        startup_timeout=30 + stagger_seconds * len(nodes), stop_timeout=20)
+
+
+def processes(cfg: AppConfig, stagger_seconds: float = 0.5) -> list[ManagedProcess]:
+    """SuperLink first, then one SuperNode per device; with warm isolation, then the parent that forks
+    those SuperNodes and the executor that runs their ClientApps."""
+    nodes = [supernode_process(cfg, i, d) for i, d in enumerate(devices(cfg))]
+    if cfg.fl.isolation != "warm":
+        return [superlink_process(cfg), *nodes]
+    return [superlink_process(cfg), *nodes, supernodes_launcher(cfg, nodes, stagger_seconds),
+            executor_process(cfg)]
 
 
 def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
@@ -209,13 +234,16 @@ def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
 
     if cfg.fl.security.tls:
         ensure_certificates(cfg)
-    superlink, *others = processes(cfg)
+    superlink, *others = processes(cfg, stagger_seconds)
     superlink.start()
     if cfg.fl.security.supernode_auth:
         log.info("registered %d new SuperNode keys", register_supernodes(cfg))
+    if cfg.fl.isolation == "warm":
+        others = others[-2:]  # the launcher starts the SuperNodes, then the executor
     for process in others:
         process.start()
-        time.sleep(stagger_seconds)  # all at once, many fail to register (measured: 28 of 53)
+        if cfg.fl.isolation != "warm":
+            time.sleep(stagger_seconds)  # all at once, many fail to register (measured: 28 of 53)
     return submit(cfg)
 
 

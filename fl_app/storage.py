@@ -179,10 +179,12 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
                 "stale": {"bsonType": "array", "items": _INT},
                 "idle": {"bsonType": "array", "items": _INT},
                 # The message layer since the previous tick: devices online, train messages sent,
-                # replies, expired messages, message-to-reply seconds (p50, p99, max).
+                # replies, expired messages, message-to-reply seconds (p50, p99, max) and the medians of
+                # its hops: delivery (to the ClientApp's start), work (the ClientApp), return (back).
                 "transport": {"bsonType": "object", "properties": {
                     "online": _INT, "sent": _INT, "replies": _INT, "expired": _INT, "outstanding": _INT,
-                    "latency_p50": _NUMBER, "latency_p99": _NUMBER, "latency_max": _NUMBER}},
+                    "latency_p50": _NUMBER, "latency_p99": _NUMBER, "latency_max": _NUMBER,
+                    "delivery_p50": _NUMBER, "work_p50": _NUMBER, "return_p50": _NUMBER}},
             },
         },
         (IndexModel([("at", DESCENDING)], name="at"),),

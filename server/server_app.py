@@ -21,12 +21,14 @@ import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
+from fl_app import flower_backoff
 from fl_app.federation import LocalUpdate, RunSettings, ServerSettings, TrainInstruction
 from fl_app.storage import Storage
 from server import rounds
 from server.strategy import AGGREGATED, Clock, GlobalState, TimedFedAvg
 
 log = logging.getLogger("server.global")
+HOPS = ("delivery", "work", "return")  # of a message's way, measured per reply (Transport)
 POLL_SECONDS = 0.3  # between reply pulls: short, so replies are seen soon, long enough to stay cheap
 
 app = ServerApp()
@@ -37,6 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_context(context.run_config)
     server = ServerSettings.load(settings.server_settings)
     _log_to(Path(server.logs_dir) / "global_server.log")
+    flower_backoff.shorten(flower_backoff.SERVERAPP_FETCH)  # replies' data arrives just after them
     try:
         with Storage(server.mongo_uri, server.mongo_database, server.mongo_timeout_ms) as store:
             TimedServer(settings, grid, store).run()
@@ -63,12 +66,22 @@ class Transport:
     sent: int = 0
     expired: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds from push to reply, per reply
+    # Where each reply's time went (seconds): created -> ClientApp started (SuperLink queue, SuperNode
+    # polling, executor, fork), the ClientApp's work, reply built -> pulled here (the way back).
+    hops: dict[str, list[float]] = field(default_factory=lambda: {h: [] for h in HOPS})
+
+    def add(self, latency: float, delivery: float, work: float) -> None:
+        self.latencies.append(latency)
+        for hop, seconds in zip(HOPS, (delivery, work, latency - delivery - work), strict=True):
+            if math.isfinite(seconds):
+                self.hops[hop].append(seconds)
 
     def summary(self, outstanding: int) -> dict[str, float | int]:
         lat = np.asarray(self.latencies) if self.latencies else np.asarray([math.nan])
         return {"online": self.online, "sent": self.sent, "replies": len(self.latencies), "expired": self.expired,
                 "outstanding": outstanding, "latency_p50": float(np.percentile(lat, 50)),
-                "latency_p99": float(np.percentile(lat, 99)), "latency_max": float(lat.max())}
+                "latency_p99": float(np.percentile(lat, 99)), "latency_max": float(lat.max()),
+                **{f"{hop}_p50": float(np.median(v)) if v else math.nan for hop, v in self.hops.items()}}
 
 
 class TimedServer:
@@ -123,20 +136,27 @@ class TimedServer:
             return
         for reply in self.grid.pull_messages(list(self.outstanding)):
             sent = self.outstanding.pop(reply.metadata.reply_to_message_id, None)
+            update = self.parse(reply)
             if sent is not None:
-                self.transport.latencies.append(time.monotonic() - sent[1])
-            if reply.has_error():
-                log.warning("node %d replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
-                continue
-            try:
-                self.pending.append(LocalUpdate.from_record(reply.content))
-            except ValueError as exc:
-                self.malformed += 1
-                log.warning("node %d sent a malformed reply (%s); ignored", reply.metadata.src_node_id, exc)
+                self.transport.add(time.monotonic() - sent[1], *((update.delivery_seconds, update.work_seconds)
+                                                                 if update is not None else (math.nan, math.nan)))
+            if update is not None:
+                self.pending.append(update)
         expired = [mid for mid, (_, sent) in self.outstanding.items() if now - sent > self.ttl]
         for mid in expired:
             del self.outstanding[mid]
         self.transport.expired += len(expired)
+
+    def parse(self, reply: Message) -> LocalUpdate | None:
+        if reply.has_error():
+            log.warning("node %d replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
+            return None
+        try:
+            return LocalUpdate.from_record(reply.content)
+        except ValueError as exc:
+            self.malformed += 1
+            log.warning("node %d sent a malformed reply (%s); ignored", reply.metadata.src_node_id, exc)
+            return None
 
     def aggregate(self) -> None:
         outcome = self.strategy.aggregate_round(self.pending, self.state)
@@ -145,9 +165,10 @@ class TimedServer:
         self.transport = Transport(online=self.transport.online)
         self.pending = outcome.carried_over
         log.info("messages since the last tick: %d devices online, %d sent, %d replies (reply after p50 %.1fs, "
-                 "p99 %.1fs), %d expired, %d still out", transport["online"], transport["sent"],
-                 transport["replies"], transport["latency_p50"], transport["latency_p99"], transport["expired"],
-                 transport["outstanding"])
+                 "p99 %.1fs; p50 of delivery %.1fs, work %.1fs, return %.1fs), %d expired, %d still out",
+                 transport["online"], transport["sent"], transport["replies"], transport["latency_p50"],
+                 transport["latency_p99"], transport["delivery_p50"], transport["work_p50"], transport["return_p50"],
+                 transport["expired"], transport["outstanding"])
         rejected = "; ".join(f"device {u.device_id}: {why}" for u, why in outcome.rejected)
         if outcome.status == AGGREGATED and outcome.state is not None:
             self.state = outcome.state

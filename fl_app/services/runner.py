@@ -105,6 +105,23 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def write_pid_file(path: Path, pid: int) -> None:
+    """``<pid> <start time>``: the start time tells our process from a later one with a reused pid."""
+    path.write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def pid_from_file(path: Path) -> int | None:
+    """The pid in a pid file if that very process is still alive."""
+    try:
+        fields = path.read_text().split()
+        pid, started = int(fields[0]), fields[1] if len(fields) > 1 else None
+    except (OSError, ValueError, IndexError):
+        return None
+    if not _pid_alive(pid) or (started is not None and _start_time(pid) != started):
+        return None
+    return pid
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -172,14 +189,7 @@ class ManagedProcess:
         unrelated process after a crash or reboot is not mistaken for ours
         (and never signalled).
         """
-        try:
-            fields = self.pid_file.read_text().split()
-            pid, started = int(fields[0]), fields[1] if len(fields) > 1 else None
-        except (OSError, ValueError, IndexError):
-            return None
-        if not _pid_alive(pid) or (started is not None and _start_time(pid) != started):
-            return None
-        return pid
+        return pid_from_file(self.pid_file)
 
     def healthy(self) -> bool:
         if self.health_check is None:
@@ -236,7 +246,7 @@ class ManagedProcess:
                 )
             except FileNotFoundError as exc:
                 raise ServiceError(f"cannot start {self.name}: {exc.filename} not found") from exc
-        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        write_pid_file(self.pid_file, proc.pid)
         log.info("started %s (pid %d), log %s", self.name, proc.pid, self.log_file)
         if not self._wait_healthy(proc.pid, self.startup_timeout, proc):
             code = proc.poll()

@@ -1,0 +1,49 @@
+"""Shorter retries where Flower fetches a message's data before it has arrived, and has no setting for it.
+
+A message travels as a header and its objects (the arrays), uploaded after
+the header. Flower makes the header visible first: a SuperNode creates the
+ClientApp's task before it has pulled the objects from the SuperLink
+(``flwr/supernode/start_client_internal.py``, ``_pull_and_store_message``),
+and the SuperLink hands a reply to the ServerApp before the SuperNode has
+pushed its objects. A fetch that comes early misses, and Flower's default
+backoff then waits 1 s, 2 s, 4 s ... up to 10 s (``PULL_INITIAL_BACKOFF``,
+``PULL_BACKOFF_CAP`` in ``flwr/supercore/constant.py``), bound as default
+arguments when Flower's modules load. With every message of a 30-s cadence
+arriving at once, those waits were seconds of each reply's latency
+(``benchmarks/fl_supernodes.py``).
+
+:func:`shorten` rebinds one Flower module's fetch function with a short
+backoff, in the calling process only. It is used by the ClientApp executor
+(``clients/executor.py``: fetches from a SuperNode on this machine) and the
+ServerApp (fetches from the SuperLink).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+
+log = logging.getLogger(__name__)
+
+BACKOFF = (0.05, 0.5)  # seconds: the first wait, the longest wait
+# (module, the name it calls Flower's object fetch by): where the two fetches above happen.
+CLIENTAPP_FETCH = ("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree")
+SERVERAPP_FETCH = ("flwr.superlink.grid.http_grid", "pull_objects")
+
+
+def shorten(where: tuple[str, str], backoff: tuple[float, float] = BACKOFF) -> bool:
+    """Give the fetch named by ``where`` the backoff ``backoff``; True if it has it now.
+
+    False, with a warning, if Flower's code has changed shape (Flower's defaults then stay).
+    """
+    module_name, name = where
+    module = importlib.import_module(module_name)
+    fetch = getattr(module, name, None)
+    if isinstance(fetch, functools.partial):  # done before in this process
+        return True
+    if fetch is None:
+        log.warning("%s.%s not found: Flower's default fetch backoff (1-10 s) stays", module_name, name)
+        return False
+    setattr(module, name, functools.partial(fetch, initial_backoff=backoff[0], backoff_cap=backoff[1]))
+    return True

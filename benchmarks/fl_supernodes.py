@@ -45,7 +45,8 @@ from fl_app.services.runner import ManagedProcess, free_port, free_port_block
 
 console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table
 FL_APP = Path(sys.executable).parent / "fl-app"
-FL_NAMES = ("flower-superlink", "flower-supernode", "flwr-serverapp", "flower-superexec", "flwr-clientapp",
+FL_NAMES = ("flower-superlink", "flower-supernode", "clients.supernodes", "flwr-serverapp", "flower-superexec",
+            "flwr-clientapp",
             "clients.executor")
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 
+from fl_app import flower_backoff
 from fl_app.services.runner import pid_from_file, write_pid_file
 
 log = logging.getLogger("clients.supernodes")
@@ -174,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.monotonic()
     from flwr.supernode.cli import flower_supernode  # the warm part: imported once, shared by every child
 
+    flower_backoff.shorten(flower_backoff.SUPERNODE_FETCH)  # a message's data comes just after it
     gc.collect()
     gc.freeze()  # a child's collections then leave the shared pages alone (no copy-on-write)
 

@@ -13,9 +13,10 @@ arriving at once, those waits were seconds of each reply's latency
 (``benchmarks/fl_supernodes.py``).
 
 :func:`shorten` rebinds one Flower module's fetch function with a short
-backoff, in the calling process only. It is used by the ClientApp executor
-(``clients/executor.py``: fetches from a SuperNode on this machine) and the
-ServerApp (fetches from the SuperLink).
+backoff, in the calling process (and the processes it forks) only. It is used
+by the SuperNode launcher (``clients/supernodes.py``), the ClientApp executor
+(``clients/executor.py``) and the ServerApp. Stock SuperNodes
+(``fl.isolation=subprocess``) keep Flower's defaults.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF = (0.05, 0.5)  # seconds: the first wait, the longest wait
 # (module, the name it calls Flower's object fetch by): where the two fetches above happen.
-CLIENTAPP_FETCH = ("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree")
-SERVERAPP_FETCH = ("flwr.superlink.grid.http_grid", "pull_objects")
+SUPERNODE_FETCH = ("flwr.supernode.start_client_internal", "pull_objects")  # from the SuperLink
+CLIENTAPP_FETCH = ("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree")  # from its SuperNode
+SERVERAPP_FETCH = ("flwr.superlink.grid.http_grid", "pull_objects")  # replies, from the SuperLink
 
 
 def shorten(where: tuple[str, str], backoff: tuple[float, float] = BACKOFF) -> bool:

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 
-from fl_app import flower_backoff
 from fl_app.services.runner import pid_from_file, write_pid_file
 
 log = logging.getLogger("clients.supernodes")
@@ -171,11 +170,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--spec", type=Path, required=True, help="the JSON list of SuperNodes to start")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("flwr").propagate = False  # Flower logs through its own handler; no second copy
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     started = time.monotonic()
     from flwr.supernode.cli import flower_supernode  # the warm part: imported once, shared by every child
 
-    flower_backoff.shorten(flower_backoff.SUPERNODE_FETCH)  # a message's data comes just after it
     gc.collect()
     gc.freeze()  # a child's collections then leave the shared pages alone (no copy-on-write)
 

@@ -390,7 +390,7 @@ class FLConfig:
     isolation: str = checked("warm", one_of("warm", "subprocess"))
     # ClientApps the warm executor runs at once. Much of a task's time is waiting (Kafka, the
     # SuperNode's runtime API), not CPU, so more than the cores pays off.
-    executor_capacity: int = checked(8, positive)
+    executor_capacity: int = checked(16, positive)
     executor_poll_seconds: float = checked(0.2, positive)  # its wait between polls of the SuperNodes when idle
     # An update computed from a global model more than this many rounds old is dropped.
     max_staleness_rounds: int = checked(2, non_negative)

@@ -72,6 +72,7 @@ def simulate(cfg: AppConfig) -> None:
 # ----------------------------------------------------------------- deployment
 FEDERATION = "fl-iot"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 FLWR_PROCESSES = ("flwr-serverapp", "flower-superexec", "flwr-clientapp")
+OBJECT_TRANSFERS = 16  # concurrent object uploads/downloads per Flower process (Flower's default: 2)
 
 
 def flwr_home(cfg: AppConfig) -> Path:
@@ -83,7 +84,12 @@ def _env(cfg: AppConfig) -> dict[str, str]:
 
     # The SuperLink and SuperNodes start flower-superexec / flwr-serverapp / flwr-clientapp from PATH.
     return {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-            "FLWR_HOME": str(flwr_home(cfg)), "FLWR_TELEMETRY_ENABLED": "0"}
+            "FLWR_HOME": str(flwr_home(cfg)), "FLWR_TELEMETRY_ENABLED": "0",
+            # Flower uploads and downloads a message's objects 2 at a time by default; a tick's 53
+            # train messages then took the ServerApp 5-6 s to upload (~0.2 s per request), and every
+            # device waited for its share (benchmarks/fl_supernodes.py).
+            "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES": str(OBJECT_TRANSFERS),
+            "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS": str(OBJECT_TRANSFERS)}
 
 
 def superlink_process(cfg: AppConfig) -> ManagedProcess:

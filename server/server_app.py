@@ -124,12 +124,15 @@ class TimedServer:
                                   self.settings.local_epochs).to_record()
         messages = [Message(record, dst_node_id=node, message_type=MessageType.TRAIN, ttl=self.ttl)
                     for node in targets]
+        pushed = time.monotonic()
         ids = list(self.grid.push_messages(messages)) if messages else []
+        pushed = time.monotonic() - pushed
         for node, message_id in zip(targets, ids, strict=True):
             self.outstanding[message_id] = (node, now)
         self.transport.online, self.transport.sent = len(online), self.transport.sent + len(ids)
-        log.info("tick: round %d, %d devices online, %d train messages sent, %d still out, %d updates pending",
-                 self.state.round, len(online), len(ids), len(self.outstanding) - len(ids), len(self.pending))
+        log.info("tick: round %d, %d devices online, %d train messages sent in %.1fs, %d still out, "
+                 "%d updates pending", self.state.round, len(online), len(ids), pushed,
+                 len(self.outstanding) - len(ids), len(self.pending))
 
     def collect_replies(self, now: float) -> None:
         if not self.outstanding:

@@ -1,8 +1,9 @@
-"""The one stored form of model weights."""
+"""The one stored form of model weights, and their packed form in Flower messages."""
 
 import numpy as np
 import pytest
 
+from fl_app.federation import LocalUpdate, TrainInstruction, pack, unpack
 from fl_app.storage import decode_weights, encode_weights
 
 
@@ -32,3 +33,29 @@ def test_truncated_blob_is_detected() -> None:
     doc["shapes"] = [[2, 3]]
     with pytest.raises(ValueError):
         decode_weights(doc)
+
+
+def test_packed_weights_travel_as_one_array_and_come_back_whole() -> None:
+    rng = np.random.default_rng(1)
+    weights = [rng.standard_normal((16, 6)).astype("float32"), rng.standard_normal(16).astype("float32"),
+               np.array(2.0, dtype="float32")]
+    arrays, layout = pack(weights)
+    assert len(arrays) == 1 and arrays[0].shape == (16 * 6 + 16 + 1,)
+    assert layout == [2, 16, 6, 1, 16, 0]
+    for a, b in zip(weights, unpack(arrays, layout), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+    back = TrainInstruction.from_record(TrainInstruction(weights, 4, 0.5, 1).to_record())
+    assert [w.shape for w in back.weights] == [w.shape for w in weights] and back.server_round == 4
+    assert LocalUpdate.from_record(LocalUpdate(7, 4, 0, []).to_record()).weights == []  # "no new data"
+
+
+def test_packed_weights_that_do_not_fit_their_layout_are_refused() -> None:
+    arrays, layout = pack([np.zeros((3, 2), dtype="float32")])
+    with pytest.raises(ValueError, match="do not fit"):
+        unpack([arrays[0][:-1]], layout)
+    with pytest.raises(ValueError, match="mixed dtypes"):
+        pack([np.zeros(2, dtype="float32"), np.zeros(2, dtype="float64")])
+    update = LocalUpdate(7, 4, 5, [np.zeros((3, 2), dtype="float32")]).to_record()
+    update.config_records["config"]["layout"] = [2, 3, 3]
+    with pytest.raises(ValueError, match="malformed reply"):
+        LocalUpdate.from_record(update)

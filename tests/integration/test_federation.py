@@ -266,8 +266,8 @@ def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> N
 
 
 def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Path) -> None:
-    """fl.isolation=warm (the default): 10 SuperNodes with --isolation process, one executor forking
-    their ClientApps. Every device's readings reach a global model; the executor is killed and
+    """fl.isolation=warm (the default): 10 SuperNodes forked from one launcher, with --isolation process,
+    one executor forking their ClientApps. Every device's readings reach a global model; the executor is killed and
     restarted mid-run (pending tasks wait for it, nothing hangs); nothing is left running at the end."""
     from fl_app import flower
     from fl_app.services.runner import free_port, free_port_block
@@ -314,4 +314,9 @@ def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Pa
     store.close()
     log = (tmp_path / "logs" / "fl_executor.log").read_text()
     assert "warm in" in log and "stopped:" in log, log[-2000:]
-    assert not flower.flwr_processes(flower.flwr_home(cfg), (*flower.FLWR_PROCESSES, "clients.executor"))
+    launcher_log = (tmp_path / "logs" / "fl_supernodes.log").read_text()
+    assert "10 SuperNodes forked" in launcher_log and "stopped" in launcher_log, launcher_log[-2000:]
+    assert all("SuperNode ID" in (tmp_path / "logs" / "supernodes" / f"fl_supernode_{d}.log").read_text()
+               for d in devices)  # each forked SuperNode registered, in its own log
+    assert not flower.flwr_processes(flower.flwr_home(cfg),
+                                     (*flower.FLWR_PROCESSES, "clients.executor", "clients.supernodes"))

@@ -14,9 +14,13 @@ arriving at once, those waits were seconds of each reply's latency
 
 :func:`shorten` rebinds one Flower module's fetch function with a short
 backoff, in the calling process (and the processes it forks) only. It is used
-by the SuperNode launcher (``clients/supernodes.py``), the ClientApp executor
-(``clients/executor.py``) and the ServerApp. Stock SuperNodes
-(``fl.isolation=subprocess``) keep Flower's defaults.
+by the ClientApp executor (``clients/executor.py``: its children fetch from a
+SuperNode on this machine) and the ServerApp (replies, from the SuperLink).
+The SuperNodes keep Flower's backoff for their fetches from the SuperLink:
+shortened there too, 53 SuperNodes retrying every 0.05-0.5 s while the
+ServerApp was still uploading a tick's messages slowed the SuperLink down:
+the ServerApp's upload of a tick's 53 messages took a median 4.7 s (10 ticks)
+against 0.9 s (6 ticks) with Flower's backoff in the SuperNodes.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ log = logging.getLogger(__name__)
 
 BACKOFF = (0.05, 0.5)  # seconds: the first wait, the longest wait
 # (module, the name it calls Flower's object fetch by): where the two fetches above happen.
-SUPERNODE_FETCH = ("flwr.supernode.start_client_internal", "pull_objects")  # from the SuperLink
 CLIENTAPP_FETCH = ("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree")  # from its SuperNode
 SERVERAPP_FETCH = ("flwr.superlink.grid.http_grid", "pull_objects")  # replies, from the SuperLink
 

@@ -12,8 +12,7 @@ import pytest
 from fl_app import flower_backoff
 
 
-@pytest.mark.parametrize("where", [flower_backoff.SUPERNODE_FETCH, flower_backoff.CLIENTAPP_FETCH,
-                                   flower_backoff.SERVERAPP_FETCH])
+@pytest.mark.parametrize("where", [flower_backoff.CLIENTAPP_FETCH, flower_backoff.SERVERAPP_FETCH])
 def test_shorten_rebinds_the_fetch_with_the_short_backoff(where: tuple[str, str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     module = importlib.import_module(where[0])

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def readings(start: int, n: int, devices: list[int]) -> list[Reading]:
             for seq in range(start, start + n)]
 
 
-def send(cfg: AppConfig, records: list[bytes | None]) -> None:
+def send(cfg: AppConfig, records: Sequence[bytes | None]) -> None:
     producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
     for value in records:
         producer.produce(cfg.kafka.topics.readings.name, value=value)
@@ -49,7 +50,7 @@ def store_global(store: storage.Storage, cfg: AppConfig, round_: int, seed: int,
     return weights
 
 
-def wait_for(check, timeout: float, what: str, log: Path) -> None:  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -73,7 +74,8 @@ def test_every_valid_reading_scored_once_per_round_across_a_new_round_and_a_kill
     try:
         # Readings before any model, and records the Flink job would dead-letter.
         first = readings(0, 200, devices)
-        send(cfg, [r.to_json() for r in first] + [b"not json", b'{"event_id": "x"}', None])
+        bad: list[bytes | None] = [b"not json", b'{"event_id": "x"}', None]
+        send(cfg, [r.to_json() for r in first] + bad)
         scorer.start()
         wait_for(lambda: "waiting for the first global model" in log.read_text(), 120, "the wait for a model", log)
         assert store.predictions.count_documents({}) == 0

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import threading
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--devices", type=int, default=53)
     parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "logs" / "fl_supernodes.json")
     args = parser.parse_args(argv)
+    # A stopped benchmark still tears down what it started (its finally blocks run on SystemExit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     args.json.parent.mkdir(parents=True, exist_ok=True)
     with private_stack() as stack:

@@ -38,6 +38,8 @@ data_app = typer.Typer(no_args_is_help=True, help="The IoT data set (generate, i
 app.add_typer(data_app, name="data")
 fl_cli = typer.Typer(no_args_is_help=True, help="Federated learning with Flower (simulate, up, down).")
 app.add_typer(fl_cli, name="fl")
+spark_cli = typer.Typer(no_args_is_help=True, help="Spark analytics (streaming anomaly scoring).")
+app.add_typer(spark_cli, name="spark")
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -309,6 +311,21 @@ def flink(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) 
         _fail(exc)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)  # same pid: `fl-app run` supervises the job itself
+
+
+@spark_cli.command("stream")
+def spark_stream(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Score every valid reading of iot_stream with the newest global model, in the foreground
+    (Spark Structured Streaming; predictions in MongoDB). Waits for the first global model."""
+    cfg = _load(overrides, print_cfg, "spark_scorer")
+    from analytics import scorer
+    from stream import data
+
+    try:
+        known = data.device_ids(cfg.stream, cfg.paths.cache_dir)
+        scorer.serve(cfg, known)
+    except USER_ERRORS as exc:
+        _fail(exc)
 
 
 @fl_cli.command("simulate")

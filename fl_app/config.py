@@ -402,9 +402,23 @@ class FLConfig:
 
 # ------------------------------------------------------------------ analytics
 @dataclass
+class ScorerConfig:
+    """The streaming anomaly scorer (``fl-app spark stream``, analytics/scorer.py)."""
+
+    enabled: bool = True  # started by `fl-app run`
+    checkpoint_dir: str = "${paths.data_dir}/spark/checkpoints/scorer"  # the query's progress: delete to rescore
+    trigger_seconds: float = checked(5.0, positive)  # one micro-batch per interval (and a model check)
+    max_offsets_per_trigger: int = checked(20000, positive)  # readings per micro-batch at most
+    model_poll_seconds: float = checked(5.0, positive)  # before the first global model: how often to look
+
+
+@dataclass
 class SparkConfig:
+    # local[*]-style masters run here; spark://host:7077 (or any master URL) runs the jobs on that cluster,
+    # whose workers must have this project and its environment at the same path.
     master: str = "local[2]"
     driver_memory: str = "1g"
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
 
 
 @dataclass

@@ -187,3 +187,28 @@ def scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
         data = torch.from_numpy(np.asarray(x, dtype=np.float32))
         out: np.ndarray = ((model(data) - data) ** 2).mean(dim=1).numpy()
     return out
+
+
+@dataclass
+class Predictions:
+    """What a model makes of readings: per reading and configured sensor field (``spec.features``)
+    the reconstructed value in the field's own unit and the absolute error; and the score."""
+
+    fields: list[str]
+    outputs: np.ndarray  # (n, fields)
+    errors: np.ndarray  # (n, fields): |reading - output|
+    scores: np.ndarray  # (n,): the anomaly score (see :func:`scores`)
+
+
+def predict(model: nn.Module, readings: Sequence[Mapping[str, object]], spec: ModelConfig) -> Predictions:
+    """Reconstruct ``readings`` (as :func:`features` takes them) and score them."""
+    x = features(readings, spec)
+    model.eval()
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy() if len(x) else np.empty_like(x)
+    fields = list(spec.features)
+    centre = np.array([spec.normalisation[f][0] for f in fields], dtype=np.float64)
+    scale = np.array([spec.normalisation[f][1] for f in fields], dtype=np.float64)
+    outputs = y[:, :len(fields)] * scale + centre
+    actual = np.array([[float(r[f]) for f in fields] for r in readings], dtype=np.float64).reshape(-1, len(fields))  # type: ignore[arg-type]
+    return Predictions(fields, outputs, np.abs(actual - outputs), ((y - x) ** 2).mean(axis=1))

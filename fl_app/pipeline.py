@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analytics.component import COMPONENTS as ANALYTICS
 from fl_app import services
 from fl_app.component import Component
 from fl_app.config import AppConfig
@@ -22,8 +23,8 @@ from fl_app.services.runner import ManagedProcess, ServiceError, State, Status
 from server.component import COMPONENTS as FEDERATION
 from stream.component import COMPONENTS as STREAM
 
-# In start order. Spark, the API and Superset are added here as they land.
-COMPONENTS: tuple[Component, ...] = (*STREAM, *FEDERATION)
+# In start order. The API and Superset are added here as they land.
+COMPONENTS: tuple[Component, ...] = (*STREAM, *FEDERATION, *ANALYTICS)
 
 # A component that cannot start (bad data set path, missing environment) dies within
 # seconds; `run` waits this long so it can report it instead of "running".
@@ -51,9 +52,15 @@ def _process(cfg: AppConfig, component: Component, overrides: Sequence[str]) -> 
     )
 
 
+def enabled(cfg: AppConfig) -> tuple[Component, ...]:
+    """The components this configuration runs (``spark.scorer.enabled=false`` leaves the scorer out)."""
+    off = set() if cfg.spark.scorer.enabled else {"spark_scorer"}
+    return tuple(c for c in COMPONENTS if c.name not in off)
+
+
 def processes(cfg: AppConfig, overrides: Sequence[str] = ()) -> list[ManagedProcess]:
     """The pipeline components in start order."""
-    return [_process(cfg, component, overrides) for component in COMPONENTS]
+    return [_process(cfg, component, overrides) for component in enabled(cfg)]
 
 
 def run(cfg: AppConfig, overrides: Sequence[str] = ()) -> RunReport:
@@ -70,7 +77,7 @@ def run(cfg: AppConfig, overrides: Sequence[str] = ()) -> RunReport:
     if unhealthy:
         raise ServiceError(f"not healthy: {', '.join(unhealthy)}")
     report = RunReport(ready)
-    report.notes = [c.prepare(cfg) for c in COMPONENTS if c.prepare is not None]
+    report.notes = [c.prepare(cfg) for c in enabled(cfg) if c.prepare is not None]
     procs = processes(cfg, overrides)
     for proc in procs:
         proc.start()

@@ -143,17 +143,25 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
     ),
     CollectionSpec(
         PREDICTIONS,
-        # One anomaly score per reading and scoring model.
+        # One anomaly score per reading and scoring model (analytics/scorer.py): the reading's
+        # values, the model's reconstruction and absolute error per field, the score (mean squared
+        # error of the normalised inputs) against the global threshold of that round.
         {
             "bsonType": "object",
-            "required": ["event_id", "device_id", "event_time", "score", "is_anomaly"],
+            "required": ["event_id", "device_id", "event_time", "score", "is_anomaly", "model_round",
+                         "prediction_type", "scored_at"],
             "properties": {
                 "event_id": {"bsonType": "string", "minLength": 1},
                 "device_id": _INT,
                 "event_time": _DATE,
+                "actual": {"bsonType": "object"},
+                "output": {"bsonType": "object"},
+                "error": {"bsonType": "object"},
                 "score": _NUMBER,
+                "threshold": _NUMBER,
                 "is_anomaly": {"bsonType": "bool"},
                 "model_round": _INT,
+                "prediction_type": {"enum": ["streaming", "batch"]},
                 "scored_at": _DATE,
             },
         },
@@ -309,6 +317,21 @@ class Storage:
             other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
             if other:
                 raise RuntimeError(f"MongoDB rejected readings: {other[:3]}") from exc
+            return len(docs) - len(errors), len(errors)
+        return len(docs), 0
+
+    def insert_predictions(self, docs: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+        """Store predictions; returns ``(stored, already there)``. One per ``(event_id, model_round)``:
+        a batch scored again after a crash finds its documents there and changes nothing."""
+        if not docs:
+            return 0, 0
+        try:
+            self.predictions.insert_many([dict(d) for d in docs], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            if other:
+                raise RuntimeError(f"MongoDB rejected predictions: {other[:3]}") from exc
             return len(docs) - len(errors), len(errors)
         return len(docs), 0
 

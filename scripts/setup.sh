@@ -6,7 +6,7 @@
 #   - uv (pinned) in .cache/tools, then the locked environments:
 #       .venv        main: flwr, torch, pyspark, confluent-kafka, pymongo, hydra, fastapi
 #       .venv-flink  the Flink job: apache-flink pins clash with flwr/pyspark
-#   - the Kafka broker and Flink Kafka connector jars (resolved once into .cache/jars)
+#   - the Kafka broker, Flink and Spark Kafka connector jars (resolved once into .cache/jars)
 # Nothing here installs into the system Python: every package goes into a virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,13 +58,14 @@ say "Flink environment (.venv-flink) from stream/flink/requirements.lock"
 # --python names the target environment explicitly (never the system interpreter).
 "$UV" pip sync --quiet --python .venv-flink/bin/python stream/flink/requirements.lock
 
-say "Kafka broker and Flink connector jars (.cache/jars)"
+say "Kafka broker, Flink and Spark Kafka connector jars (.cache/jars)"
 .venv/bin/python -c '
 from fl_app.config import load_config
 from fl_app.services import jars
 from stream.flink import launch
 cfg = load_config()
 jars.resolve("kafka-broker", jars.default_cache_dir())
+jars.resolve("spark-kafka", jars.default_cache_dir())
 launch.job_jars(cfg)
 '
 

@@ -67,7 +67,7 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "running." in up.stdout
         for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model",
-                     "kafka_producer", "flink_job", "federation"):
+                     "kafka_producer", "flink_job", "federation", "spark_scorer"):
             assert name in up.stdout
         for log in ("kafka.log", "mongo.log", "fl_app.log", "kafka_producer.log", "flink_job.log"):
             assert (tmp_path / "logs" / log).is_file(), log
@@ -77,21 +77,24 @@ def test_run_status_stop(tmp_path: Path) -> None:
             found = re.search(where + r"\s*\W\s*([\d,]+)", text)
             return int(found.group(1).replace(",", "")) if found else -1
 
-        deadline = time.monotonic() + 240  # Flink takes ~30 s to start, a first ClientApp ~20 s more
+        # Flink takes ~30 s to start, a first ClientApp ~20 s more, the scorer's Spark ~20 s after the first model.
+        deadline = time.monotonic() + 300
         while True:
             status = fl_app("status")
             assert status.returncode == 0, status.stdout + status.stderr
-            if count("mongo global_model", status.stdout) >= 1 or time.monotonic() > deadline:
+            if count("mongo predictions", status.stdout) >= 1 or time.monotonic() > deadline:
                 break
             time.sleep(5)
         assert count("kafka iot_stream", status.stdout) >= 100, status.stdout
         assert count("mongo device_data", status.stdout) >= 50, status.stdout  # stored by the Flink job
         assert re.search(r"producer next: loop \d+", status.stdout), status.stdout
         assert count("mongo global_model", status.stdout) >= 1, status.stdout  # the federation aggregated
-        assert status.stdout.count("running") == 5  # kafka, mongo, flink_job, kafka_producer, federation
+        assert count("mongo predictions", status.stdout) >= 1, status.stdout  # the Spark scorer scored
+        assert status.stdout.count("running") == 6  # kafka, mongo, flink_job, kafka_producer, federation, scorer
     finally:
         down = fl_app("stop")
-    assert down.returncode == 0 and "stopped: federation, kafka_producer, flink_job, mongo, kafka" in down.stdout
+    assert down.returncode == 0
+    assert "stopped: spark_scorer, federation, kafka_producer, flink_job, mongo, kafka" in down.stdout
     assert "producing to iot_stream" in (tmp_path / "logs" / "kafka_producer.log").read_text()
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stream.flink.validation import validate
+from fl_app.validation import validate
 
 KNOWN = frozenset({1, 2, 3})
 RANGES = {"temperature": (-40, 130), "humidity": (-20, 150), "light": (0, 100000), "voltage": (0, 5)}

@@ -49,9 +49,9 @@ from pyflink.table import StreamTableEnvironment
 from fl_app.atomic import write_json
 from fl_app.schemas import DeadLetter, window_record
 from fl_app.storage import Storage
+from fl_app.validation import validate
 from stream.flink import interpreter
 from stream.flink.settings import JobSettings
-from stream.flink.validation import validate
 
 log = logging.getLogger("stream.flink.job")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

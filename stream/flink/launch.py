@@ -3,7 +3,7 @@
 Runs in the main environment (``fl-app flink``); the job itself runs in
 ``.venv-flink`` with the project root on ``PYTHONPATH`` so it can import the
 shared, standard-library-only contracts (``fl_app.schemas``,
-``stream.flink.settings``, ``stream.flink.validation``).
+``stream.flink.settings``, ``fl_app.validation``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,222 @@
+"""Streaming anomaly scoring with Spark Structured Streaming (``fl-app spark stream``).
+
+Reads ``iot_stream`` through Spark's own Kafka source, validates each record
+as the Flink job does (:func:`fl_app.validation.validate`: a record the job
+dead-letters is not scored), scores the valid readings with the newest global
+model (:mod:`fl_app.model`, the devices' own model code) and writes one
+``predictions`` document per reading and model round.
+
+- **No reading skipped for want of a model**: the query starts only once a
+  global model exists (until then it waits and says so in its log), and then
+  from the earliest offset of the topic.
+- **A new round is picked up without a restart**: every micro-batch
+  (``spark.scorer.trigger_seconds``) looks up the newest round (one indexed
+  query) and loads it when it changed.
+- **Exactly one prediction per reading and round, across crashes**: the
+  query's checkpoint (``spark.scorer.checkpoint_dir``) records the offsets
+  done; a micro-batch replayed after a crash writes the same
+  ``(event_id, model_round)`` documents again, which the unique index turns
+  into no-ops (:meth:`fl_app.storage.Storage.insert_predictions`).
+- **Work on the executors**: validation, scoring and the MongoDB writes run
+  per partition (``mapInPandas``); the driver plans and logs. On a cluster
+  (``spark.master``) they spread over it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fl_app.config import AppConfig, ModelConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+COUNTS_SCHEMA = "stored long, existing long, invalid long"
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A global model as the executors need it (plain values: it is shipped with each task)."""
+
+    round: int
+    threshold: float
+    weights: list[np.ndarray]
+    spec: dict[str, Any]  # ModelConfig as a dict
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], spec: ModelConfig) -> ScoringModel:
+        from fl_app.storage import decode_weights
+
+        return cls(int(doc["round"]), float(doc["threshold"]), decode_weights(doc["weights"]), asdict(spec))
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Where and how the executors write, and what counts as valid (plain values, shipped with each task)."""
+
+    mongo_uri: str
+    mongo_database: str
+    mongo_timeout_ms: int
+    known_devices: frozenset[int]
+    valid_ranges: dict[str, tuple[float, float]]
+
+
+def predictions(raw_values: list[str | None], model: ScoringModel, sink: Sink) -> tuple[list[dict[str, Any]], int]:
+    """``(prediction documents, invalid records)`` for raw ``iot_stream`` values."""
+    from fl_app import model as task
+    from fl_app.validation import validate
+
+    readings = []
+    for raw in raw_values:
+        reading, _ = validate(raw, sink.known_devices, sink.valid_ranges)
+        if reading is not None:
+            readings.append(reading)
+    if not readings:
+        return [], len(raw_values)
+    spec = ModelConfig(**model.spec)
+    net = task.build(spec)
+    task.set_weights(net, model.weights)
+    predicted = task.predict(net, readings, spec)
+    now = datetime.now(UTC)
+    docs = []
+    for i, reading in enumerate(readings):
+        score = float(predicted.scores[i])
+        docs.append({
+            "event_id": reading["event_id"], "device_id": int(reading["device_id"]),
+            "event_time": datetime.fromisoformat(reading["event_time"]),
+            "actual": {f: float(reading[f]) for f in predicted.fields},
+            "output": {f: float(v) for f, v in zip(predicted.fields, predicted.outputs[i], strict=True)},
+            "error": {f: float(v) for f, v in zip(predicted.fields, predicted.errors[i], strict=True)},
+            "score": score, "threshold": model.threshold, "is_anomaly": bool(score > model.threshold),
+            "model_round": model.round, "prediction_type": "streaming", "scored_at": now,
+        })
+    return docs, len(raw_values) - len(readings)
+
+
+def score_partitions(model: ScoringModel, sink: Sink) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The ``mapInPandas`` function: score and store each partition, yield its counts."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        from fl_app.storage import Storage
+
+        stored = existing = invalid = 0
+        with Storage(sink.mongo_uri, sink.mongo_database, sink.mongo_timeout_ms) as store:
+            for batch in batches:
+                docs, bad = predictions(batch["value"].tolist(), model, sink)
+                new, seen = store.insert_predictions(docs)
+                stored, existing, invalid = stored + new, existing + seen, invalid + bad
+        yield pd.DataFrame({"stored": [stored], "existing": [existing], "invalid": [invalid]})
+
+    return run
+
+
+class Scorer:
+    """The driver side: waits for a model, runs the query, swaps the model between micro-batches."""
+
+    def __init__(self, cfg: AppConfig, known_devices: list[int]) -> None:
+        from fl_app.schemas import SENSOR_FIELDS
+        from fl_app.storage import Storage
+
+        self.cfg = cfg
+        self.store = Storage.from_config(cfg.mongo)
+        self.model: ScoringModel | None = None
+        ranges = {name: tuple(float(v) for v in getattr(cfg.flink.valid_ranges, name)) for name in SENSOR_FIELDS}
+        self.sink = Sink(cfg.mongo.uri, cfg.mongo.database, cfg.mongo.server_selection_timeout_ms,
+                         frozenset(known_devices), ranges)  # type: ignore[arg-type]
+        self.stop = threading.Event()
+        self.totals = {"stored": 0, "existing": 0, "invalid": 0}
+
+    def refresh_model(self) -> bool:
+        """Load the newest global model if it is newer than ours; True if it changed."""
+        newest = self.store.global_model.find_one(sort=[("round", -1)], projection={"round": 1})
+        if newest is None or (self.model is not None and int(newest["round"]) == self.model.round):
+            return False
+        doc = self.store.global_model.find_one({"round": newest["round"]})
+        if doc is None:
+            return False
+        previous = self.model
+        self.model = ScoringModel.from_doc(doc, self.cfg.fl.model)
+        log.info("scoring with global round %d (threshold %.4f)%s", self.model.round, self.model.threshold,
+                 f", was round {previous.round}" if previous else "")
+        return True
+
+    def wait_for_model(self) -> bool:
+        """Block until a global model exists (True) or we are stopped (False)."""
+        said = 0.0
+        while not self.stop.is_set():
+            if self.refresh_model():
+                return True
+            if time.monotonic() - said > 60:
+                log.info("waiting for the first global model in %s.%s before scoring", self.cfg.mongo.database,
+                         "global_model")
+                said = time.monotonic()
+            self.stop.wait(self.cfg.spark.scorer.model_poll_seconds)
+        return False
+
+    def score_batch(self, batch: DataFrame, batch_id: int) -> None:
+        self.refresh_model()
+        assert self.model is not None
+        started = time.monotonic()
+        rows = (batch.selectExpr("CAST(value AS STRING) AS value")
+                .mapInPandas(score_partitions(self.model, self.sink), COUNTS_SCHEMA).collect())
+        counts = {k: sum(int(r[k]) for r in rows) for k in self.totals}
+        for k, v in counts.items():
+            self.totals[k] += v
+        if any(counts.values()):
+            log.info("batch %d: %d predictions stored (%d already there), %d invalid records not scored; round %d; "
+                     "%.1fs", batch_id, counts["stored"], counts["existing"], counts["invalid"], self.model.round,
+                     time.monotonic() - started)
+
+    def run(self) -> None:
+        from analytics.session import extra_jars, spark_session
+
+        if not self.wait_for_model():
+            return
+        spark = spark_session(self.cfg, "fl-iot-scorer", extra_jars(self.cfg, ["spark-kafka"]))
+        scorer = self.cfg.spark.scorer
+        source = (spark.readStream.format("kafka")
+                  .option("kafka.bootstrap.servers", self.cfg.kafka.bootstrap_servers)
+                  .option("subscribe", self.cfg.kafka.topics.readings.name)
+                  .option("startingOffsets", "earliest")
+                  .option("failOnDataLoss", "false")  # a topic's retention may delete what was never scored
+                  .option("maxOffsetsPerTrigger", str(scorer.max_offsets_per_trigger))
+                  .load())
+        query = (source.writeStream.foreachBatch(self.score_batch)
+                 .option("checkpointLocation", scorer.checkpoint_dir)
+                 .trigger(processingTime=f"{scorer.trigger_seconds} seconds")
+                 .queryName("anomaly-scorer").start())
+        log.info("scoring %s from the earliest offset not yet done (checkpoint %s)",
+                 self.cfg.kafka.topics.readings.name, scorer.checkpoint_dir)
+        try:
+            while not self.stop.is_set() and query.isActive:
+                self.stop.wait(1.0)
+            if not query.isActive and query.exception() is not None:
+                raise RuntimeError(f"the scoring query failed: {query.exception()}")
+        finally:
+            query.stop()
+            spark.stop()
+            self.store.close()
+            log.info("stopped: %d predictions stored, %d already there, %d invalid records", self.totals["stored"],
+                     self.totals["existing"], self.totals["invalid"])
+
+
+def serve(cfg: AppConfig, known_devices: list[int]) -> None:
+    """``fl-app spark stream``: score until SIGTERM/SIGINT. ``known_devices``: the data set's devices
+    (what the Flink job accepts)."""
+    scorer = Scorer(cfg, known_devices)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: scorer.stop.set())
+    scorer.run()

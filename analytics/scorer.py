@@ -72,14 +72,15 @@ class Sink:
     valid_ranges: dict[str, tuple[float, float]]
 
 
-def predictions(raw_values: list[str | None], model: ScoringModel, sink: Sink) -> tuple[list[dict[str, Any]], int]:
+def predictions(raw_values: list[Any], model: ScoringModel, sink: Sink) -> tuple[list[dict[str, Any]], int]:
     """``(prediction documents, invalid records)`` for raw ``iot_stream`` values."""
     from fl_app import model as task
     from fl_app.validation import validate
 
     readings = []
     for raw in raw_values:
-        reading, _ = validate(raw, sink.known_devices, sink.valid_ranges)
+        # An empty Kafka value arrives from Arrow as a missing value (NaN), not as None.
+        reading, _ = validate(raw if isinstance(raw, str) else None, sink.known_devices, sink.valid_ranges)
         if reading is not None:
             readings.append(reading)
     if not readings:

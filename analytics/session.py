@@ -56,6 +56,7 @@ def spark_session(cfg: AppConfig, app_name: str, jars: Sequence[str] = ()) -> Sp
     builder = (SparkSession.builder.master(cfg.spark.master).appName(app_name)
                .config("spark.driver.memory", cfg.spark.driver_memory)
                .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")  # a progress bar per stage, in a log file
                .config("spark.sql.shuffle.partitions", "4")
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.executorEnv.PYTHONPATH", python_path)

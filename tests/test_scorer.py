@@ -27,9 +27,10 @@ def test_valid_readings_get_the_models_scores_and_invalid_records_none() -> None
     sink = Sink("mongodb://unused", "db", 1000, frozenset({1, 2}),
                 {f: (-1e6, 1e6) for f in SENSOR_FIELDS})
     good = [reading(1), reading(2, device=2, temperature=35.0)]
-    raw = [r.to_json().decode() for r in good] + ["{broken", None, reading(3, device=99).to_json().decode()]
+    unknown_device = reading(3, device=99).to_json().decode()
+    raw = [r.to_json().decode() for r in good] + ["{broken", None, float("nan"), unknown_device]
     docs, invalid = predictions(raw, scoring, sink)
-    assert invalid == 3  # malformed, empty, unknown device
+    assert invalid == 4  # malformed, empty (None, or NaN as Arrow gives it), unknown device
     assert [d["event_id"] for d in docs] == ["0-1", "0-2"]
     expected = model.predict(net, [vars(r) for r in good], spec)
     assert np.allclose([d["score"] for d in docs], expected.scores)

@@ -328,6 +328,38 @@ def spark_stream(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRIN
         _fail(exc)
 
 
+SCHEDULE = typer.Option(False, "--schedule", help="Run again every spark.batch_interval_seconds until stopped.")
+
+
+@spark_cli.command("batch")
+def spark_batch(overrides: list[str] | None = OVERRIDES, schedule: bool = SCHEDULE,
+                print_cfg: bool = PRINT_CFG) -> None:
+    """Batch analytics: per-device statistics, convergence per round, participation, predictions
+    against the data set's labels; tables in the SQL serving store (spark.batch.store_url)."""
+    cfg = _load(overrides, print_cfg, "spark_batch")
+    import signal
+    import threading
+
+    from analytics import batch
+    from stream import data
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        frame = data.load(cfg.stream, cfg.paths.cache_dir)
+        labels = frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
+        while not stop.is_set():
+            result = batch.run(cfg, labels)
+            console.print(f"{', '.join(f'{v:,} {k}' for k, v in result.counts.items())} in {result.seconds:.1f}s; "
+                          f"tables {', '.join(sorted(result.tables))}")
+            if not schedule:
+                break
+            stop.wait(cfg.spark.batch_interval_seconds)
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
 @fl_cli.command("simulate")
 def fl_simulate(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Run the ServerApp and a ClientApp per device (fl.devices) on Flower's simulation runtime,

@@ -413,12 +413,23 @@ class ScorerConfig:
 
 
 @dataclass
+class BatchConfig:
+    """Batch analytics (``fl-app spark batch``, analytics/batch.py)."""
+
+    enabled: bool = True  # run on a schedule (spark.batch_interval_seconds) by `fl-app run`
+    # The SQL serving store Superset reads: any SQLAlchemy URL (e.g. postgresql://user@host/db).
+    store_url: str = "sqlite:///${paths.data_dir}/analytics.db"
+
+
+@dataclass
 class SparkConfig:
     # local[*]-style masters run here; spark://host:7077 (or any master URL) runs the jobs on that cluster,
     # whose workers must have this project and its environment at the same path.
     master: str = "local[2]"
     driver_memory: str = "1g"
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    batch_interval_seconds: float = checked(300.0, positive)  # between batch runs while the pipeline runs
 
 
 @dataclass

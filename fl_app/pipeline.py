@@ -53,8 +53,10 @@ def _process(cfg: AppConfig, component: Component, overrides: Sequence[str]) -> 
 
 
 def enabled(cfg: AppConfig) -> tuple[Component, ...]:
-    """The components this configuration runs (``spark.scorer.enabled=false`` leaves the scorer out)."""
-    off = set() if cfg.spark.scorer.enabled else {"spark_scorer"}
+    """The components this configuration runs (``spark.scorer.enabled=false`` leaves the scorer out,
+    ``spark.batch.enabled=false`` the batch schedule)."""
+    off = ({"spark_scorer"} if not cfg.spark.scorer.enabled else set()) | \
+        ({"spark_batch"} if not cfg.spark.batch.enabled else set())
     return tuple(c for c in COMPONENTS if c.name not in off)
 
 

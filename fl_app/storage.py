@@ -43,6 +43,7 @@ LOCAL_MODELS = "local_models"
 GLOBAL_MODEL = "global_model"
 PREDICTIONS = "predictions"
 FL_ROUNDS = "fl_rounds"
+ANALYTICS_RUNS = "analytics_runs"
 
 _NUMBER = {"bsonType": ["double", "int", "long", "decimal"]}
 _INT = {"bsonType": ["int", "long"]}
@@ -197,6 +198,23 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
         },
         (IndexModel([("at", DESCENDING)], name="at"),),
     ),
+    CollectionSpec(
+        ANALYTICS_RUNS,
+        # One summary per batch analytics run (analytics/batch.py); the tables go to the SQL serving store.
+        {
+            "bsonType": "object",
+            "required": ["at", "seconds", "tables"],
+            "properties": {
+                "at": _DATE,
+                "seconds": _NUMBER,
+                "tables": {"bsonType": "array", "items": {"bsonType": "string"}},
+                "readings": _INT, "predictions": _INT, "global_rounds": _INT, "local_updates": _INT,
+                "precision": {"bsonType": ["double", "null"]}, "recall": {"bsonType": ["double", "null"]},
+                "f1": {"bsonType": ["double", "null"]},
+            },
+        },
+        (IndexModel([("at", DESCENDING)], name="at"),),
+    ),
 )
 
 
@@ -252,6 +270,10 @@ class Storage:
     @property
     def fl_rounds(self) -> Collection:
         return self.db[FL_ROUNDS]
+
+    @property
+    def analytics_runs(self) -> Collection:
+        return self.db[ANALYTICS_RUNS]
 
     def latest_global_model(self) -> dict[str, Any] | None:
         """The newest global model document (highest round), or None before the first."""

@@ -1,0 +1,120 @@
+"""Batch analytics (`fl-app spark batch`) on the real MongoDB-wire server and real Spark: every table
+checked against values computed here, with pandas, from the same documents."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import create_engine
+
+from fl_app import services, storage
+from fl_app.config import PROJECT_ROOT, AppConfig, load_config
+from fl_app.schemas import SENSOR_FIELDS, Reading, iso
+
+pytestmark = pytest.mark.integration
+FL_APP = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "fl-app"
+
+
+def seed(store: storage.Storage, labels: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Readings, predictions (some readings scored by two rounds), global and local models."""
+    rng = np.random.default_rng(5)
+    start = datetime(2026, 11, 28, 10, tzinfo=UTC)
+    readings = []
+    for seq in range(120):
+        device = 1 + seq % 3
+        at = start + timedelta(seconds=seq * 2 + (30 if seq > 100 and device == 2 else 0))
+        readings.append(Reading(f"0-{seq}", device, iso(at), iso(at), 0, seq,
+                                *[float(v) for v in rng.normal([22, 40, 300, 2.7], [2, 5, 50, 0.05])]))
+    store.insert_readings([vars(r) for r in readings])
+    preds = []
+    for r in readings:
+        flagged = bool(rng.random() < 0.2)
+        preds.append({"event_id": r.event_id, "device_id": r.device_id,
+                      "event_time": datetime.fromisoformat(r.event_time), "score": 0.1, "is_anomaly": flagged,
+                      "model_round": 1, "prediction_type": "streaming", "scored_at": start})
+        if r.seq % 4 == 0:  # scored again by round 2: the newer one counts in per-reading views
+            preds.append({**preds[-1], "is_anomaly": not flagged, "model_round": 2})
+    store.insert_predictions(preds)
+    weights = storage.encode_weights([np.zeros(3, dtype=np.float32)])
+    globals_ = [{"round": k, "created_at": start + timedelta(minutes=k), "num_devices": 2 + k, "num_examples": 10 * k,
+                 "threshold": 0.5 + k, "weights": weights, "metrics": {"loss": 1.0 / k}, "rejected": k - 1,
+                 "stale": 0} for k in (1, 2, 3)]
+    store.global_model.insert_many(globals_)
+    locals_ = [{"device_id": d, "round": k - 1, "aggregated_into": k, "trained_at": start, "num_examples": 5,
+                "weights": weights} for k in (1, 2, 3) for d in (1, 2, 3) if not (d == 3 and k > 1)]
+    locals_.append({**locals_[0], "aggregated_into": 1})  # a device's second update into the same round
+    store.local_models.insert_many(locals_)
+    frame = pd.DataFrame([vars(r) for r in readings])
+    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
+    return {"readings": frame, "predictions": pd.DataFrame(preds), "globals": pd.DataFrame(globals_),
+            "locals": pd.DataFrame(locals_)}
+
+
+def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    db = tmp_path / "serving.db"
+    overrides = [*services.tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
+                 f"spark.batch.store_url=sqlite:///{db}"]
+    cfg = load_config(overrides)
+    services.provision(cfg)
+    from stream import data
+
+    frame = data.load(cfg.stream, cfg.paths.cache_dir)
+    labels = frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
+    with storage.Storage.from_config(cfg.mongo) as store:
+        docs = seed(store, labels)
+        proc = subprocess.run([str(FL_APP), "spark", "batch", *overrides], capture_output=True, text=True,
+                              timeout=600, cwd=PROJECT_ROOT)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summary = store.analytics_runs.find_one(sort=[("at", -1)])
+    engine = create_engine(f"sqlite:///{db}")
+    tables = {name: pd.read_sql_table(name, engine) for name in
+              ("device_stats", "round_convergence", "device_participation", "prediction_quality")}
+    engine.dispose()
+
+    readings, preds = docs["readings"], docs["predictions"]
+    newest = preds.sort_values("model_round").groupby("event_id").tail(1)
+    stats = tables["device_stats"].set_index("device_id")
+    for device, group in readings.groupby("device_id"):
+        row = stats.loc[device]
+        assert row["readings"] == len(group)
+        for f in SENSOR_FIELDS:
+            assert row[f"{f}_mean"] == pytest.approx(group[f].mean())
+            assert row[f"{f}_std"] == pytest.approx(group[f].std())
+        gaps = group["event_time"].sort_values().diff().dt.total_seconds()
+        assert row["max_gap_seconds"] == pytest.approx(gaps.max())
+        mine = newest[newest["device_id"] == device]
+        assert row["scored"] == len(mine) and row["anomaly_rate"] == pytest.approx(mine["is_anomaly"].mean())
+    longest = dict(zip(stats.index, stats["max_gap_seconds"], strict=True))
+    assert longest[2] > longest[1]  # device 2's 30-s hole
+
+    conv = tables["round_convergence"]
+    assert conv["round"].tolist() == [1, 2, 3]
+    assert conv["participants"].tolist() == [3, 4, 5] and conv["rejected"].tolist() == [0, 1, 2]
+    assert conv["mean_loss"].tolist() == pytest.approx([1.0, 0.5, 1 / 3])
+
+    part = {r["device_id"]: (r["updates"], r["rounds"], r["last_round"])
+            for r in tables["device_participation"].to_dict("records")}
+    expected: dict[int, tuple[int, set[int]]] = {}
+    for d in docs["locals"].to_dict("records"):
+        updates, rounds = expected.get(d["device_id"], (0, set()))
+        expected[d["device_id"]] = (updates + 1, rounds | {d["aggregated_into"]})
+    assert part == {d: (n, len(r), max(r)) for d, (n, r) in expected.items()}
+
+    quality = tables["prediction_quality"]
+    scored = newest.assign(seq=newest["event_id"].str.split("-").str[1].astype(int)).merge(labels, on="seq")
+    tp = int((scored["is_anomaly"] & scored["label"]).sum())
+    fp = int((scored["is_anomaly"] & ~scored["label"]).sum())
+    fn = int((~scored["is_anomaly"] & scored["label"]).sum())
+    overall = quality[quality["scope"] == "overall"].iloc[0]
+    assert [overall["tp"], overall["fp"], overall["fn"]] == [tp, fp, fn]
+    assert len(quality[quality["scope"] == "round"]) == 2 and len(quality[quality["scope"] == "device"]) == 3
+    assert summary is not None and summary["readings"] == len(readings) and summary["global_rounds"] == 3
+    assert sorted(summary["tables"]) == sorted(tables)

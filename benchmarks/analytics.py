@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ from benchmarks.baselines import kafka_consume, kafka_produce, mongo_docs, readi
 from fl_app import model, services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services.runner import ManagedProcess
+from stream import data
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--large", type=int, default=1_500_000, help="readings for the second batch run (0: skip)")
     parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "logs" / "analytics_bench.json")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still tears down its servers
     results: dict[str, float] = {}
     with private_stack() as stack:
         home = Path(stack.paths.home) / "analytics"
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         store = storage.Storage.from_config(cfg.mongo)
         console.print(f"producing {args.records:,} readings ...")
         kafka_produce(cfg, args.records)
+        known = set(data.device_ids(cfg.stream, cfg.paths.cache_dir))  # the others are invalid: not scored
+        valid = sum(1 for i in range(args.records) if reading(i)["device_id"] in known)
         consume = kafka_consume(cfg, args.records)
         results["raw_consume_per_s"] = consume.per_second
         store_global(store, cfg, 1)
@@ -93,13 +98,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         try:
             scorer.start()
             deadline = time.monotonic() + 1800
-            while store.predictions.estimated_document_count() < args.records and time.monotonic() < deadline:
+            while store.predictions.estimated_document_count() < valid and time.monotonic() < deadline:
                 time.sleep(0.5)
             first = store.predictions.find_one(sort=[("scored_at", 1)])
             last = store.predictions.find_one(sort=[("scored_at", -1)])
             scored = store.predictions.count_documents({})
-            if first is None or last is None or scored < args.records:
-                raise RuntimeError(f"only {scored} of {args.records} scored; see {scorer.log_file}")
+            if first is None or last is None or scored < valid:
+                raise RuntimeError(f"only {scored} of {valid} valid readings scored; see {scorer.log_file}")
             # From the first micro-batch's write to the last one's (Spark's start-up not counted).
             span = max((last["scored_at"] - first["scored_at"]).total_seconds(), 1e-3)
             batch_lines = [ln for ln in scorer.log_file.read_text().splitlines() if " batch " in ln]

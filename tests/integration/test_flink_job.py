@@ -79,6 +79,12 @@ def read_committed(cfg: AppConfig, topic: str, partitions: int, idle: float = 4.
     return read_topic(cfg.kafka.bootstrap_servers, topic, partitions, idle=idle)
 
 
+def windowed_events(cfg: AppConfig) -> set[str]:
+    """The event ids in committed window records so far."""
+    windows = read_committed(cfg, cfg.kafka.topics.windows.name, cfg.kafka.topics.windows.partitions, idle=1.0)
+    return {r["event_id"] for m in windows for r in json.loads(m.value())["readings"]}
+
+
 def produce(cfg: AppConfig, **stream: Any) -> int:
     run = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, **stream))
     frame = data.load(cfg.stream, cfg.paths.cache_dir)
@@ -267,6 +273,7 @@ def test_producer_kill_9_never_puts_a_reading_in_two_windows(stack: AppConfig, t
                               run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir),
                               startup_timeout=5, stop_timeout=20)
     readings_topic = cfg.kafka.topics.readings
+    expected = {f"0-{i}" for i in range(RECORDS)}
     try:
         duplicates = 0
         for attempt in range(3):  # a kill right after a position save may re-send nothing: try again
@@ -287,7 +294,9 @@ def test_producer_kill_9_never_puts_a_reading_in_two_windows(stack: AppConfig, t
         with storage.Storage.from_config(cfg.mongo) as store:
             wait_for(f"{RECORDS} readings in device_data",
                      lambda: store.device_data.count_documents({}) >= RECORDS, job=job)
-            time.sleep(2 * WINDOW_SECONDS + 2)  # the last windows close and commit
+            # The last windows close and commit (a fixed 2 windows + 2 s was once too short, 2 readings short).
+            wait_for("every reading in a committed window", lambda: windowed_events(cfg) >= expected, job=job,
+                     timeout=90)
             assert store.device_data.count_documents({}) == RECORDS
     finally:
         producer.stop()

@@ -142,11 +142,8 @@ class Scorer:
 
     def refresh_model(self) -> bool:
         """Load the newest global model if it is newer than ours; True if it changed."""
-        newest = self.store.global_model.find_one(sort=[("round", -1)], projection={"round": 1})
-        if newest is None or (self.model is not None and int(newest["round"]) == self.model.round):
-            return False
-        doc = self.store.global_model.find_one({"round": newest["round"]})
-        if doc is None:
+        doc = self.store.latest_global_model()  # small: a few hundred weights
+        if doc is None or (self.model is not None and int(doc["round"]) == self.model.round):
             return False
         previous = self.model
         self.model = ScoringModel.from_doc(doc, self.cfg.fl.model)

@@ -245,10 +245,12 @@ def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
     if cfg.fl.security.supernode_auth:
         log.info("registered %d new SuperNode keys", register_supernodes(cfg))
     if cfg.fl.isolation == "warm":
-        others = others[-2:]  # the launcher starts the SuperNodes, then the executor
-    for process in others:
-        process.start()
-        if cfg.fl.isolation != "warm":
+        launcher, executor = others[-2:]  # the launcher forks the SuperNodes (staggered itself)
+        launcher.start()
+        executor.start()
+    else:
+        for node in others:
+            node.start()
             time.sleep(stagger_seconds)  # all at once, many fail to register (measured: 28 of 53)
     return submit(cfg)
 

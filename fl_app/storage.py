@@ -332,30 +332,12 @@ class Storage:
         now = datetime.now(UTC)
         docs = [{**r, "event_time": datetime.fromisoformat(r["event_time"]),
                  "source_time": datetime.fromisoformat(r["source_time"]), "stored_at": now} for r in readings]
-        try:
-            self.device_data.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            if other:
-                raise RuntimeError(f"MongoDB rejected readings: {other[:3]}") from exc
-            return len(docs) - len(errors), len(errors)
-        return len(docs), 0
+        return _insert_new(self.device_data, docs, "readings")
 
     def insert_predictions(self, docs: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
         """Store predictions; returns ``(stored, already there)``. One per ``(event_id, model_round)``:
         a batch scored again after a crash finds its documents there and changes nothing."""
-        if not docs:
-            return 0, 0
-        try:
-            self.predictions.insert_many([dict(d) for d in docs], ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            if other:
-                raise RuntimeError(f"MongoDB rejected predictions: {other[:3]}") from exc
-            return len(docs) - len(errors), len(errors)
-        return len(docs), 0
+        return _insert_new(self.predictions, [dict(d) for d in docs], "predictions")
 
     def counts(self) -> dict[str, int]:
         """Documents per collection (estimated: cheap on large collections)."""
@@ -369,6 +351,22 @@ class Storage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _insert_new(collection: Collection, docs: list[dict[str, Any]], what: str) -> tuple[int, int]:
+    """Unordered bulk insert where a unique index makes a document already there a no-op:
+    ``(stored, already there)``; any other write error raises (the caller retries the whole bulk)."""
+    if not docs:
+        return 0, 0
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        if other:
+            raise RuntimeError(f"MongoDB rejected {what}: {other[:3]}") from exc
+        return len(docs) - len(errors), len(errors)
+    return len(docs), 0
 
 
 def encode_weights(arrays: Iterable[np.ndarray]) -> dict[str, Any]:

@@ -204,8 +204,13 @@ class Scorer:
             if not query.isActive and query.exception() is not None:
                 raise RuntimeError(f"the scoring query failed: {query.exception()}")
         finally:
-            query.stop()
-            spark.stop()
+            # SIGTERM reaches the whole process group, the Spark JVM too: its shutdown hook may have
+            # stopped the query and the context already, and py4j then fails to reach it.
+            for what, stop in (("query", query.stop), ("Spark session", spark.stop)):
+                try:
+                    stop()
+                except Exception as exc:  # stopping anyway: say so and go on
+                    log.warning("stopping the %s: %s", what, str(exc).splitlines()[0] if str(exc) else exc)
             self.store.close()
             log.info("stopped: %d predictions stored, %d already there, %d invalid records", self.totals["stored"],
                      self.totals["existing"], self.totals["invalid"])

@@ -396,6 +396,10 @@ class FLConfig:
     max_staleness_rounds: int = checked(2, non_negative)
     max_update_norm: float = checked(100.0, positive)  # L2 norm of (update - global); more is rejected
     duration_seconds: float | None = checked(None, positive_or_null)  # the ServerApp stops after this long
+    # A train message not answered in this long is given up and the device gets a new one (a
+    # ClientApp that died holding it never answers). null = max(4 local intervals, 120 s): a stock
+    # SuperNode starts a fresh ClientApp process per message, 20-40 s on a loaded 2-core machine.
+    message_ttl_seconds: float | None = checked(None, positive_or_null)
     model: ModelConfig = field(default_factory=ModelConfig)
     security: FLSecurityConfig = field(default_factory=FLSecurityConfig)
 

@@ -177,6 +177,7 @@ class RunSettings:
     max_staleness_rounds: int
     max_update_norm: float
     duration: float  # seconds the ServerApp runs; 0 = until stopped
+    message_ttl: float  # seconds a train message may stay unanswered
     server_settings: str  # path of the server-only settings (MongoDB, log folder)
 
     @classmethod
@@ -190,7 +191,9 @@ class RunSettings:
                    train_every=fl.local_training_interval_seconds,
                    aggregate_every=fl.global_update_interval_minutes * 60, min_devices=fl.min_devices_for_aggregation,
                    max_staleness_rounds=fl.max_staleness_rounds, max_update_norm=fl.max_update_norm,
-                   duration=fl.duration_seconds or 0.0, server_settings=server_settings)
+                   duration=fl.duration_seconds or 0.0,
+                   message_ttl=fl.message_ttl_seconds or max(4 * fl.local_training_interval_seconds, 120.0),
+                   server_settings=server_settings)
 
     # Flower's run config holds flat scalars only: these travel as JSON text.
     JSON_FIELDS = ("devices", "model")

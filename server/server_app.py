@@ -96,9 +96,7 @@ class TimedServer:
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included
         self.malformed = 0
         self.transport = Transport()
-        # A message not answered in time is given up (the node gets a new one). Generous: a stock
-        # SuperNode starts a fresh ClientApp process per message, 20-40 s on a loaded 2-core machine.
-        self.ttl = max(4 * settings.train_every, 120.0)
+        self.ttl = settings.message_ttl  # a message not answered in time is given up (the node gets a new one)
 
     def run(self) -> None:
         started = time.monotonic()

@@ -119,3 +119,15 @@ def test_a_check_declared_beside_a_nested_field_is_applied() -> None:
         load_config(["kafka.topics.dead_letter.replication_factor=0"])
     with pytest.raises(ConfigError, match=r"flink.dedup_ttl_seconds must exceed stream.delivery_timeout_ms"):
         load_config(["flink.dedup_ttl_seconds=60"])
+
+
+def test_flower_app_declares_every_run_setting() -> None:
+    """Flower refuses a run whose run config has a key the app's pyproject does not declare."""
+    import tomllib
+
+    from fl_app.config import PROJECT_ROOT
+    from fl_app.federation import RunSettings
+
+    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    settings = RunSettings.from_config(load_config(), [1, 2, 3], "/tmp/server.json")
+    assert set(settings.to_run_config()) == set(declared)

@@ -3,7 +3,7 @@
 # Both install what is missing first (scripts/setup.sh, idempotent).
 # Pass Hydra overrides to run with ARGS, e.g. make run ARGS="profile=production".
 
-.PHONY: setup run stop status lint test test-fast bench
+.PHONY: setup setup-test run stop status lint test test-fast bench
 
 setup:
 	@scripts/setup.sh
@@ -17,7 +17,11 @@ stop:
 status:
 	.venv/bin/fl-app status $(ARGS)
 
-lint: setup
+# The tests also need a browser (Debian's chromium) for the Superset and live-page tests.
+setup-test:
+	@scripts/setup.sh --test
+
+lint: setup-test
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 

@@ -14,6 +14,12 @@ From MongoDB (read through :mod:`analytics.mongo_reader`) it computes
   set's ground-truth labels, where it has them (``labels``): true and false
   positives and negatives, precision, recall and F1, overall, per device and
   per model round;
+- ``ingest_per_minute``: readings stored per minute (of their event time);
+- ``anomalies_per_minute``: streaming predictions and anomalies per minute and
+  model round;
+- ``pipeline_counts``: documents per collection and dead letters per reason
+  (``kind`` = ``collection`` or ``dead_letter``; a ``(all reasons)`` row
+  always, zero included);
 
 and writes each as a table of the SQL serving store
 (``spark.batch.store_url``: an SQLite file by default, any SQLAlchemy URL),
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -94,6 +101,31 @@ def device_participation(local_models: DataFrame) -> DataFrame:
         F.max("aggregated_into").alias("last_round")).orderBy("device_id")
 
 
+def ingest_per_minute(readings: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return (readings.groupBy(F.date_trunc("minute", "event_time").alias("minute"))
+            .agg(F.count("*").alias("readings")).orderBy("minute"))
+
+
+def anomalies_per_minute(predictions: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return (predictions.groupBy(F.date_trunc("minute", "event_time").alias("minute"), "model_round")
+            .agg(F.count("*").alias("predictions"), F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"))
+            .withColumn("anomaly_rate", F.col("anomalies") / F.col("predictions"))
+            .orderBy("minute", "model_round"))
+
+
+def pipeline_counts(documents: Mapping[str, int], dead_letters: Mapping[str, int]) -> pd.DataFrame:
+    import pandas as pd
+
+    rows = [("collection", name, n) for name, n in sorted(documents.items())]
+    rows += [("dead_letter", "(all reasons)", sum(dead_letters.values()))]
+    rows += [("dead_letter", reason, n) for reason, n in sorted(dead_letters.items())]
+    return pd.DataFrame(rows, columns=["kind", "name", "documents"])
+
+
 def prediction_quality(predictions: DataFrame, labels: DataFrame) -> DataFrame:
     """``labels``: ``seq`` (the reading's row in the data set) and ``label`` (True: an anomaly).
     An ``event_id`` is ``<loop>-<seq>``, so every loop of the replay is checked against the same labels."""
@@ -120,14 +152,16 @@ def prediction_quality(predictions: DataFrame, labels: DataFrame) -> DataFrame:
     return table.withColumn("precision", precision).withColumn("recall", recall).withColumn("f1", f1)
 
 
-def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None) -> BatchResult:
-    """Every table of one run, as pandas frames (they are small: one row per device or round)."""
+def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
+            dead_letters: Mapping[str, int] | None = None) -> BatchResult:
+    """Every table of one run, as pandas frames (they are small: one row per device, round or minute).
+    ``dead_letters``: count per reason (:func:`fl_app.flow.dead_letter_reasons`)."""
     started = time.monotonic()
     readings = mongo_reader.read(spark, store, "device_data", {
         "device_id": "bigint", "event_time": "timestamp", **{f: "double" for f in SENSOR_FIELDS}})
     predictions = mongo_reader.read(spark, store, "predictions", {
-        "event_id": "string", "device_id": "bigint", "model_round": "bigint", "is_anomaly": "boolean"},
-        query={"prediction_type": "streaming"})
+        "event_id": "string", "device_id": "bigint", "event_time": "timestamp", "model_round": "bigint",
+        "is_anomaly": "boolean"}, query={"prediction_type": "streaming"})
     global_models = mongo_reader.read(spark, store, "global_model", {
         "round": "bigint", "created_at": "timestamp", "num_devices": "bigint", "num_examples": "bigint",
         "metrics.loss": "double", "rejected": "bigint", "stale": "bigint", "threshold": "double"})
@@ -137,6 +171,9 @@ def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None) ->
         "device_stats": device_stats(readings, predictions).toPandas(),
         "round_convergence": round_convergence(global_models).toPandas(),
         "device_participation": device_participation(local_models).toPandas(),
+        "ingest_per_minute": ingest_per_minute(readings).toPandas(),
+        "anomalies_per_minute": anomalies_per_minute(predictions).toPandas(),
+        "pipeline_counts": pipeline_counts(store.counts(), dead_letters or {}),
     }
     if labels is not None and bool(labels["label"].any()):
         tables["prediction_quality"] = prediction_quality(predictions, spark.createDataFrame(labels)).toPandas()
@@ -172,15 +209,16 @@ def _redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def run(cfg: AppConfig, labels: pd.DataFrame | None) -> BatchResult:
-    """One batch run: compute and write. ``labels``: see :func:`prediction_quality` (None: no labels)."""
+def run(cfg: AppConfig, labels: pd.DataFrame | None, dead_letters: Mapping[str, int] | None = None) -> BatchResult:
+    """One batch run: compute and write. ``labels``: see :func:`prediction_quality` (None: no labels);
+    ``dead_letters``: see :func:`compute`."""
     from analytics.session import spark_session
     from fl_app.storage import Storage
 
     spark = spark_session(cfg, "fl-iot-batch")
     try:
         with Storage.from_config(cfg.mongo) as store:
-            result = compute(spark, store, labels)
+            result = compute(spark, store, labels, dead_letters)
             write(result, cfg.spark.batch.store_url, store)
     finally:
         spark.stop()

@@ -1,4 +1,4 @@
-"""Writing a JSON file so that a reader (or a crash) sees the old or the new version, never half.
+"""Writing a file so that a reader (or a crash) sees the old or the new version, never half.
 
 Standard library only: the Flink job's environment imports it too.
 """
@@ -12,7 +12,12 @@ from typing import Any
 
 
 def write_json(path: str | Path, value: Any, mode: int | None = None) -> None:
-    """Write ``value`` as JSON to a temporary file beside ``path`` and rename it into place.
+    """Write ``value`` as JSON, atomically (:func:`write_text`)."""
+    write_text(path, json.dumps(value, indent=2), mode)
+
+
+def write_text(path: str | Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place.
 
     The temporary name carries the pid, so concurrent writers never share one; ``mode``
     (e.g. ``0o600`` for a file with credentials) is set before the file becomes visible.
@@ -20,7 +25,8 @@ def write_json(path: str | Path, value: Any, mode: int | None = None) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    if mode is not None:
-        os.chmod(tmp, mode)
+    with open(tmp, "w") as out:
+        if mode is not None:
+            os.chmod(tmp, mode)  # before any secret is in it
+        out.write(text)
     tmp.replace(target)

@@ -23,6 +23,7 @@ from fl_app.config import AppConfig, ConfigError, load_config, to_yaml
 from fl_app.services.runner import ServiceError, State, Status
 
 if TYPE_CHECKING:
+    from analytics.batch import BatchResult
     from fl_app.services import Readiness
     from stream.data.summary import Summary
 
@@ -40,6 +41,8 @@ fl_cli = typer.Typer(no_args_is_help=True, help="Federated learning with Flower 
 app.add_typer(fl_cli, name="fl")
 spark_cli = typer.Typer(no_args_is_help=True, help="Spark analytics (streaming anomaly scoring).")
 app.add_typer(spark_cli, name="spark")
+superset_cli = typer.Typer(no_args_is_help=True, help="Superset dashboards on the batch analytics (up, down, serve).")
+app.add_typer(superset_cli, name="superset")
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -125,6 +128,10 @@ def run(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) ->
     for note in report.notes:
         console.print(note)
     _print_status(report.components, title="Pipeline")
+    if cfg.superset.enabled:
+        _print_superset(cfg)
+        console.print("  (its first start takes about a minute; dashboards fill after the first batch run, "
+                      f"every {cfg.spark.batch_interval_seconds:g} s)")
     console.print("[bold green]running.[/] Watch it with `fl-app status`; stop it with `fl-app stop`.")
 
 
@@ -328,6 +335,17 @@ def spark_stream(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRIN
         _fail(exc)
 
 
+def _run_batch(cfg: AppConfig) -> BatchResult:
+    """One batch analytics run, with the data set's labels and the dead letters so far."""
+    from analytics import batch
+    from fl_app.flow import dead_letter_reasons
+    from stream import data
+
+    frame = data.load(cfg.stream, cfg.paths.cache_dir)
+    labels = frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
+    return batch.run(cfg, labels, dead_letter_reasons(cfg))
+
+
 SCHEDULE = typer.Option(False, "--schedule", help="Run again every spark.batch_interval_seconds until stopped.")
 
 
@@ -340,17 +358,12 @@ def spark_batch(overrides: list[str] | None = OVERRIDES, schedule: bool = SCHEDU
     import signal
     import threading
 
-    from analytics import batch
-    from stream import data
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        frame = data.load(cfg.stream, cfg.paths.cache_dir)
-        labels = frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
         while not stop.is_set():
-            result = batch.run(cfg, labels)
+            result = _run_batch(cfg)
             console.print(f"{', '.join(f'{v:,} {k}' for k, v in result.counts.items())} in {result.seconds:.1f}s; "
                           f"tables {', '.join(sorted(result.tables))}")
             if not schedule:
@@ -358,6 +371,80 @@ def spark_batch(overrides: list[str] | None = OVERRIDES, schedule: bool = SCHEDU
             stop.wait(cfg.spark.batch_interval_seconds)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+REFRESH = typer.Option(False, "--refresh", help="Run the batch analytics first (fl-app spark batch).")
+REPORT_OUT = typer.Option(None, "--out", help="Folder for the plots and report.md (default: <paths.home>/report).")
+
+
+@app.command()
+def report(overrides: list[str] | None = OVERRIDES, refresh: bool = REFRESH, out: Path | None = REPORT_OUT,
+           print_cfg: bool = PRINT_CFG) -> None:
+    """PNG plots (loss and participants per round, anomaly rate per device, ingest rate) and a
+    Markdown summary, from the batch analytics' serving store."""
+    cfg = _load(overrides, print_cfg, "report")
+    from analytics import report as reporting
+
+    try:
+        if refresh:
+            with console.status("running the batch analytics (Spark)"):
+                _run_batch(cfg)
+        written = reporting.write(reporting.read_tables(cfg.spark.batch.store_url),
+                                  out or Path(cfg.paths.home) / "report")
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"[bold green]report:[/] {written.summary}")
+    for plot in written.plots:
+        console.print(f"  {plot}")
+
+
+@superset_cli.command("serve")
+def superset_serve(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Set up Superset (metadata, admin, dashboards from the repo's bundle) and serve it in the
+    foreground (what `fl-app run` starts)."""
+    cfg = _load(overrides, print_cfg, "superset")
+    from analytics.superset import server
+
+    try:
+        sys.stdout.flush()
+        server.serve(cfg)  # becomes gunicorn
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+@superset_cli.command("up")
+def superset_up(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Start Superset in the background on superset.host:port; returns once it answers
+    (the first start migrates its metadata database, about a minute)."""
+    cfg = _load(overrides, print_cfg, "superset_launcher")
+    from analytics.superset import server
+
+    proc = server.process(cfg, overrides or [])
+    with console.status(f"starting Superset on {server.url(cfg)} (log: {proc.log_file})"):
+        try:
+            proc.start()
+        except USER_ERRORS as exc:
+            _fail(exc)
+    _print_superset(cfg)
+
+
+@superset_cli.command("down")
+def superset_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Stop the Superset that `fl-app superset up` started."""
+    cfg = _load(overrides, print_cfg, "superset_launcher")
+    from analytics.superset import server
+
+    _print_stopped(["superset"] if server.process(cfg).stop() else [])
+
+
+def _print_superset(cfg: AppConfig) -> None:
+    from analytics.superset import server
+
+    _, where = server.admin_password(cfg)
+    console.print(f"[bold green]Superset:[/] {server.url(cfg)}/dashboard/list/  "
+                  f"(user {cfg.superset.admin_user}, password in {where})")
+    console.print("  dashboards: " + ", ".join(f"{server.url(cfg)}/superset/dashboard/{slug}/"
+                                              for slug in server.DASHBOARDS))
 
 
 @fl_cli.command("simulate")

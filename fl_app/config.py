@@ -444,8 +444,19 @@ class ApiConfig:
 
 @dataclass
 class SupersetConfig:
+    """Superset (``fl-app superset up``, analytics/superset): dashboards on the batch analytics' store."""
+
+    enabled: bool = True  # started by `fl-app run`
     host: str = "127.0.0.1"
     port: int = checked(8088, tcp_port)
+    python_env: str = ""  # Superset's own virtualenv; "" = <project root>/.venv-superset (made by `make setup`)
+    home: str = "${paths.data_dir}/superset"  # metadata database (SQLite), secret key, generated password
+    admin_user: str = "admin"
+    # The admin's password. "" = $SUPERSET_ADMIN_PASSWORD, else one generated on first set-up and
+    # kept in <home>/admin_password (0600); `fl-app run` prints where. There is no default password.
+    admin_password: str = "${oc.env:SUPERSET_ADMIN_PASSWORD,''}"
+    workers: int = checked(1, positive)  # gunicorn workers (~350 MB each)
+    startup_timeout_seconds: float = checked(300.0, positive)  # first set-up (migrations, import) included
 
 
 # ---------------------------------------------------------------------- root

@@ -54,10 +54,10 @@ def _process(cfg: AppConfig, component: Component, overrides: Sequence[str]) -> 
 
 def enabled(cfg: AppConfig) -> tuple[Component, ...]:
     """The components this configuration runs (``spark.scorer.enabled=false`` leaves the scorer out,
-    ``spark.batch.enabled=false`` the batch schedule)."""
-    off = ({"spark_scorer"} if not cfg.spark.scorer.enabled else set()) | \
-        ({"spark_batch"} if not cfg.spark.batch.enabled else set())
-    return tuple(c for c in COMPONENTS if c.name not in off)
+    ``spark.batch.enabled=false`` the batch schedule, ``superset.enabled=false`` Superset)."""
+    switches = {"spark_scorer": cfg.spark.scorer.enabled, "spark_batch": cfg.spark.batch.enabled,
+                "superset": cfg.superset.enabled}
+    return tuple(c for c in COMPONENTS if switches.get(c.name, True))
 
 
 def processes(cfg: AppConfig, overrides: Sequence[str] = ()) -> list[ManagedProcess]:

@@ -6,6 +6,8 @@
 #   - uv (pinned) in .cache/tools, then the locked environments:
 #       .venv        main: flwr, torch, pyspark, confluent-kafka, pymongo, hydra, fastapi
 #       .venv-flink  the Flink job: apache-flink pins clash with flwr/pyspark
+#       .venv-superset  Superset 6.1: its pins (SQLAlchemy 1.4, pandas 2.1) clash with the main ones
+#   - with --test: Debian's chromium and chromedriver (the browser tests drive them)
 #   - the Kafka broker, Flink and Spark Kafka connector jars (resolved once into .cache/jars)
 # Nothing here installs into the system Python: every package goes into a virtualenv.
 set -euo pipefail
@@ -23,6 +25,10 @@ missing=()
 { command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1; } || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v make >/dev/null 2>&1 || missing+=(make)
+if [ "${1:-}" = "--test" ]; then
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+fi
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${missing[*]} with apt-get"
@@ -57,6 +63,10 @@ say "Flink environment (.venv-flink) from stream/flink/requirements.lock"
 [ -x .venv-flink/bin/python ] || "$UV" venv --quiet --python "$PY" .venv-flink
 # --python names the target environment explicitly (never the system interpreter).
 "$UV" pip sync --quiet --python .venv-flink/bin/python stream/flink/requirements.lock
+
+say "Superset environment (.venv-superset) from analytics/superset/requirements.lock"
+[ -x .venv-superset/bin/python ] || "$UV" venv --quiet --python "$PY" .venv-superset
+"$UV" pip sync --quiet --python .venv-superset/bin/python analytics/superset/requirements.lock
 
 say "Kafka broker, Flink and Spark Kafka connector jars (.cache/jars)"
 .venv/bin/python -c '

@@ -67,7 +67,7 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "running." in up.stdout
         for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model",
-                     "kafka_producer", "flink_job", "federation", "spark_scorer", "spark_batch"):
+                     "kafka_producer", "flink_job", "federation", "spark_scorer", "spark_batch", "superset"):
             assert name in up.stdout
         for log in ("kafka.log", "mongo.log", "fl_app.log", "kafka_producer.log", "flink_job.log"):
             assert (tmp_path / "logs" / log).is_file(), log
@@ -90,12 +90,13 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert re.search(r"producer next: loop \d+", status.stdout), status.stdout
         assert count("mongo global_model", status.stdout) >= 1, status.stdout  # the federation aggregated
         assert count("mongo predictions", status.stdout) >= 1, status.stdout  # the Spark scorer scored
-        # kafka, mongo, flink_job, kafka_producer, federation, spark_scorer, spark_batch
-        assert status.stdout.count("running") == 7
+        # kafka, mongo, flink_job, kafka_producer, federation, spark_scorer, spark_batch, superset
+        assert status.stdout.count("running") == 8
     finally:
         down = fl_app("stop")
     assert down.returncode == 0
-    assert "stopped: spark_batch, spark_scorer, federation, kafka_producer, flink_job, mongo, kafka" in down.stdout
+    assert ("stopped: superset, spark_batch, spark_scorer, federation, kafka_producer, flink_job, mongo, kafka"
+            in down.stdout)
     assert "producing to iot_stream" in (tmp_path / "logs" / "kafka_producer.log").read_text()
 
 

@@ -113,6 +113,8 @@ def private_overrides(home: Path) -> list[str]:
         f"mongo.uri=mongodb://127.0.0.1:{free_port()}",
         f"fl.superlink_address=127.0.0.1:{free_port()}",
         f"fl.supernode_base_port={free_port_block(64)}",
+        f"api.port={free_port()}",
+        f"superset.port={free_port()}",
     ]
 
 

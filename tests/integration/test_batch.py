@@ -3,6 +3,7 @@ checked against values computed here, with pandas, from the same documents."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from confluent_kafka import Producer
 from sqlalchemy import create_engine
 
 from fl_app import services, storage
@@ -68,15 +70,21 @@ def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: P
 
     frame = data.load(cfg.stream, cfg.paths.cache_dir)
     labels = frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
+    dead = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for reason in ("humidity out of range", "humidity out of range", "not JSON"):
+        dead.produce(cfg.kafka.topics.dead_letter.name, value=json.dumps({"reason": reason, "record": "x"}))
+    assert dead.flush(30) == 0
     with storage.Storage.from_config(cfg.mongo) as store:
         docs = seed(store, labels)
+        documents = store.counts()
         proc = subprocess.run([str(FL_APP), "spark", "batch", *overrides], capture_output=True, text=True,
                               timeout=600, cwd=PROJECT_ROOT)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         summary = store.analytics_runs.find_one(sort=[("at", -1)])
     engine = create_engine(f"sqlite:///{db}")
     tables = {name: pd.read_sql_table(name, engine) for name in
-              ("device_stats", "round_convergence", "device_participation", "prediction_quality")}
+              ("device_stats", "round_convergence", "device_participation", "prediction_quality",
+               "ingest_per_minute", "anomalies_per_minute", "pipeline_counts")}
     engine.dispose()
 
     readings, preds = docs["readings"], docs["predictions"]
@@ -116,5 +124,20 @@ def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: P
     overall = quality[quality["scope"] == "overall"].iloc[0]
     assert [overall["tp"], overall["fp"], overall["fn"]] == [tp, fp, fn]
     assert len(quality[quality["scope"] == "round"]) == 2 and len(quality[quality["scope"] == "device"]) == 3
+
+    minute = readings["event_time"].dt.floor("min").dt.tz_localize(None)
+    ingest = tables["ingest_per_minute"]
+    assert dict(zip(ingest["minute"], ingest["readings"], strict=True)) == minute.value_counts().to_dict()
+    per_minute = preds.assign(minute=pd.to_datetime(preds["event_time"], utc=True).dt.floor("min").dt.tz_localize(None))
+    expected_anomalies = per_minute.groupby(["minute", "model_round"])["is_anomaly"].agg(["count", "sum"])
+    got = tables["anomalies_per_minute"].set_index(["minute", "model_round"])
+    assert got["predictions"].to_dict() == expected_anomalies["count"].to_dict()
+    assert got["anomalies"].to_dict() == expected_anomalies["sum"].to_dict()
+
+    counts = {(k, n): v for k, n, v in tables["pipeline_counts"].itertuples(index=False)}
+    assert counts[("collection", "device_data")] == documents["device_data"] == len(readings)
+    assert counts[("collection", "predictions")] == len(preds)
+    assert counts[("dead_letter", "(all reasons)")] == 3 and counts[("dead_letter", "humidity out of range")] == 2
+
     assert summary is not None and summary["readings"] == len(readings) and summary["global_rounds"] == 3
     assert sorted(summary["tables"]) == sorted(tables)

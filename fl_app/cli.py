@@ -147,23 +147,94 @@ def stop(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -
 
 @app.command()
 def status(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
-    """What runs and what flows: services, components, topic and collection counts."""
+    """What runs and what flows: services, components (pid, address), messages and documents with
+    their rates, the consumers' lag, the last aggregation and the pending updates.
+
+    Exit code 3 when a service is unreachable, 4 when a component that `fl-app run` started is down.
+    """
     cfg = _load(overrides, print_cfg, "fl_app")
     from fl_app import flow, pipeline, services
 
     service_states = services.status(cfg)
     _print_status(service_states)
-    _print_status(pipeline.status(cfg), title="Pipeline")
+    components = pipeline.status(cfg)
+    _print_status(components, title="Pipeline")
     reachable = all(s.state == State.RUNNING or s.detail == "reachable" for s in service_states)
     if not reachable:
         raise typer.Exit(3)
     table = Table(title="Flow", title_justify="left")
     table.add_column("where")
     table.add_column("count", justify="right")
+    table.add_column("per second", justify="right")
     table.add_column("note")
     for row in flow.snapshot(cfg):
-        table.add_row(row.where, f"{row.count:,}", row.note)
+        table.add_row(row.where, f"{row.count:,}", "" if row.rate is None else f"{row.rate:,.1f}", row.note)
     console.print(table)
+    down = [c.name for c in components if c.name in pipeline.expected(cfg) and c.state != State.RUNNING]
+    if down:
+        err.print(f"[bold red]down:[/] {', '.join(down)} (started by `fl-app run`; logs in {cfg.paths.logs_dir})")
+        raise typer.Exit(4)
+
+
+WATCH = typer.Option(False, "--watch", "-w", help="Refresh until Ctrl-C (every --every seconds).")
+EVERY = typer.Option(2.0, "--every", min=0.5, help="Seconds between refreshes with --watch.")
+NEWEST = typer.Option(5, "--newest", "-n", min=1, max=100, help="Newest documents shown per collection.")
+
+
+@app.command()
+def view(overrides: list[str] | None = OVERRIDES, watch: bool = WATCH, every: float = EVERY, newest: int = NEWEST,
+         print_cfg: bool = PRINT_CFG) -> None:
+    """The data: counts and the newest documents of device_data, local_models, global_model and
+    predictions (`--watch` follows them grow)."""
+    cfg = _load(overrides, print_cfg, "fl_app")
+    import time as clock
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from fl_app import flow
+    from fl_app.storage import Storage
+
+    previous: dict[str, int] = {}
+
+    def render(store: Storage) -> Group:
+        tables = []
+        for name, (count, docs) in flow.newest_documents(store, newest).items():
+            grew = f" (+{count - previous[name]:,})" if name in previous else ""
+            previous[name] = count
+            table = Table(title=f"{name}: {count:,} documents{grew}", title_justify="left")
+            fields = list(flow.VIEW[name][1])
+            for f in fields:
+                table.add_column(f, justify="right" if f not in ("event_id", "event_time", "created_at",
+                                                                 "trained_at") else "left")
+            for d in docs:
+                table.add_row(*[_cell(d[f]) for f in fields])
+            tables.append(table)
+        return Group(*tables)
+
+    try:
+        with Storage.from_config(cfg.mongo) as store:
+            if not watch:
+                console.print(render(store))
+                return
+            with Live(render(store), console=console, auto_refresh=False) as live:
+                while True:
+                    clock.sleep(every)
+                    live.update(render(store), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+def _cell(value: object) -> str:
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 @app.command("config")
@@ -369,6 +440,19 @@ def spark_batch(overrides: list[str] | None = OVERRIDES, schedule: bool = SCHEDU
             if not schedule:
                 break
             stop.wait(cfg.spark.batch_interval_seconds)
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+@app.command()
+def api(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Serve the API (api.host:api.port; OpenAPI at /docs) and the live page (/) in the foreground."""
+    cfg = _load(overrides, print_cfg, "api")
+    from fl_app.api.app import serve
+    from stream import data
+
+    try:
+        serve(cfg, data.device_ids(cfg.stream, cfg.paths.cache_dir))
     except USER_ERRORS as exc:
         _fail(exc)
 

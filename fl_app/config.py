@@ -438,8 +438,17 @@ class SparkConfig:
 
 @dataclass
 class ApiConfig:
+    """The FastAPI service and live page (``fl-app api``, fl_app/api)."""
+
+    enabled: bool = True  # started by `fl-app run`
     host: str = "127.0.0.1"
     port: int = checked(8000, tcp_port)
+    # The key admin actions need (header X-API-Key). "" = $FL_APP_API_KEY; with neither, admin
+    # actions are refused (403) and everything else works.
+    api_key: str = "${oc.env:FL_APP_API_KEY,''}"
+    max_page_size: int = checked(500, positive)
+    # How often the service samples counts, offsets and lag for rates and the live page.
+    sample_seconds: float = checked(5.0, positive)
 
 
 @dataclass

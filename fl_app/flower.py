@@ -259,8 +259,12 @@ def submit(cfg: AppConfig) -> str:
     """``flwr run`` the project's app against our SuperLink with the run config from Hydra."""
     import subprocess
 
+    from fl_app.storage import Storage
+
     settings = run_settings(cfg)
     write_flwr_config(cfg)
+    with Storage.from_config(cfg.mongo) as store:
+        store.clear_server_control()  # a new run starts from the configuration
     run_config = Path(cfg.paths.run_dir) / "fl_run_config.toml"
     # A JSON string literal is a valid TOML basic string.
     run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.to_run_config().items()))

@@ -9,6 +9,7 @@ This is the only module, with the CLI, that knows every component.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -17,14 +18,16 @@ from pathlib import Path
 
 from analytics.component import COMPONENTS as ANALYTICS
 from fl_app import services
+from fl_app.api.component import COMPONENTS as API
+from fl_app.atomic import write_json
 from fl_app.component import Component
 from fl_app.config import AppConfig
 from fl_app.services.runner import ManagedProcess, ServiceError, State, Status
 from server.component import COMPONENTS as FEDERATION
 from stream.component import COMPONENTS as STREAM
 
-# In start order. The API and Superset are added here as they land.
-COMPONENTS: tuple[Component, ...] = (*STREAM, *FEDERATION, *ANALYTICS)
+# In start order.
+COMPONENTS: tuple[Component, ...] = (*STREAM, *FEDERATION, *ANALYTICS, *API)
 
 # A component that cannot start (bad data set path, missing environment) dies within
 # seconds; `run` waits this long so it can report it instead of "running".
@@ -54,9 +57,10 @@ def _process(cfg: AppConfig, component: Component, overrides: Sequence[str]) -> 
 
 def enabled(cfg: AppConfig) -> tuple[Component, ...]:
     """The components this configuration runs (``spark.scorer.enabled=false`` leaves the scorer out,
-    ``spark.batch.enabled=false`` the batch schedule, ``superset.enabled=false`` Superset)."""
+    ``spark.batch.enabled=false`` the batch schedule, ``superset.enabled=false`` Superset,
+    ``api.enabled=false`` the API)."""
     switches = {"spark_scorer": cfg.spark.scorer.enabled, "spark_batch": cfg.spark.batch.enabled,
-                "superset": cfg.superset.enabled}
+                "superset": cfg.superset.enabled, "api": cfg.api.enabled}
     return tuple(c for c in COMPONENTS if switches.get(c.name, True))
 
 
@@ -81,6 +85,7 @@ def run(cfg: AppConfig, overrides: Sequence[str] = ()) -> RunReport:
     report = RunReport(ready)
     report.notes = [c.prepare(cfg) for c in enabled(cfg) if c.prepare is not None]
     procs = processes(cfg, overrides)
+    write_json(_marker(cfg), {"components": [p.name for p in procs]})  # what `status` expects to run
     for proc in procs:
         proc.start()
     time.sleep(SETTLE_SECONDS)
@@ -93,8 +98,21 @@ def run(cfg: AppConfig, overrides: Sequence[str] = ()) -> RunReport:
 
 def stop(cfg: AppConfig) -> list[str]:
     """Stop the components (reverse start order), then the services; the names stopped."""
+    _marker(cfg).unlink(missing_ok=True)
     return [proc.name for proc in reversed(processes(cfg)) if proc.stop()] + services.down(cfg)
 
 
 def status(cfg: AppConfig) -> list[Status]:
     return [proc.status() for proc in processes(cfg)]
+
+
+def expected(cfg: AppConfig) -> list[str]:
+    """The components `run` started and `stop` has not stopped: they should be running."""
+    try:
+        return list(json.loads(_marker(cfg).read_text())["components"])
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _marker(cfg: AppConfig) -> Path:
+    return Path(cfg.paths.run_dir) / "pipeline.json"

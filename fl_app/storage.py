@@ -1,7 +1,7 @@
 """The one MongoDB access layer: collections, their schemas and their indexes.
 
 Every component that reads or writes MongoDB goes through :class:`Storage`.
-The four collections of database ``iot_analytics`` are declared once in
+The collections of database ``iot_analytics`` are declared once in
 :data:`COLLECTIONS` with a ``$jsonSchema`` validator (rejects malformed
 documents) and indexes (a unique ``event_id`` makes writes of readings
 idempotent). :meth:`Storage.ensure_schema` creates or updates all of it and
@@ -44,6 +44,8 @@ GLOBAL_MODEL = "global_model"
 PREDICTIONS = "predictions"
 FL_ROUNDS = "fl_rounds"
 ANALYTICS_RUNS = "analytics_runs"
+FL_SERVER = "fl_server"
+SERVER_STATE, SERVER_CONTROL = "state", "control"  # the two documents of fl_server
 
 _NUMBER = {"bsonType": ["double", "int", "long", "decimal"]}
 _INT = {"bsonType": ["int", "long"]}
@@ -215,6 +217,29 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
         },
         (IndexModel([("at", DESCENDING)], name="at"),),
     ),
+    CollectionSpec(
+        FL_SERVER,
+        # Two documents. "state": the running ServerApp's view, rewritten at every train tick
+        # (updates waiting for the next aggregation, devices online, when it aggregates next).
+        # "control": what an operator asked for through the API's admin actions (aggregate now,
+        # another aggregation interval); the ServerApp reads it every second.
+        {
+            "bsonType": "object",
+            "required": ["_id"],
+            "properties": {
+                "_id": {"enum": [SERVER_STATE, SERVER_CONTROL]},
+                "at": _DATE,
+                "round": _INT,
+                "online": _INT,
+                "pending": _INT,
+                "pending_devices": {"bsonType": "array", "items": _INT},
+                "outstanding": _INT,
+                "aggregate_every_seconds": {"bsonType": ["double", "int", "long", "null"]},
+                "next_aggregation_at": _DATE,
+                "aggregate_now_requested_at": _DATE,
+            },
+        },
+    ),
 )
 
 
@@ -274,6 +299,31 @@ class Storage:
     @property
     def analytics_runs(self) -> Collection:
         return self.db[ANALYTICS_RUNS]
+
+    @property
+    def fl_server(self) -> Collection:
+        return self.db[FL_SERVER]
+
+    def save_server_state(self, state: Mapping[str, Any]) -> None:
+        """The running ServerApp's view (see ``fl_server`` in :data:`COLLECTIONS`), replaced whole."""
+        self.fl_server.replace_one({"_id": SERVER_STATE}, {**state, "_id": SERVER_STATE}, upsert=True)
+
+    def server_state(self) -> dict[str, Any] | None:
+        return self.fl_server.find_one({"_id": SERVER_STATE})
+
+    def server_control(self) -> dict[str, Any]:
+        """The operator's requests to the ServerApp ({} when there are none)."""
+        return self.fl_server.find_one({"_id": SERVER_CONTROL}) or {}
+
+    def request_control(self, **changes: Any) -> dict[str, Any]:
+        """Set ``aggregate_now_requested_at`` and/or ``aggregate_every_seconds`` (None: back to the
+        configured interval); returns the control document."""
+        self.fl_server.update_one({"_id": SERVER_CONTROL}, {"$set": changes}, upsert=True)
+        return self.server_control()
+
+    def clear_server_control(self) -> None:
+        """A new run starts from the configuration, not from an earlier run's requests."""
+        self.fl_server.delete_one({"_id": SERVER_CONTROL})
 
     def latest_global_model(self) -> dict[str, Any] | None:
         """The newest global model document (highest round), or None before the first."""

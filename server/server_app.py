@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from server.strategy import AGGREGATED, Clock, GlobalState, TimedFedAvg
 log = logging.getLogger("server.global")
 HOPS = ("delivery", "work", "return")  # of a message's way, measured per reply (Transport)
 POLL_SECONDS = 0.3  # between reply pulls: short, so replies are seen soon, long enough to stay cheap
+CONTROL_SECONDS = 1.0  # between reads of the operator's requests (fl_server "control")
 
 app = ServerApp()
 
@@ -97,22 +99,56 @@ class TimedServer:
         self.malformed = 0
         self.transport = Transport()
         self.ttl = settings.message_ttl  # a message not answered in time is given up (the node gets a new one)
+        self.clock = Clock(settings.train_every, settings.aggregate_every, start=time.monotonic())
+        # Requests made before this ServerApp started were for an earlier one (its interval
+        # override stays: a restarted ServerApp keeps what the operator set for the run).
+        self.control_seen = store.server_control().get("aggregate_now_requested_at")
+        self.control_checked = 0.0
 
     def run(self) -> None:
         started = time.monotonic()
         end = started + self.settings.duration if self.settings.duration > 0 else math.inf
-        clock = Clock(self.settings.train_every, self.settings.aggregate_every, start=started)
+        clock = self.clock
         log.info("start: global round %d; train every %gs, aggregate every %gs with >= %d devices",
                  self.state.round, self.settings.train_every, self.settings.aggregate_every, self.settings.min_devices)
         while time.monotonic() < end:
             now = time.monotonic()
+            if now - self.control_checked >= CONTROL_SECONDS:
+                self.apply_control(now)
             if clock.train_due(now):
                 self.send_train_messages(now)
+                self.save_state(now)
             self.collect_replies(now)
             if clock.aggregate_due(now):
                 self.aggregate()
+                self.save_state(now)
             time.sleep(POLL_SECONDS)
         log.info("stop: global round %d after %.0fs", self.state.round, time.monotonic() - started)
+
+    def apply_control(self, now: float) -> None:
+        """The operator's requests (API admin actions): aggregate now; another aggregation interval."""
+        self.control_checked = now
+        control = self.store.server_control()
+        requested = control.get("aggregate_now_requested_at")
+        if requested is not None and requested != self.control_seen:
+            self.control_seen = requested
+            log.info("aggregation requested by an operator (at %s)", requested.isoformat())
+            self.clock.aggregate_now(now)
+        every = control.get("aggregate_every_seconds") or self.settings.aggregate_every
+        if every != self.clock.aggregate_every:
+            log.info("aggregation interval %gs -> %gs%s", self.clock.aggregate_every, every,
+                     " (by an operator)" if control.get("aggregate_every_seconds") else " (back to the configured)")
+            self.clock.set_aggregate_every(float(every), now)
+            self.save_state(now)
+
+    def save_state(self, now: float) -> None:
+        """What the API's /api/status shows of the ServerApp: kept in fl_server "state"."""
+        wall = datetime.now(UTC)
+        self.store.save_server_state({
+            "at": wall, "round": self.state.round, "online": self.transport.online, "pending": len(self.pending),
+            "pending_devices": sorted({u.device_id for u in self.pending}), "outstanding": len(self.outstanding),
+            "aggregate_every_seconds": self.clock.aggregate_every,
+            "next_aggregation_at": wall + timedelta(seconds=max(0.0, self.clock.next_aggregate - now))})
 
     def send_train_messages(self, now: float) -> None:
         online = sorted(self.grid.get_node_ids())

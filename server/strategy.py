@@ -94,6 +94,17 @@ class Clock:
         due, self.next_aggregate = self._tick(now, self.next_aggregate, self.aggregate_every)
         return due
 
+    def aggregate_now(self, now: float) -> None:
+        """An operator asked: the next check aggregates, and the interval counts from then."""
+        self.next_aggregate = now
+
+    def set_aggregate_every(self, every: float, now: float) -> None:
+        """A new interval at run time: the next aggregation is one new interval after the last
+        one (or at once, if that has passed)."""
+        last = self.next_aggregate - self.aggregate_every
+        self.aggregate_every = every
+        self.next_aggregate = max(now, last + every)
+
     @staticmethod
     def _tick(now: float, due_at: float, every: float) -> tuple[bool, float]:
         if now < due_at:

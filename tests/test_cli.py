@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from fl_app.cli import app
 from fl_app.config import PROJECT_ROOT
 from fl_app.services import private_overrides
+from fl_app.services.runner import pid_from_file
 
 runner = CliRunner()
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -67,7 +69,7 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "running." in up.stdout
         for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model",
-                     "kafka_producer", "flink_job", "federation", "spark_scorer", "spark_batch", "superset"):
+                     "kafka_producer", "flink_job", "federation", "spark_scorer", "spark_batch", "superset", "api"):
             assert name in up.stdout
         for log in ("kafka.log", "mongo.log", "fl_app.log", "kafka_producer.log", "flink_job.log"):
             assert (tmp_path / "logs" / log).is_file(), log
@@ -90,8 +92,17 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert re.search(r"producer next: loop \d+", status.stdout), status.stdout
         assert count("mongo global_model", status.stdout) >= 1, status.stdout  # the federation aggregated
         assert count("mongo predictions", status.stdout) >= 1, status.stdout  # the Spark scorer scored
-        # kafka, mongo, flink_job, kafka_producer, federation, spark_scorer, spark_batch, superset
-        assert status.stdout.count("running") == 8
+        # kafka, mongo, flink_job, kafka_producer, federation, spark_scorer, spark_batch, superset, api
+        assert status.stdout.count("running") == 9
+        assert re.search(r"mongo device_data\s*\W\s*[\d,]+\s*\W\s*[\d.]+", status.stdout)  # with a rate
+        view = fl_app("view", "--newest", "2")
+        assert view.returncode == 0 and "device_data:" in view.stdout and "global_model:" in view.stdout
+        api = pid_from_file(tmp_path / ".run" / "api.pid")
+        assert api is not None
+        os.kill(api, signal.SIGKILL)  # a component that should run is down: status says so, exit code 4
+        time.sleep(1)
+        broken = fl_app("status")
+        assert broken.returncode == 4 and "down: api" in broken.stderr, broken.stdout + broken.stderr
     finally:
         down = fl_app("stop")
     assert down.returncode == 0

@@ -44,6 +44,10 @@ def test_capacity_is_enforced_and_freed(tmp_path: Path) -> None:
     assert executor.get_eligible_capacity({CLIENT_APP}) == (set(), set())  # full: acquire nothing
     executor.wait_for_capacity(timeout=10)
     assert len(executor.children) < 2 and executor.get_eligible_capacity({CLIENT_APP})[0] == {CLIENT_APP}
+    deadline = time.monotonic() + 10  # let the other child finish too: close() would stop it
+    while executor.children and time.monotonic() < deadline:
+        executor.reconcile()
+        time.sleep(0.05)
     executor.close()
     assert executor.stats.succeeded == 2 and executor.stats.rejected == 1 and no_zombies()
 

@@ -13,8 +13,9 @@ import pytest
 
 from fl_app.config import PROJECT_ROOT
 
-# Everything that knows every component: the CLI and what it runs.
+# Everything that knows every component: the CLI, what it runs, and the API that shows it all.
 ORCHESTRATION = {"fl_app.cli", "fl_app.pipeline", "fl_app.flow", "fl_app.flower"}
+ORCHESTRATION_PACKAGES = ("fl_app.api",)
 # Components: each is a top-level package; it imports the core and itself, never another component.
 COMPONENTS = {"stream", "clients", "server", "analytics"}
 # The core is the rest of fl_app: config, schemas, storage, topics, logs, services, component, model.
@@ -23,7 +24,8 @@ FIRST_PARTY = {"fl_app", *COMPONENTS}
 
 def layer(module: str) -> str:
     top = module.split(".")[0]
-    if module in ORCHESTRATION:
+    if module in ORCHESTRATION or module.startswith(tuple(f"{p}." for p in ORCHESTRATION_PACKAGES)) \
+            or module in ORCHESTRATION_PACKAGES:
         return "orchestration"
     if top in COMPONENTS:
         return f"component {top}"

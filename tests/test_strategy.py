@@ -59,6 +59,25 @@ def test_clock_does_not_burst_after_a_stall() -> None:
     assert clock.train_due(210)
 
 
+def test_clock_aggregates_at_once_on_request_and_counts_the_interval_from_then() -> None:
+    clock = Clock(train_every=30, aggregate_every=60, start=0)
+    assert not clock.aggregate_due(20)
+    clock.aggregate_now(20)
+    assert clock.aggregate_due(20.3)
+    assert not clock.aggregate_due(60) and clock.aggregate_due(80.3)
+
+
+def test_clock_takes_a_new_interval_from_the_last_aggregation() -> None:
+    clock = Clock(train_every=30, aggregate_every=60, start=0)
+    assert clock.aggregate_due(60)  # the last one; next at 120
+    clock.set_aggregate_every(20, now=70)  # 20 s after the last one: at 80, not 120
+    assert not clock.aggregate_due(79) and clock.aggregate_due(80) and clock.aggregate_due(100)
+    clock.set_aggregate_every(5, now=112)  # 5 s after the last one (100) has passed: at once
+    assert clock.aggregate_due(112) and not clock.aggregate_due(116) and clock.aggregate_due(117)
+    clock.set_aggregate_every(100, now=118)  # last at 117: next at 217
+    assert not clock.aggregate_due(216) and clock.aggregate_due(217)
+
+
 def test_weighted_average_of_the_devices(strategy: TimedFedAvg) -> None:
     out = strategy.aggregate_round([update(1, 1.0, 10), update(2, 2.0, 30), update(3, 4.0, 60)], CURRENT)
     assert out.status == AGGREGATED and out.round == 6 and out.device_ids == [1, 2, 3]

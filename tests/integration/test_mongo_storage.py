@@ -54,7 +54,7 @@ def test_the_four_collections_exist_with_validators_and_indexes(store: storage.S
 def test_ensure_schema_is_idempotent(store: storage.Storage) -> None:
     before = store.device_data.index_information()
     assert store.ensure_schema() == ["device_data", "local_models", "global_model", "predictions", "fl_rounds",
-                                    "analytics_runs"]
+                                    "analytics_runs", "fl_server"]
     assert store.device_data.index_information() == before
 
 

@@ -1,0 +1,45 @@
+"""``GET /api/history``: every aggregation tick, newest first, paginated, by time range."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from fl_app.api.deps import ServicesDep, page_bounds
+from fl_app.api.schemas import HistoryItem, Page, RejectedUpdate
+from fl_app.api.times import as_utc
+
+router = APIRouter(prefix="/api", tags=["history"])
+
+
+@router.get("/history", response_model=Page[HistoryItem])
+def history(svc: ServicesDep, page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+            page_size: Annotated[int, Query(ge=1)] = 50, since: datetime | None = None,
+            until: datetime | None = None) -> Page[HistoryItem]:
+    """Aggregation ticks (round, time, devices, readings, loss; skipped ones with why; rejected, stale and
+    idle devices). ``since``/``until``: ISO 8601 times (UTC if no offset)."""
+    skip, limit = page_bounds(svc, page, page_size)
+    since, until = as_utc(since), as_utc(until)
+    if since and until and since > until:
+        raise HTTPException(400, "since must not be after until")
+    query: dict[str, Any] = {}
+    if since or until:
+        query["at"] = {**({"$gte": since} if since else {}), **({"$lte": until} if until else {})}
+    store = svc.store
+    ticks = list(store.fl_rounds.find(query, sort=[("at", -1)], skip=skip, limit=limit))
+    aggregated = [t["round"] for t in ticks if t["status"] == "aggregated"]
+    models = {g["round"]: g for g in store.global_model.find({"round": {"$in": aggregated}},
+                                                             {"round": 1, "num_examples": 1, "metrics": 1})}
+    items = []
+    for t in ticks:
+        model = models.get(t["round"]) if t["status"] == "aggregated" else None
+        loss = (model or {}).get("metrics", {}).get("loss")
+        items.append(HistoryItem(
+            round=t["round"], at=t["at"], status=t["status"], reason=t.get("reason") or None,
+            devices=list(t.get("accepted", [])), examples=(model or {}).get("num_examples"),
+            loss=loss if loss is None or loss == loss else None,  # NaN is not JSON
+            rejected=[RejectedUpdate(**r) for r in t.get("rejected", [])], stale=list(t.get("stale", [])),
+            idle=list(t.get("idle", []))))
+    return Page(items=items, page=page, page_size=page_size, total=store.fl_rounds.count_documents(query))

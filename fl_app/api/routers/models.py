@@ -1,0 +1,65 @@
+"""``GET /api/models/latest`` and ``GET /api/models/{round}``: global models, weights on request."""
+
+from __future__ import annotations
+
+import base64
+import math
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query
+
+from fl_app.api.deps import ServicesDep
+from fl_app.api.schemas import ModelResponse, Weights
+from fl_app.storage import decode_weights
+
+router = APIRouter(prefix="/api/models", tags=["models"])
+
+
+class WeightsFormat(StrEnum):
+    none = "none"  # metadata only
+    binary = "binary"  # the stored bytes, base64
+    json = "json"  # nested lists
+
+
+WeightsQuery = Annotated[WeightsFormat, Query(description="none: metadata only; binary: the stored bytes "
+                                                          "(base64) with shapes and dtype; json: nested lists")]
+
+
+def _response(doc: dict[str, Any], weights: WeightsFormat) -> ModelResponse:
+    loss = doc.get("metrics", {}).get("loss")
+    out = ModelResponse(round=doc["round"], created_at=doc["created_at"], num_devices=doc["num_devices"],
+                        device_ids=list(doc.get("device_ids", [])), num_examples=doc.get("num_examples"),
+                        loss=loss if loss is not None and math.isfinite(loss) else None,
+                        threshold=doc["threshold"] if math.isfinite(doc["threshold"]) else 0.0,
+                        rejected=doc.get("rejected", 0), stale=doc.get("stale", 0))
+    stored = doc.get("weights")
+    if weights is not WeightsFormat.none and stored is not None:
+        shapes = [list(s) for s in stored["shapes"]]
+        out.weights = Weights(dtype=stored["dtype"], shapes=shapes)
+        if weights is WeightsFormat.binary:
+            out.weights.data_base64 = base64.b64encode(bytes(stored["data"])).decode()
+        else:
+            out.weights.arrays = [a.tolist() for a in decode_weights(stored)]
+    return out
+
+
+@router.get("/latest", response_model=ModelResponse)
+def latest(svc: ServicesDep, weights: WeightsQuery = WeightsFormat.none) -> ModelResponse:
+    """The newest global model (404 before the first aggregation)."""
+    doc = svc.store.global_model.find_one({}, None if weights is not WeightsFormat.none else {"weights": 0},
+                                          sort=[("round", -1)])
+    if doc is None:
+        raise HTTPException(404, "no global model yet: the first aggregation has not happened")
+    return _response(doc, weights)
+
+
+@router.get("/{round}", response_model=ModelResponse)
+def by_round(svc: ServicesDep, round: Annotated[int, Path(ge=1, le=2**62)],
+             weights: WeightsQuery = WeightsFormat.none) -> ModelResponse:
+    """The global model of one round (404 if there is none)."""
+    doc = svc.store.global_model.find_one({"round": round},
+                                          None if weights is not WeightsFormat.none else {"weights": 0})
+    if doc is None:
+        raise HTTPException(404, f"no global model of round {round}")
+    return _response(doc, weights)

@@ -1,0 +1,132 @@
+"""A background thread that samples what is flowing, so rates are measured and requests stay cheap.
+
+Every ``api.sample_seconds`` it reads documents per collection, the topics' end
+offsets, the newest messages of ``iot_stream`` and the components' health;
+every :data:`SLOW_SECONDS` the dead letters (a full read of the dead-letter
+topic), the consumers' lag and the anomalies per minute. Rates come from two
+samples about a minute (per minute) or one sampling interval (per second)
+apart. A failed read is logged and the previous value kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fl_app.config import AppConfig
+from fl_app.storage import Storage
+
+log = logging.getLogger(__name__)
+
+SLOW_SECONDS = 30.0  # between the costlier reads
+WINDOW_SECONDS = 60.0  # per-minute growth is measured over this much history
+ANOMALY_MINUTES = 30  # the live page's anomalies-per-minute chart
+
+
+@dataclass
+class Sample:
+    at: float  # monotonic
+    counts: dict[str, int]
+    offsets: dict[str, int]
+
+
+@dataclass
+class Snapshot:
+    """The newest sampled values (what the routers read)."""
+
+    at: datetime | None = None
+    collections: dict[str, tuple[int, float | None]] = field(default_factory=dict)  # documents, per minute
+    topics: dict[str, tuple[int, float | None]] = field(default_factory=dict)  # messages, per second
+    newest_messages: list[dict[str, Any]] = field(default_factory=list)
+    components: list[Any] = field(default_factory=list)  # fl_app.services.runner.Status
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    lag: dict[str, int | None] = field(default_factory=lambda: {"flink_job": None, "spark_scorer": None})
+    anomalies_per_minute: list[tuple[datetime, int]] = field(default_factory=list)
+
+
+class Sampler:
+    def __init__(self, cfg: AppConfig, store: Storage) -> None:
+        self.cfg, self.store = cfg, store
+        self.snapshot = Snapshot()
+        self.history: deque[Sample] = deque()
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="api-sampler", daemon=True)
+        self.slow_at = 0.0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            self.sample_once(started)
+            self.stop_event.wait(max(0.0, self.cfg.api.sample_seconds - (time.monotonic() - started)))
+
+    def sample_once(self, now: float | None = None) -> None:
+        from fl_app import flow, pipeline, services
+
+        now = time.monotonic() if now is None else now
+        snap = self.snapshot
+        topics = self.cfg.kafka.topics
+        counts = self._try("documents per collection", self.store.counts, {})
+        offsets: dict[str, int] = {}
+        for topic in (topics.readings, topics.windows, topics.dead_letter):
+            ends = self._try(f"offsets of {topic.name}", lambda t=topic: flow.end_offsets(self.cfg, t.name,
+                                                                                          t.partitions, 2.0), None)
+            if ends is not None:
+                offsets[topic.name] = sum(ends.values())
+        self.history.append(Sample(now, counts, offsets))
+        while len(self.history) > 2 and now - self.history[1].at >= WINDOW_SECONDS:
+            self.history.popleft()
+        minute_ago, previous = self.history[0], self.history[-2] if len(self.history) > 1 else None
+        span = now - minute_ago.at
+        snap.collections = {name: (n, (n - minute_ago.counts.get(name, n)) * 60.0 / span if span > 0 else None)
+                            for name, n in counts.items()}
+        snap.topics = {name: (n, (n - previous.offsets.get(name, n)) / (now - previous.at)
+                              if previous is not None and now > previous.at else None)
+                       for name, n in offsets.items()}
+        snap.newest_messages = self._try("newest messages", lambda: flow.newest_messages(
+            self.cfg, topics.readings.name, topics.readings.partitions, 10), snap.newest_messages)
+        snap.components = self._try("health", lambda: [*services.status(self.cfg), *pipeline.status(self.cfg)],
+                                    snap.components)
+        if now - self.slow_at >= SLOW_SECONDS:
+            self.slow_at = now
+            snap.dead_letters = dict(self._try("dead letters", lambda: flow.dead_letter_reasons(self.cfg, 5.0),
+                                               snap.dead_letters))
+            snap.lag = {"flink_job": self._try("Flink lag", lambda: flow.flink_lag(self.cfg, 2.0), None),
+                        "spark_scorer": self._try("scorer lag", lambda: flow.scorer_lag(self.cfg, 2.0), None)}
+            snap.anomalies_per_minute = self._try("anomalies per minute", self.anomalies_per_minute,
+                                                  snap.anomalies_per_minute)
+        snap.at = datetime.now(UTC)
+
+    def anomalies_per_minute(self) -> list[tuple[datetime, int]]:
+        """Anomalous predictions per minute they were stored, the last :data:`ANOMALY_MINUTES`."""
+        from bson import ObjectId
+
+        since = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=ANOMALY_MINUTES - 1)
+        # The _id of a document holds when it was made: a range on it uses the _id index.
+        cursor = self.store.predictions.find({"_id": {"$gte": ObjectId.from_datetime(since)}, "is_anomaly": True},
+                                             {"_id": 1})
+        per_minute = {since + timedelta(minutes=i): 0 for i in range(ANOMALY_MINUTES)}
+        for doc in cursor:
+            minute = doc["_id"].generation_time.replace(second=0, microsecond=0)
+            if minute in per_minute:
+                per_minute[minute] += 1
+        return sorted(per_minute.items())
+
+    @staticmethod
+    def _try(what: str, read: Any, fallback: Any) -> Any:
+        try:
+            return read()
+        except Exception as exc:  # a sampler keeps going: the API says what it last knew
+            log.warning("sampling %s failed: %s", what, exc)
+            return fallback

@@ -1,0 +1,183 @@
+"""The API's response and request models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list, newest first."""
+
+    items: list[T]
+    page: int
+    page_size: int
+    total: int
+
+
+class ComponentHealth(BaseModel):
+    name: str
+    state: str  # running, unhealthy, stopped, external
+    pid: int | None = None
+    address: str = ""
+    detail: str = ""
+
+
+class CollectionStat(BaseModel):
+    documents: int
+    per_minute: float | None = Field(default=None, description="growth over the last minute (null until measured)")
+
+
+class TopicStat(BaseModel):
+    messages: int = Field(description="end offsets summed over partitions")
+    per_second: float | None = None
+
+
+class PendingUpdates(BaseModel):
+    count: int = Field(description="local updates the ServerApp holds for its next aggregation")
+    devices: list[int]
+
+
+class StatusResponse(BaseModel):
+    at: datetime
+    current_round: int
+    last_aggregation_at: datetime | None = Field(default=None, description="when the current global round was made")
+    last_tick_at: datetime | None = Field(default=None, description="the last aggregation tick, aggregated or skipped")
+    last_tick_status: str | None = None
+    next_aggregation_at: datetime | None = None
+    aggregate_every_seconds: float | None = None
+    pending: PendingUpdates
+    devices_online: int | None = None
+    collections: dict[str, CollectionStat]
+    topics: dict[str, TopicStat]
+    kafka_lag: dict[str, int | None] = Field(description="messages of iot_stream not yet consumed, per consumer")
+    dead_letters: dict[str, int]
+    components: list[ComponentHealth]
+    sampled_at: datetime | None = Field(default=None, description="when rates, lag and health were last sampled")
+
+
+class RejectedUpdate(BaseModel):
+    device_id: int
+    reason: str
+
+
+class HistoryItem(BaseModel):
+    round: int
+    at: datetime
+    status: str  # aggregated or skipped
+    reason: str | None = None
+    devices: list[int]
+    examples: int | None = None
+    loss: float | None = None
+    rejected: list[RejectedUpdate]
+    stale: list[int]
+    idle: list[int] = Field(description="devices that had no new data")
+
+
+class Weights(BaseModel):
+    dtype: str
+    shapes: list[list[int]]
+    data_base64: str | None = Field(default=None, description="weights=binary: the arrays' bytes, concatenated")
+    arrays: list[Any] | None = Field(default=None, description="weights=json: one nested list per array")
+
+
+class ModelResponse(BaseModel):
+    round: int
+    created_at: datetime
+    num_devices: int
+    device_ids: list[int]
+    num_examples: int | None = None
+    loss: float | None = None
+    threshold: float
+    rejected: int = 0
+    stale: int = 0
+    weights: Weights | None = None
+
+
+class DeviceSummary(BaseModel):
+    device_id: int
+    readings: int
+    last_seen: datetime | None = None
+    local_updates: int
+    last_update_at: datetime | None = None
+
+
+class ReadingOut(BaseModel):
+    event_id: str
+    event_time: datetime
+    temperature: float
+    humidity: float
+    light: float
+    voltage: float
+
+
+class LocalUpdateOut(BaseModel):
+    round: int = Field(description="the global round it trained from")
+    aggregated_into: int | None = None
+    trained_at: datetime
+    num_examples: int
+    loss: float | None = None
+
+
+class DeviceDetail(DeviceSummary):
+    recent_readings: list[ReadingOut]
+    recent_updates: list[LocalUpdateOut]
+    predictions: int
+    anomalies: int
+    anomaly_rate: float | None = None
+
+
+class PredictionOut(BaseModel):
+    event_id: str
+    device_id: int
+    event_time: datetime
+    score: float
+    threshold: float | None = None
+    is_anomaly: bool
+    model_round: int
+    scored_at: datetime
+
+
+class IntervalRequest(BaseModel):
+    seconds: float | None = Field(description="the new aggregation interval; null: back to the configured one",
+                                  gt=0, le=86_400)
+
+
+class ControlResponse(BaseModel):
+    aggregate_now_requested_at: datetime | None = None
+    aggregate_every_seconds: float | None = None
+    note: str = ""
+
+
+class LiveMessage(BaseModel):
+    partition: int
+    offset: int
+    timestamp: int
+    key: str
+    value: str
+
+
+class LossPoint(BaseModel):
+    round: int
+    loss: float | None = None
+    devices: int
+
+
+class MinuteCount(BaseModel):
+    minute: datetime
+    anomalies: int
+
+
+class LiveResponse(BaseModel):
+    at: datetime
+    topics: dict[str, TopicStat]
+    kafka_lag: dict[str, int | None]
+    newest_messages: list[LiveMessage]
+    devices_online: int | None = None
+    current_round: int
+    loss_per_round: list[LossPoint]
+    anomalies_per_minute: list[MinuteCount]

@@ -1,0 +1,272 @@
+"""The API (`fl-app api`, a real uvicorn server) on real data in the real MongoDB-wire server and Kafka
+broker: every endpoint, pagination, bad parameters, the admin key; a schemathesis run against
+/openapi.json with no server error; the live page in headless Chromium while the producer runs
+(screenshot: logs/test-artifacts/live/index.png under the project root)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+from fastapi.testclient import TestClient
+
+from fl_app import services, storage
+from fl_app.config import PROJECT_ROOT, AppConfig, load_config
+from fl_app.services.runner import ManagedProcess, free_port
+from tests.integration.test_batch import seed
+
+pytestmark = pytest.mark.integration
+BIN = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin"
+KEY = "test-admin-key-" + uuid.uuid4().hex[:8]
+ARTIFACTS = PROJECT_ROOT / "logs" / "test-artifacts" / "live"
+
+
+class Api:
+    def __init__(self, cfg: AppConfig, overrides: list[str], docs: dict[str, Any], home: Path) -> None:
+        self.cfg, self.overrides, self.docs, self.home = cfg, overrides, docs, home
+        self.base = f"http://127.0.0.1:{cfg.api.port}"
+        self.http = httpx.Client(base_url=self.base, timeout=30)
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return self.http.get(path, params=params)
+
+
+def seed_rounds(store: storage.Storage) -> list[dict[str, Any]]:
+    start = datetime(2026, 11, 28, 10, tzinfo=UTC)
+    ticks = []
+    for k in range(1, 6):  # ticks at minutes 1..5: rounds 1, 2, 3 aggregated, two skipped between
+        aggregated = k in (1, 3, 5)
+        rnd = {1: 1, 2: 1, 3: 2, 4: 2, 5: 3}[k]
+        ticks.append({"at": start + timedelta(minutes=k), "status": "aggregated" if aggregated else "skipped",
+                      "round": rnd, "reason": "" if aggregated else "2 device(s) with a valid update, need 3",
+                      "accepted": [1, 2, 3] if aggregated else [], "stale": [], "idle": [] if aggregated else [3],
+                      "rejected": [{"device_id": 7, "reason": "array 0 has values that are not finite"}]
+                      if k == 3 else []})
+    store.fl_rounds.insert_many([dict(t) for t in ticks])
+    store.save_server_state({"at": start, "round": 3, "online": 5, "pending": 4, "pending_devices": [1, 2],
+                             "outstanding": 1, "aggregate_every_seconds": 60.0,
+                             "next_aggregation_at": start + timedelta(minutes=6)})
+    return ticks
+
+
+@pytest.fixture(scope="module")
+def api(stack: AppConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    home = tmp_path_factory.mktemp("api")
+    tag = uuid.uuid4().hex[:8]
+    overrides = [*services.tenant_overrides(stack, home, tag), "stream.dataset_records=3000",
+                 f"api.port={free_port()}", "api.sample_seconds=1", "stream.records_per_second=40",
+                 f"spark.scorer.checkpoint_dir={home / 'no-scorer'}"]
+    cfg = load_config(overrides)
+    services.provision(cfg)
+    from stream import data
+
+    frame = data.load(cfg.stream, cfg.paths.cache_dir)
+    dead = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    dead.produce(cfg.kafka.topics.dead_letter.name, value=json.dumps({"reason": "light out of range"}))
+    assert dead.flush(30) == 0
+    with storage.Storage.from_config(cfg.mongo) as store:
+        docs: dict[str, Any] = dict(seed(store, frame[["seq"]].assign(
+            label=(frame["anomaly"] != data.NORMAL).to_numpy())))
+        docs["ticks"] = seed_rounds(store)
+    proc = ManagedProcess(name="api", argv=[str(BIN / "fl-app"), "api", *overrides], run_dir=home / ".run",
+                          logs_dir=home / "logs", env={"FL_APP_API_KEY": KEY}, startup_timeout=60,
+                          health_check=lambda: _answers(cfg), stop_timeout=15)
+    proc.start()
+    client = Api(cfg, overrides, docs, home)
+    try:
+        yield client
+    finally:
+        client.http.close()
+        proc.stop()
+
+
+def _answers(cfg: AppConfig) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{cfg.api.port}/api/status", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_status_tells_round_pending_collections_dead_letters_and_health(api: Api) -> None:
+    deadline = time.monotonic() + 30
+    while True:  # the sampler's slower reads (dead letters) come with its first sample
+        body = api.get("/api/status").json()
+        if body["dead_letters"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert body["current_round"] == 3
+    assert body["pending"] == {"count": 4, "devices": [1, 2]} and body["devices_online"] == 5
+    assert body["next_aggregation_at"].startswith("2026-11-28T10:06:00")
+    assert body["last_tick_status"] == "aggregated" and body["last_tick_at"].startswith("2026-11-28T10:05:00")
+    assert body["collections"]["device_data"]["documents"] == len(api.docs["readings"])
+    assert body["collections"]["predictions"]["documents"] == len(api.docs["predictions"])
+    assert body["dead_letters"] == {"light out of range": 1}
+    assert body["kafka_lag"] == {"flink_job": None, "spark_scorer": None}  # neither consumer has run
+    health = {c["name"]: c["state"] for c in body["components"]}
+    assert {"kafka", "mongo", "flink_job", "federation", "spark_scorer", "superset", "api"} <= set(health)
+    assert health["api"] == "running"  # itself, from its pid file
+    assert health["flink_job"] == "stopped"  # nothing of the pipeline runs in this test but the API
+
+
+def test_history_pages_and_time_range(api: Api) -> None:
+    first = api.get("/api/history", page_size=2).json()
+    assert first["total"] == 5 and [t["at"][:16] for t in first["items"]] == ["2026-11-28T10:05", "2026-11-28T10:04"]
+    newest = first["items"][0]
+    assert newest["round"] == 3 and newest["status"] == "aggregated" and newest["devices"] == [1, 2, 3]
+    assert newest["examples"] == 30 and newest["loss"] == pytest.approx(1 / 3)
+    third = api.get("/api/history", page_size=2, page=3).json()
+    assert [t["at"][:16] for t in third["items"]] == ["2026-11-28T10:01"]
+    assert api.get("/api/history", page_size=2, page=4).json()["items"] == []
+    ranged = api.get("/api/history", since="2026-11-28T10:02:00", until="2026-11-28T10:03:30Z").json()
+    assert ranged["total"] == 2 and ranged["items"][0]["rejected"] == [
+        {"device_id": 7, "reason": "array 0 has values that are not finite"}]
+    skipped = [t for t in api.get("/api/history").json()["items"] if t["status"] == "skipped"]
+    assert len(skipped) == 2 and all("need 3" in t["reason"] and t["idle"] == [3] for t in skipped)
+    assert api.get("/api/history", since="2026-11-28T11:00:00", until="2026-11-28T10:00:00").status_code == 400
+    assert api.get("/api/history", page_size=501).status_code == 422
+    assert api.get("/api/history", page=0).status_code == 422
+    bad = api.get("/api/history", since="yesterday")
+    assert bad.status_code == 422 and "since" in bad.text
+
+
+def test_models_with_and_without_weights(api: Api) -> None:
+    latest = api.get("/api/models/latest").json()
+    assert latest["round"] == 3 and latest["num_devices"] == 5 and latest["weights"] is None
+    assert latest["threshold"] == 3.5 and latest["rejected"] == 2
+    binary = api.get("/api/models/2", weights="binary").json()["weights"]
+    stored = storage.decode_weights({"data": base64.b64decode(binary["data_base64"]), "shapes": binary["shapes"],
+                                     "dtype": binary["dtype"]})
+    assert [a.tolist() for a in stored] == [[0.0, 0.0, 0.0]]
+    as_json = api.get("/api/models/1", weights="json").json()["weights"]
+    assert as_json["arrays"] == [[0.0, 0.0, 0.0]] and as_json["shapes"] == [[3]]
+    missing = api.get("/api/models/99")
+    assert missing.status_code == 404 and "round 99" in missing.json()["detail"]
+    assert api.get("/api/models/abc").status_code == 422
+    assert api.get("/api/models/0").status_code == 422
+    assert api.get("/api/models/latest", weights="xml").status_code == 422
+
+
+def test_devices_and_one_device(api: Api) -> None:
+    listed = {d["device_id"]: d for d in api.get("/api/devices").json()}
+    assert len(listed) == 53  # every device of the data set, with or without data
+    readings, preds = api.docs["readings"], api.docs["predictions"]
+    assert listed[1]["readings"] == int((readings["device_id"] == 1).sum()) and listed[1]["local_updates"] == 4
+    assert any(d["readings"] == 0 and d["last_seen"] is None for d in listed.values())  # no data yet
+    one = api.get("/api/devices/2", recent=5).json()
+    assert one["readings"] == int((readings["device_id"] == 2).sum()) and len(one["recent_readings"]) == 5
+    times = [r["event_time"] for r in one["recent_readings"]]
+    assert times == sorted(times, reverse=True)
+    mine = preds[preds["device_id"] == 2]
+    assert one["predictions"] == len(mine) and one["anomalies"] == int(mine["is_anomaly"].sum())
+    assert one["anomaly_rate"] == pytest.approx(mine["is_anomaly"].mean())
+    assert len(one["recent_updates"]) == 3
+    unknown = api.get("/api/devices/999")
+    assert unknown.status_code == 404 and "no device 999" in unknown.json()["detail"]
+    assert api.get("/api/devices/-1").status_code == 422
+
+
+def test_predictions_filters_and_pages(api: Api) -> None:
+    preds = api.docs["predictions"]
+    everything = api.get("/api/predictions", limit=500).json()
+    assert everything["total"] == len(preds) and len(everything["items"]) == len(preds)
+    device = api.get("/api/predictions", device_id=3, anomalies_only="true", limit=10).json()
+    expected = preds[(preds["device_id"] == 3) & preds["is_anomaly"]]
+    assert device["total"] == len(expected) and all(p["is_anomaly"] and p["device_id"] == 3 for p in device["items"])
+    since = datetime(2026, 11, 28, 10, 3, tzinfo=UTC)
+    later = api.get("/api/predictions", since=since.isoformat(), limit=500).json()
+    assert later["total"] == int((preds["event_time"] >= since).sum())
+    second = api.get("/api/predictions", limit=7, page=2).json()
+    first = api.get("/api/predictions", limit=7, page=1).json()
+    assert len(second["items"]) == 7 and not {p["event_id"] + str(p["model_round"]) for p in first["items"]} & {
+        p["event_id"] + str(p["model_round"]) for p in second["items"]}
+    assert api.get("/api/predictions", limit=0).status_code == 422
+    assert api.get("/api/predictions", anomalies_only="perhaps").status_code == 422
+
+
+def test_admin_actions_need_the_key_and_reach_the_control_document(api: Api) -> None:
+    assert api.http.post("/api/admin/aggregate").status_code == 401
+    assert api.http.post("/api/admin/aggregate", headers={"X-API-Key": "wrong"}).status_code == 401
+    ok = api.http.post("/api/admin/aggregate", headers={"X-API-Key": KEY})
+    assert ok.status_code == 202 and ok.json()["aggregate_now_requested_at"]
+    interval = api.http.put("/api/admin/aggregation-interval", headers={"X-API-Key": KEY}, json={"seconds": 15})
+    assert interval.status_code == 200 and interval.json()["aggregate_every_seconds"] == 15
+    assert api.http.put("/api/admin/aggregation-interval", headers={"X-API-Key": KEY},
+                        json={"seconds": -1}).status_code == 422
+    with storage.Storage.from_config(api.cfg.mongo) as store:
+        control = store.server_control()
+        assert control["aggregate_every_seconds"] == 15 and control["aggregate_now_requested_at"]
+    back = api.http.put("/api/admin/aggregation-interval", headers={"X-API-Key": KEY}, json={"seconds": None})
+    assert back.status_code == 200 and back.json()["aggregate_every_seconds"] is None
+
+
+def test_admin_actions_are_off_without_a_configured_key(api: Api) -> None:
+    from fl_app.api.app import create_app
+
+    cfg = load_config([*api.overrides, "api.api_key=''"])
+    with TestClient(create_app(cfg, [1, 2, 3], sample=False)) as client:
+        refused = client.post("/api/admin/aggregate", headers={"X-API-Key": "anything"})
+        assert refused.status_code == 403 and "FL_APP_API_KEY" in refused.json()["detail"]
+        assert client.get("/api/models/latest").status_code == 200  # the rest works
+
+
+def test_docs_and_schemathesis_find_no_server_error(api: Api) -> None:
+    assert api.get("/docs").status_code == 200 and "swagger" in api.get("/docs").text.lower()
+    schema = api.get("/openapi.json").json()
+    assert {"/api/status", "/api/history", "/api/models/latest", "/api/models/{round}", "/api/devices",
+            "/api/devices/{device_id}", "/api/predictions", "/api/admin/aggregate",
+            "/api/admin/aggregation-interval", "/api/live"} <= set(schema["paths"])
+    proc = subprocess.run([str(BIN / "schemathesis"), "run", f"{api.base}/openapi.json", "--checks",
+                           "not_a_server_error", "--max-examples", "25", "-H", f"X-API-Key: {KEY}"],
+                          capture_output=True, text=True, timeout=600, cwd=api.home,
+                          env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    tested = re.search(r"(\d+) passed", proc.stdout)  # every operation was exercised
+    assert tested and int(tested.group(1)) >= 10, proc.stdout[-3000:]
+
+
+def test_live_page_shows_rates_newest_messages_and_the_loss_chart(api: Api) -> None:
+    from playwright.sync_api import sync_playwright
+
+    producer = ManagedProcess(name="kafka_producer", argv=[str(BIN / "fl-app"), "produce", *api.overrides],
+                              run_dir=api.home / ".run", logs_dir=api.home / "logs", startup_timeout=5)
+    producer.start()
+    try:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(api.base + "/")
+            rate, deadline = 0.0, time.monotonic() + 60
+            while time.monotonic() < deadline:  # the page refreshes by itself every 3 s
+                cells = page.locator("#topics tr").first.locator("td.per-second")
+                text = cells.inner_text() if cells.count() else "-"
+                rate = float(text.replace(",", "")) if text not in ("-", "") else 0.0
+                if rate > 0 and page.locator("#messages tr").count() > 0:
+                    break
+                page.wait_for_timeout(1000)
+            assert rate > 0, page.content()[-3000:]
+            assert page.locator("#messages tr").count() >= 1
+            assert "device_id" in page.locator("#messages tr").first.inner_text()
+            assert page.locator("#loss circle").count() == 3  # one point per global round
+            assert page.locator("#round").inner_text() == "3"
+            assert page.locator("#error").inner_text() == ""
+            page.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
+            browser.close()
+    finally:
+        producer.stop()
+    assert np.isfinite(rate)

@@ -9,9 +9,12 @@ WORKDIR /app
 ENV UV_PYTHON_DOWNLOADS=never FL_APP_HOME=/app PATH=/app/.venv/bin:$PATH
 COPY pyproject.toml uv.lock README.md ./
 COPY stream/flink/requirements.lock stream/flink/requirements.lock
+COPY analytics/superset/requirements.lock analytics/superset/requirements.lock
 RUN uv sync --frozen --no-dev --no-install-project \
  && uv venv .venv-flink \
- && uv pip sync --python .venv-flink/bin/python stream/flink/requirements.lock
+ && uv pip sync --python .venv-flink/bin/python stream/flink/requirements.lock \
+ && uv venv .venv-superset \
+ && uv pip sync --python .venv-superset/bin/python analytics/superset/requirements.lock
 COPY . .
 RUN uv sync --frozen --no-dev \
- && .venv/bin/python -c 'from fl_app.config import load_config; from stream.flink import launch; from fl_app.services import jars; cfg = load_config(); jars.resolve("kafka-broker", jars.default_cache_dir()); launch.job_jars(cfg)'
+ && .venv/bin/python -c 'from fl_app.config import load_config; from stream.flink import launch; from fl_app.services import jars; cfg = load_config(); jars.resolve("kafka-broker", jars.default_cache_dir()); jars.resolve("spark-kafka", jars.default_cache_dir()); launch.job_jars(cfg)'

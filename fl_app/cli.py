@@ -112,27 +112,81 @@ def _print_status(statuses: list[Status], title: str = "Services") -> None:
     console.print(table)
 
 
+FOLLOW = typer.Option(None, "--follow/--detach", help="Stay in the foreground showing progress until Ctrl-C, "
+                      "which stops everything (default when run from a terminal), or return once all runs.")
+
+
 @app.command()
-def run(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
-    """Run the pipeline on this machine in the background: services, topics,
-    collections, then every component (fl_app.pipeline.COMPONENTS)."""
+def run(overrides: list[str] | None = OVERRIDES, follow: bool | None = FOLLOW, print_cfg: bool = PRINT_CFG) -> None:
+    """Run the whole pipeline on this machine: services, topics, collections, then every component
+    (fl_app.pipeline.COMPONENTS) under a supervisor that restarts what crashes. In a terminal it stays
+    in the foreground until Ctrl-C; `--detach` returns (then `fl-app stop` stops it)."""
     cfg = _load(overrides, print_cfg, "fl_app")
     from fl_app import pipeline
 
+    follow = sys.stdin.isatty() and sys.stdout.isatty() if follow is None else follow
+    already = [s.name for s in pipeline.status(cfg) if s.state == State.RUNNING]
+    if pipeline.expected(cfg) and already:
+        console.print(f"[bold]already running[/] ({', '.join(already)}); nothing changed. "
+                      "See `fl-app status`; stop it with `fl-app stop`.")
+        return
     console.print(f"profile [bold]{cfg.profile_name}[/]: starting services, logs in {cfg.paths.logs_dir}")
     try:
         report = pipeline.run(cfg, overrides or [])
+    except KeyboardInterrupt:
+        _print_stopped(pipeline.stop(cfg))
+        raise typer.Exit(130) from None
     except USER_ERRORS as exc:
         _fail(exc)
     _print_readiness(cfg, report.ready)
     for note in report.notes:
         console.print(note)
     _print_status(report.components, title="Pipeline")
+    _print_where_to_look(cfg)
+    if not follow:
+        console.print("[bold green]running.[/] Watch it with `fl-app status` or `fl-app view --watch`; "
+                      "stop it with `fl-app stop`.")
+        return
+    console.print("[bold green]running.[/] Ctrl-C stops everything.")
+    _follow(cfg)
+
+
+def _print_where_to_look(cfg: AppConfig) -> None:
+    console.print(f"[bold green]API and live page:[/] http://{cfg.api.host}:{cfg.api.port}/  "
+                  f"(OpenAPI: /docs)" if cfg.api.enabled else "API: off (api.enabled=false)")
     if cfg.superset.enabled:
         _print_superset(cfg)
         console.print("  (its first start takes about a minute; dashboards fill after the first batch run, "
                       f"every {cfg.spark.batch_interval_seconds:g} s)")
-    console.print("[bold green]running.[/] Watch it with `fl-app status`; stop it with `fl-app stop`.")
+    console.print(f"logs: {cfg.paths.logs_dir}/ (rounds: global_server.log; restarts: supervisor.log)")
+
+
+def _follow(cfg: AppConfig) -> None:
+    """One progress line every 10 s until Ctrl-C (or SIGTERM), then stop everything."""
+    import signal
+    import time as clock
+
+    from fl_app import pipeline
+    from fl_app.storage import Storage
+
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        with Storage.from_config(cfg.mongo) as store:
+            while True:
+                counts = store.counts()
+                down = [s.name for s in pipeline.status(cfg) if s.state != State.RUNNING]
+                console.print(f"{clock.strftime('%H:%M:%S')}  readings {counts.get('device_data', 0):,}  "
+                              f"local updates {counts.get('local_models', 0):,}  "
+                              f"global rounds {counts.get('global_model', 0):,}  "
+                              f"predictions {counts.get('predictions', 0):,}"
+                              + (f"  [red]down: {', '.join(down)}[/]" if down else ""))
+                clock.sleep(10)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+        _print_stopped(pipeline.stop(cfg))
 
 
 @app.command()
@@ -442,6 +496,15 @@ def spark_batch(overrides: list[str] | None = OVERRIDES, schedule: bool = SCHEDU
             stop.wait(cfg.spark.batch_interval_seconds)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+@app.command()
+def supervise(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Restart the components `fl-app run` started when they crash, with backoff (what `run` starts)."""
+    cfg = _load(overrides, print_cfg, "supervisor")
+    from fl_app import pipeline, supervisor
+
+    supervisor.serve(cfg, pipeline.processes(cfg, overrides or []), pipeline.expected(cfg))
 
 
 @app.command()

@@ -26,8 +26,10 @@ from fl_app.services.runner import ManagedProcess, ServiceError, State, Status
 from server.component import COMPONENTS as FEDERATION
 from stream.component import COMPONENTS as STREAM
 
+# Last: it restarts the others when they crash (fl_app/supervisor.py); stopped first.
+SUPERVISOR = Component(name="supervisor", command=("supervise",), stop_timeout=10.0)
 # In start order.
-COMPONENTS: tuple[Component, ...] = (*STREAM, *FEDERATION, *ANALYTICS, *API)
+COMPONENTS: tuple[Component, ...] = (*STREAM, *FEDERATION, *ANALYTICS, *API, SUPERVISOR)
 
 # A component that cannot start (bad data set path, missing environment) dies within
 # seconds; `run` waits this long so it can report it instead of "running".
@@ -103,7 +105,19 @@ def stop(cfg: AppConfig) -> list[str]:
 
 
 def status(cfg: AppConfig) -> list[Status]:
-    return [proc.status() for proc in processes(cfg)]
+    """Each component's state; the supervisor's restarts in ``detail``."""
+    from fl_app import supervisor
+
+    restarts = supervisor.records(cfg)
+    out = []
+    for proc in processes(cfg):
+        s, r = proc.status(), restarts.get(proc.name, {})
+        if r.get("gave_up"):
+            s.detail = f"keeps crashing: left down after {len(r.get('crashes', []))} crashes; see {proc.log_file}"
+        elif r.get("restarts"):
+            s.detail = f"restarted {r['restarts']}x by the supervisor"
+        out.append(s)
+    return out
 
 
 def expected(cfg: AppConfig) -> list[str]:

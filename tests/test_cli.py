@@ -10,13 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from fl_app.cli import app
-from fl_app.config import PROJECT_ROOT
+from fl_app.config import PROJECT_ROOT, load_config
 from fl_app.services import private_overrides
 from fl_app.services.runner import pid_from_file
+from fl_app.storage import Storage
 
 runner = CliRunner()
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -56,7 +58,7 @@ def test_run_status_stop(tmp_path: Path) -> None:
     background; readings flow into MongoDB, global models follow; `stop` ends all."""
     overrides = [*private_overrides(tmp_path), "stream.dataset_records=2000", "stream.records_per_second=50",
                  "fl.devices=3", "fl.local_training_interval_seconds=5", "fl.global_update_interval_minutes=0.25"]
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", "FL_APP_API_KEY": "e2e-key"}
 
     def fl_app(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(FL_APP), *args, *overrides], capture_output=True, text=True,
@@ -92,17 +94,44 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert re.search(r"producer next: loop \d+", status.stdout), status.stdout
         assert count("mongo global_model", status.stdout) >= 1, status.stdout  # the federation aggregated
         assert count("mongo predictions", status.stdout) >= 1, status.stdout  # the Spark scorer scored
-        # kafka, mongo, flink_job, kafka_producer, federation, spark_scorer, spark_batch, superset, api
-        assert status.stdout.count("running") == 9
+        # kafka, mongo, flink_job, kafka_producer, federation, spark_scorer, spark_batch, superset, api, supervisor
+        assert status.stdout.count("running") == 10
         assert re.search(r"mongo device_data\s*\W\s*[\d,]+\s*\W\s*[\d.]+", status.stdout)  # with a rate
         view = fl_app("view", "--newest", "2")
         assert view.returncode == 0 and "device_data:" in view.stdout and "global_model:" in view.stdout
-        api = pid_from_file(tmp_path / ".run" / "api.pid")
+        api_url = "http://127.0.0.1:" + next(o.split("=")[1] for o in overrides if o.startswith("api.port="))
+        with Storage.from_config(load_config(overrides).mongo) as store:  # the API and MongoDB agree
+            api_status = httpx.get(f"{api_url}/api/status", timeout=30).json()
+            newest = store.global_model.find_one(sort=[("round", -1)])
+            assert newest is not None and abs(api_status["current_round"] - newest["round"]) <= 1
+        asked = httpx.post(f"{api_url}/api/admin/aggregate", headers={"X-API-Key": "e2e-key"}, timeout=30)
+        assert asked.status_code == 202  # the running ServerApp takes it within a second or two
+        server_log = tmp_path / "logs" / "global_server.log"
+        deadline = time.monotonic() + 30
+        while "requested by an operator" not in server_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "aggregation requested by an operator" in server_log.read_text()
+        again = fl_app("run")  # a second run while running: says so, changes nothing
+        assert again.returncode == 0 and "already running" in again.stdout
+
+        run_dir = tmp_path / ".run"
+        api = pid_from_file(run_dir / "api.pid")
         assert api is not None
-        os.kill(api, signal.SIGKILL)  # a component that should run is down: status says so, exit code 4
+        os.kill(api, signal.SIGKILL)  # a crash: the supervisor restarts it
+        deadline = time.monotonic() + 60
+        while pid_from_file(run_dir / "api.pid") in (None, api) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert pid_from_file(run_dir / "api.pid") not in (None, api), (tmp_path / "logs" / "supervisor.log").read_text()
+        restarted = fl_app("status")
+        assert restarted.returncode == 0 and "restarted 1x by the supervisor" in restarted.stdout
+
+        for name in ("supervisor", "api"):  # without its supervisor, a component that dies stays down
+            pid = pid_from_file(run_dir / f"{name}.pid")
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
         time.sleep(1)
         broken = fl_app("status")
-        assert broken.returncode == 4 and "down: api" in broken.stderr, broken.stdout + broken.stderr
+        assert broken.returncode == 4 and "down: api, supervisor" in broken.stderr, broken.stdout + broken.stderr
     finally:
         down = fl_app("stop")
     assert down.returncode == 0

@@ -52,10 +52,15 @@ def compose_command() -> list[str]:
 
 
 def test_compose_file_validates(compose_command: list[str]) -> None:
+    env = {**os.environ, "SUPERSET_ADMIN_PASSWORD": "only-for-validation"}
     for profile in ([], ["--profile", "app"]):
         proc = subprocess.run([*compose_command, "-f", str(COMPOSE_FILE), *profile, "config", "-q"],
-                              capture_output=True, text=True, cwd=PROJECT_ROOT)
+                              capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
         assert proc.returncode == 0, proc.stderr
+    env.pop("SUPERSET_ADMIN_PASSWORD")
+    refused = subprocess.run([*compose_command, "-f", str(COMPOSE_FILE), "--profile", "app", "config", "-q"],
+                             capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
+    assert refused.returncode != 0 and "SUPERSET_ADMIN_PASSWORD" in refused.stderr
 
 
 def test_compose_uses_official_images_and_exposes_the_documented_ports() -> None:
@@ -66,3 +71,21 @@ def test_compose_uses_official_images_and_exposes_the_documented_ports() -> None
     assert "8080:8080" in services["kafka-ui"]["ports"]
     assert "9092:9092" in services["kafka"]["ports"]
     assert "27017:27017" in services["mongo"]["ports"]
+
+
+def test_compose_runs_every_component_of_the_pipeline_and_the_documented_ports() -> None:
+    from fl_app.pipeline import COMPONENTS, SUPERVISOR
+
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    commands = [s["command"] for s in services.values() if "command" in s]
+    assert all(s.get("restart") == "unless-stopped" for s in services.values()
+               if s.get("profiles") == ["app"] and s["command"][1] != "services")  # long-running ones
+    for component in COMPONENTS:
+        if component is SUPERVISOR:  # in compose, Docker restarts containers
+            continue
+        wanted = ["fl-app", *component.command]
+        assert any(c[:len(wanted)] == wanted for c in commands), f"no service runs {' '.join(wanted)}"
+    assert "8000:8000" in services["api"]["ports"] and "8088:8088" in services["superset"]["ports"]
+    assert "9091:9091" in services["federation"]["ports"]
+    # Superset has no default password: compose refuses to start without one.
+    assert services["superset"]["environment"]["SUPERSET_ADMIN_PASSWORD"].startswith("${SUPERSET_ADMIN_PASSWORD:?")

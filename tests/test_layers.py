@@ -14,7 +14,7 @@ import pytest
 from fl_app.config import PROJECT_ROOT
 
 # Everything that knows every component: the CLI, what it runs, and the API that shows it all.
-ORCHESTRATION = {"fl_app.cli", "fl_app.pipeline", "fl_app.flow", "fl_app.flower"}
+ORCHESTRATION = {"fl_app.cli", "fl_app.pipeline", "fl_app.flow", "fl_app.flower", "fl_app.supervisor"}
 ORCHESTRATION_PACKAGES = ("fl_app.api",)
 # Components: each is a top-level package; it imports the core and itself, never another component.
 COMPONENTS = {"stream", "clients", "server", "analytics"}

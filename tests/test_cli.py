@@ -96,6 +96,16 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert count("mongo predictions", status.stdout) >= 1, status.stdout  # the Spark scorer scored
         # kafka, mongo, flink_job, kafka_producer, federation, spark_scorer, spark_batch, superset, api, supervisor
         assert status.stdout.count("running") == 10
+        collections = ("device_data", "local_models", "global_model", "predictions")
+        first = {c: count(f"mongo {c}", status.stdout) for c in collections}
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # all four grow; at least two aggregations
+            later = fl_app("status")
+            grown = {c: count(f"mongo {c}", later.stdout) for c in collections}
+            if all(grown[c] > first[c] for c in collections) and grown["global_model"] >= 2:
+                break
+            time.sleep(5)
+        assert all(grown[c] > first[c] for c in collections) and grown["global_model"] >= 2, (first, grown)
         assert re.search(r"mongo device_data\s*\W\s*[\d,]+\s*\W\s*[\d.]+", status.stdout)  # with a rate
         view = fl_app("view", "--newest", "2")
         assert view.returncode == 0 and "device_data:" in view.stdout and "global_model:" in view.stdout
@@ -104,13 +114,27 @@ def test_run_status_stop(tmp_path: Path) -> None:
             api_status = httpx.get(f"{api_url}/api/status", timeout=30).json()
             newest = store.global_model.find_one(sort=[("round", -1)])
             assert newest is not None and abs(api_status["current_round"] - newest["round"]) <= 1
-        asked = httpx.post(f"{api_url}/api/admin/aggregate", headers={"X-API-Key": "e2e-key"}, timeout=30)
-        assert asked.status_code == 202  # the running ServerApp takes it within a second or two
+        admin = {"X-API-Key": "e2e-key"}
+        slower = httpx.put(f"{api_url}/api/admin/aggregation-interval", json={"seconds": 600}, headers=admin,
+                           timeout=30)
+        assert slower.status_code == 200  # the running ServerApp: next aggregation 600 s after the last
         server_log = tmp_path / "logs" / "global_server.log"
         deadline = time.monotonic() + 30
-        while "requested by an operator" not in server_log.read_text() and time.monotonic() < deadline:
+        while "-> 600s (by an operator)" not in server_log.read_text() and time.monotonic() < deadline:
             time.sleep(0.5)
+        with Storage.from_config(load_config(overrides).mongo) as store:
+            time.sleep(6)  # a round already under way may still land
+            rounds = store.global_model.count_documents({})
+            time.sleep(10)
+            assert store.global_model.count_documents({}) == rounds  # 600 s: no round now
+            asked = httpx.post(f"{api_url}/api/admin/aggregate", headers=admin, timeout=30)
+            assert asked.status_code == 202  # ... until an operator asks for one
+            deadline = time.monotonic() + 30
+            while store.global_model.count_documents({}) == rounds and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert store.global_model.count_documents({}) == rounds + 1, server_log.read_text()[-2000:]
         assert "aggregation requested by an operator" in server_log.read_text()
+        httpx.put(f"{api_url}/api/admin/aggregation-interval", json={"seconds": None}, headers=admin, timeout=30)
         again = fl_app("run")  # a second run while running: says so, changes nothing
         assert again.returncode == 0 and "already running" in again.stdout
 
@@ -138,6 +162,23 @@ def test_run_status_stop(tmp_path: Path) -> None:
     assert ("stopped: superset, spark_batch, spark_scorer, federation, kafka_producer, flink_job, mongo, kafka"
             in down.stdout)
     assert "producing to iot_stream" in (tmp_path / "logs" / "kafka_producer.log").read_text()
+    assert not live_processes_under(tmp_path), live_processes_under(tmp_path)  # nothing left running
+
+
+def live_processes_under(home: Path) -> list[str]:
+    """Command lines of live (not zombie) processes that mention ``home``: what a run of ours left."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state != "Z" and str(home) in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
 
 
 def test_data_generate_and_inspect(tmp_path: Path) -> None:

@@ -1,0 +1,225 @@
+"""The whole pipeline on this machine (`fl-app run`, every component) at 10 and 100 readings/s and flat out.
+
+For each rate, on a fresh private home with its own broker and MongoDB-wire server:
+
+1. ``fl-app run --detach`` (testing profile: 53 devices, 30 s local, 60 s global); the time from
+   invoking it to the first global model (target: under 90 s after set-up) and to the first
+   prediction;
+2. then ``--minutes`` of steady state, sampled every 5 s: readings stored per second
+   (``device_data``), readings produced per second (``iot_stream``), the Flink job's lag, machine
+   CPU, and the PSS and CPU of each component (its processes: the session of its pid file);
+3. ``fl-app stop``.
+
+The flat-out run asks the producer for far more than the pipeline stores (``--max-rate``): what
+it stores then is the highest rate this machine sustains, and the lag shows the rest piling up.
+
+    python -m benchmarks.pipeline [--rates 10,100] [--max-rate 5000] [--minutes 3]
+
+Writes logs/pipeline_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.fl_supernodes import cpu_times, pss_mb
+from fl_app import flow, services, storage
+from fl_app.config import PROJECT_ROOT, AppConfig, load_config
+from fl_app.services.runner import pid_from_file
+
+console = Console(width=None if sys.stdout.isatty() else 180)
+FL_APP = Path(sys.executable).parent / "fl-app"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    rate: float  # asked of the producer, readings/s
+    run_seconds: float = 0.0  # `fl-app run --detach` until it returned
+    first_global_s: float | None = None  # from invoking `fl-app run`
+    first_prediction_s: float | None = None
+    produced_per_s: float = 0.0
+    stored_per_s: float = 0.0
+    flink_lag_start: int | None = None
+    flink_lag_end: int | None = None
+    cpu_percent: float = 0.0  # of the whole machine (2 cores = 200 %)
+    load_average: float = 0.0
+    pss_mb: dict[str, float] = field(default_factory=dict)  # mean per component
+    cpu_percent_by_component: dict[str, float] = field(default_factory=dict)  # of one core
+    total_pss_mb: float = 0.0
+    rounds: int = 0
+    error: str = ""
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def components(cfg: AppConfig) -> dict[int, str]:
+    """Session id -> component name, from the pid files (SuperNodes grouped as one)."""
+    out = {}
+    for pid_file in Path(cfg.paths.run_dir).glob("*.pid"):
+        pid = pid_from_file(pid_file)
+        sid = session_of(pid) if pid is not None else None
+        if sid is not None:
+            out[sid] = "supernodes" if pid_file.stem.startswith("fl_supernode_") else pid_file.stem
+    return out
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def by_component(cfg: AppConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """(PSS MB, CPU seconds so far) summed per component over its processes."""
+    names = components(cfg)
+    pss: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        name = names.get(session_of(int(proc.name)) or -1)
+        if name is None:
+            continue
+        pss[name] = pss.get(name, 0.0) + pss_mb(int(proc.name))
+        cpu[name] = cpu.get(name, 0.0) + proc_cpu_seconds(int(proc.name))
+    return pss, cpu
+
+
+def fl_app(overrides: list[str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(FL_APP), *args, *overrides], capture_output=True, text=True, timeout=timeout,
+                          cwd=PROJECT_ROOT, env={**os.environ, "COLUMNS": "200"})
+
+
+def run_one(rate: float, minutes: float) -> Result:
+    result = Result(rate=rate)
+    with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
+        home = Path(tmp)
+        overrides = [*services.private_overrides(home), f"stream.records_per_second={rate}",
+                     f"stream.batch_size={max(10, int(rate // 10))}"]
+        cfg = load_config(overrides)
+        console.print(f"[bold]{rate:g} readings/s[/]: fl-app run --detach (home {home})")
+        started = time.monotonic()
+        try:
+            up = fl_app(overrides, "run", "--detach")
+            result.run_seconds = time.monotonic() - started
+            if up.returncode != 0:
+                result.error = f"fl-app run failed: {(up.stdout + up.stderr)[-1500:]}"
+                return result
+            with storage.Storage.from_config(cfg.mongo) as store:
+                deadline = started + 600
+                while time.monotonic() < deadline and (result.first_global_s is None
+                                                       or result.first_prediction_s is None):
+                    if result.first_global_s is None and store.global_model.find_one({}, {"round": 1}):
+                        result.first_global_s = time.monotonic() - started
+                        console.print(f"  first global model after {result.first_global_s:.0f}s")
+                    if result.first_prediction_s is None and store.predictions.find_one({}, {"_id": 1}):
+                        result.first_prediction_s = time.monotonic() - started
+                        console.print(f"  first prediction after {result.first_prediction_s:.0f}s")
+                    time.sleep(1)
+                measure(cfg, store, result, minutes)
+        finally:
+            fl_app(overrides, "stop")
+            leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _mentions(p, home)]
+            if leftovers:
+                result.error += f" {len(leftovers)} processes left after stop"
+    return result
+
+
+def _mentions(proc: Path, home: Path) -> bool:
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and str(home).encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def measure(cfg: AppConfig, store: storage.Storage, result: Result, minutes: float) -> None:
+    topic = cfg.kafka.topics.readings
+    console.print(f"  measuring {minutes:g} min")
+
+    def produced() -> int:
+        return sum(flow.end_offsets(cfg, topic.name, topic.partitions).values())
+
+    stored0, produced0, busy0, total0 = store.device_data.estimated_document_count(), produced(), *cpu_times()
+    _, cpu0 = by_component(cfg)
+    result.flink_lag_start = flow.flink_lag(cfg)
+    t0 = time.monotonic()
+    pss_samples: list[dict[str, float]] = []
+    while time.monotonic() - t0 < minutes * 60:
+        time.sleep(5)
+        pss, _ = by_component(cfg)
+        pss_samples.append(pss)
+    span = time.monotonic() - t0
+    busy1, total1 = cpu_times()
+    _, cpu1 = by_component(cfg)
+    result.stored_per_s = (store.device_data.estimated_document_count() - stored0) / span
+    result.produced_per_s = (produced() - produced0) / span
+    result.flink_lag_end = flow.flink_lag(cfg)
+    result.cpu_percent = 100 * (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+    result.load_average = os.getloadavg()[0]
+    names = sorted({n for s in pss_samples for n in s})
+    result.pss_mb = {n: sum(s.get(n, 0.0) for s in pss_samples) / len(pss_samples) for n in names}
+    result.total_pss_mb = sum(result.pss_mb.values())
+    result.cpu_percent_by_component = {n: 100 * (cpu1.get(n, 0.0) - cpu0.get(n, 0.0)) / span for n in names}
+    result.rounds = store.global_model.estimated_document_count()
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="10,100", help="paced rates, readings/s")
+    parser.add_argument("--max-rate", type=float, default=5000.0, help="the flat-out run's asked rate (0: skip)")
+    parser.add_argument("--minutes", type=float, default=3.0, help="steady-state measuring time per rate")
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",") if r] + ([args.max_rate] if args.max_rate > 0 else [])
+    results = [run_one(rate, args.minutes) for rate in rates]
+
+    table = Table(title="Whole pipeline (fl-app run, testing profile, 53 devices)", title_justify="left")
+    for col in ("asked /s", "run returned", "first global", "first prediction", "produced /s", "stored /s",
+                "Flink lag start -> end", "CPU (of 200 %)", "load", "PSS total", "rounds", "error"):
+        table.add_column(col)
+
+    def seconds(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f} s"
+
+    for r in results:
+        table.add_row(f"{r.rate:g}", seconds(r.run_seconds), seconds(r.first_global_s), seconds(r.first_prediction_s),
+                      f"{r.produced_per_s:,.1f}", f"{r.stored_per_s:,.1f}", f"{r.flink_lag_start} -> {r.flink_lag_end}",
+                      f"{r.cpu_percent:.0f} %", f"{r.load_average:.1f}", f"{r.total_pss_mb / 1024:.1f} GB",
+                      str(r.rounds), r.error[:60])
+    console.print(table)
+    per = Table(title="Per component: PSS MB / CPU % of one core", title_justify="left")
+    per.add_column("component")
+    for r in results:
+        per.add_column(f"{r.rate:g}/s")
+    for name in sorted({n for r in results for n in r.pss_mb}):
+        per.add_row(name, *[f"{r.pss_mb.get(name, 0):,.0f} / {r.cpu_percent_by_component.get(name, 0):.0f} %"
+                            for r in results])
+    console.print(per)
+    out = PROJECT_ROOT / "logs" / "pipeline_bench.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
+    console.print(f"written: {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -400,6 +400,10 @@ class FLConfig:
     # ClientApp that died holding it never answers). null = max(4 local intervals, 120 s): a stock
     # SuperNode starts a fresh ClientApp process per message, 20-40 s on a loaded 2-core machine.
     message_ttl_seconds: float | None = checked(None, positive_or_null)
+    # Until the first global round exists, train messages go out this often (instead of every local
+    # interval) and the first round is made as soon as enough devices sent an update, instead of on the
+    # global clock: the first model comes ~1 local interval after the first windows. 0: no warm-up.
+    warmup_train_seconds: float = checked(10.0, non_negative)
     model: ModelConfig = field(default_factory=ModelConfig)
     security: FLSecurityConfig = field(default_factory=FLSecurityConfig)
 

@@ -178,6 +178,7 @@ class RunSettings:
     max_update_norm: float
     duration: float  # seconds the ServerApp runs; 0 = until stopped
     message_ttl: float  # seconds a train message may stay unanswered
+    warmup_train_every: float  # seconds between train messages before the first global round; 0: off
     server_settings: str  # path of the server-only settings (MongoDB, log folder)
 
     @classmethod
@@ -193,6 +194,7 @@ class RunSettings:
                    max_staleness_rounds=fl.max_staleness_rounds, max_update_norm=fl.max_update_norm,
                    duration=fl.duration_seconds or 0.0,
                    message_ttl=fl.message_ttl_seconds or max(4 * fl.local_training_interval_seconds, 120.0),
+                   warmup_train_every=fl.warmup_train_seconds,
                    server_settings=server_settings)
 
     # Flower's run config holds flat scalars only: these travel as JSON text.

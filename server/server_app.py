@@ -104,6 +104,8 @@ class TimedServer:
         # override stays: a restarted ServerApp keeps what the operator set for the run).
         self.control_seen = store.server_control().get("aggregate_now_requested_at")
         self.control_checked = 0.0
+        self.last_train = -math.inf
+        self.early_devices = 0  # devices with data at the last early attempt (warm-up)
 
     def run(self) -> None:
         started = time.monotonic()
@@ -111,19 +113,37 @@ class TimedServer:
         clock = self.clock
         log.info("start: global round %d; train every %gs, aggregate every %gs with >= %d devices",
                  self.state.round, self.settings.train_every, self.settings.aggregate_every, self.settings.min_devices)
+        if self.warming_up():
+            log.info("warm-up: train every %gs until the first global round, made as soon as %d devices sent "
+                     "an update", self.settings.warmup_train_every, self.settings.min_devices)
         while time.monotonic() < end:
             now = time.monotonic()
             if now - self.control_checked >= CONTROL_SECONDS:
                 self.apply_control(now)
-            if clock.train_due(now):
+            warm_train = self.warming_up() and now - self.last_train >= self.settings.warmup_train_every
+            if clock.train_due(now) or warm_train:
                 self.send_train_messages(now)
+                self.last_train = now
                 self.save_state(now)
             self.collect_replies(now)
+            if self.warming_up() and self.first_round_ready():
+                clock.aggregate_now(now)  # the first round now; the global interval counts from it
             if clock.aggregate_due(now):
                 self.aggregate()
                 self.save_state(now)
             time.sleep(POLL_SECONDS)
         log.info("stop: global round %d after %.0fs", self.state.round, time.monotonic() - started)
+
+    def warming_up(self) -> bool:
+        return self.state.round == 0 and self.settings.warmup_train_every > 0
+
+    def first_round_ready(self) -> bool:
+        """Enough devices with data for the first round (tried again only when more have data)."""
+        with_data = len({u.device_id for u in self.pending if u.num_examples > 0})
+        if with_data >= self.settings.min_devices and with_data > self.early_devices:
+            self.early_devices = with_data
+            return True
+        return False
 
     def apply_control(self, now: float) -> None:
         """The operator's requests (API admin actions): aggregate now; another aggregation interval."""

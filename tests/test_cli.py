@@ -165,6 +165,35 @@ def test_run_status_stop(tmp_path: Path) -> None:
     assert not live_processes_under(tmp_path), live_processes_under(tmp_path)  # nothing left running
 
 
+@pytest.mark.integration
+def test_run_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    """`fl-app run --follow` (what `make run` does in a terminal): progress lines, then Ctrl-C stops it all."""
+    overrides = [*private_overrides(tmp_path), "stream.dataset_records=2000", "fl.devices=3",
+                 "spark.scorer.enabled=false", "spark.batch.enabled=false", "superset.enabled=false"]
+    proc = subprocess.Popen([str(FL_APP), "run", "--follow", *overrides], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
+                            env={**os.environ, "COLUMNS": "200"})
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "readings" in line and "global rounds" in line:  # the first progress line
+                break
+        assert any("Ctrl-C stops everything" in line for line in lines), "".join(lines)
+        assert live_processes_under(tmp_path)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopped: supervisor, api, federation, kafka_producer, flink_job, mongo, kafka" in rest, rest
+    assert not live_processes_under(tmp_path), live_processes_under(tmp_path)
+
+
 def live_processes_under(home: Path) -> list[str]:
     """Command lines of live (not zombie) processes that mention ``home``: what a run of ours left."""
     found = []

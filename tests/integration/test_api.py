@@ -6,7 +6,6 @@ broker: every endpoint, pagination, bad parameters, the admin key; a schemathesi
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import subprocess
@@ -20,13 +19,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from confluent_kafka import Producer
 from fastapi.testclient import TestClient
 
 from fl_app import services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services.runner import ManagedProcess, free_port
-from tests.integration.test_batch import seed
+from tests.integration.test_batch import seed_run
 
 pytestmark = pytest.mark.integration
 BIN = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin"
@@ -71,15 +69,8 @@ def api(stack: AppConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                  f"spark.scorer.checkpoint_dir={home / 'no-scorer'}"]
     cfg = load_config(overrides)
     services.provision(cfg)
-    from stream import data
-
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
-    dead = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
-    dead.produce(cfg.kafka.topics.dead_letter.name, value=json.dumps({"reason": "light out of range"}))
-    assert dead.flush(30) == 0
+    docs: dict[str, Any] = dict(seed_run(cfg, ["light out of range"]))
     with storage.Storage.from_config(cfg.mongo) as store:
-        docs: dict[str, Any] = dict(seed(store, frame[["seq"]].assign(
-            label=(frame["anomaly"] != data.NORMAL).to_numpy())))
         docs["ticks"] = seed_rounds(store)
     proc = ManagedProcess(name="api", argv=[str(BIN / "fl-app"), "api", *overrides], run_dir=home / ".run",
                           logs_dir=home / "logs", env={"FL_APP_API_KEY": KEY}, startup_timeout=60,

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -59,6 +60,25 @@ def seed(store: storage.Storage, labels: pd.DataFrame) -> dict[str, pd.DataFrame
             "locals": pd.DataFrame(locals_)}
 
 
+def labels_of(cfg: AppConfig) -> pd.DataFrame:
+    """The data set's ground truth: ``seq``, ``label`` (True: an anomaly)."""
+    from stream import data
+
+    frame = data.load(cfg.stream, cfg.paths.cache_dir)
+    return frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
+
+
+def seed_run(cfg: AppConfig, dead_letters: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """A run's data for the analytics and the API: ``dead_letters`` (their reasons) on the dead-letter
+    topic and :func:`seed`'s documents in MongoDB."""
+    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for reason in dead_letters:
+        producer.produce(cfg.kafka.topics.dead_letter.name, value=json.dumps({"reason": reason, "record": "x"}))
+    assert producer.flush(30) == 0
+    with storage.Storage.from_config(cfg.mongo) as store:
+        return seed(store, labels_of(cfg))
+
+
 def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     db = tmp_path / "serving.db"
@@ -66,16 +86,9 @@ def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: P
                  f"spark.batch.store_url=sqlite:///{db}"]
     cfg = load_config(overrides)
     services.provision(cfg)
-    from stream import data
-
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
-    labels = frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
-    dead = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
-    for reason in ("humidity out of range", "humidity out of range", "not JSON"):
-        dead.produce(cfg.kafka.topics.dead_letter.name, value=json.dumps({"reason": reason, "record": "x"}))
-    assert dead.flush(30) == 0
+    docs = seed_run(cfg, ("humidity out of range", "humidity out of range", "not JSON"))
+    labels = labels_of(cfg)
     with storage.Storage.from_config(cfg.mongo) as store:
-        docs = seed(store, labels)
         documents = store.counts()
         proc = subprocess.run([str(FL_APP), "spark", "batch", *overrides], capture_output=True, text=True,
                               timeout=600, cwd=PROJECT_ROOT)

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from confluent_kafka import Producer
 
-from fl_app import services, storage
+from fl_app import services
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services.runner import free_port
-from tests.integration.test_batch import seed
+from tests.integration.test_batch import seed_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "fl-app"
@@ -54,14 +53,7 @@ def test_dashboards_render_with_data_in_a_real_browser(stack: AppConfig, tmp_pat
                  f"spark.batch.store_url=sqlite:///{tmp_path / 'serving.db'}", f"superset.port={port}"]
     cfg = load_config(overrides)
     services.provision(cfg)
-    from stream import data
-
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
-    dead = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
-    dead.produce(cfg.kafka.topics.dead_letter.name, value=json.dumps({"reason": "voltage out of range"}))
-    assert dead.flush(30) == 0
-    with storage.Storage.from_config(cfg.mongo) as store:
-        seed(store, frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy()))
+    seed_run(cfg, ["voltage out of range"])
 
     def fl_app(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(FL_APP), *args, *overrides], capture_output=True, text=True, timeout=600,

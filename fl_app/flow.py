@@ -165,18 +165,15 @@ def snapshot(cfg: AppConfig, rate_seconds: float = 2.0) -> list[FlowRow]:
     with storage.Storage.from_config(cfg.mongo) as store:
         started = time.monotonic()
         messages, documents = topic_message_counts(cfg), store.counts()
+        later_messages, later_documents = messages, documents
         if rate_seconds > 0:
             time.sleep(rate_seconds)
             later_messages, later_documents = topic_message_counts(cfg), store.counts()
-            span = time.monotonic() - started
+        span = time.monotonic() - started
 
-            def rate(before: dict[str, int], after: dict[str, int], name: str) -> float | None:
-                return (after.get(name, 0) - before.get(name, 0)) / span
-        else:
-            later_messages, later_documents = messages, documents
+        def rate(before: dict[str, int], after: dict[str, int], name: str) -> float | None:
+            return (after.get(name, 0) - before.get(name, 0)) / span if rate_seconds > 0 else None
 
-            def rate(before: dict[str, int], after: dict[str, int], name: str) -> float | None:
-                return None
         for name, count in later_messages.items():
             note = f"producer {position}" if name == cfg.kafka.topics.readings.name else ""
             if name in transactional:  # written by Flink's exactly-once sink

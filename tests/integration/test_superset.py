@@ -21,12 +21,12 @@ import pytest
 from fl_app import services
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services.runner import free_port
+from tests.integration.browser import launch
 from tests.integration.test_batch import seed_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "fl-app"
 ARTIFACTS = PROJECT_ROOT / "logs" / "test-artifacts" / "superset"
-CHROMIUM = Path("/usr/bin/chromium")
 # What the browser must show for each dashboard: chart title -> how it draws (canvas: ECharts; rows: table;
 # number: big number). From the bundle in analytics/superset/bundle/.
 EXPECTED = {
@@ -72,9 +72,7 @@ def test_dashboards_render_with_data_in_a_real_browser(stack: AppConfig, tmp_pat
         assert again.returncode == 0 and (tmp_path / ".run" / "superset.pid").read_text() == pid
 
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
+            browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             page.goto(f"{base}/login/")
             page.fill("#username", "wrong")

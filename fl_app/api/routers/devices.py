@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from fl_app.api.deps import ServicesDep
 from fl_app.api.schemas import DeviceDetail, DeviceSummary, LocalUpdateOut, ReadingOut
+from fl_app.api.values import finite
 
 router = APIRouter(prefix="/api/devices", tags=["devices"])
 
@@ -45,17 +45,14 @@ def device(svc: ServicesDep, device_id: Annotated[int, Path(ge=0, le=2**31)],
     anomalies = store.predictions.count_documents({**mine, "is_anomaly": True})
     last_update = updates[0]["trained_at"] if updates else None
 
-    def loss(u: dict[str, Any]) -> float | None:
-        value = u.get("metrics", {}).get("loss")
-        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
     return DeviceDetail(
         device_id=device_id, readings=store.device_data.count_documents(mine),
         last_seen=newest[0]["event_time"] if newest else None,
         local_updates=store.local_models.count_documents(mine), last_update_at=last_update,
         recent_readings=[ReadingOut(**{k: r[k] for k in ReadingOut.model_fields}) for r in newest],
         recent_updates=[LocalUpdateOut(round=u["round"], aggregated_into=u.get("aggregated_into"),
-                                       trained_at=u["trained_at"], num_examples=u["num_examples"], loss=loss(u))
+                                       trained_at=u["trained_at"], num_examples=u["num_examples"],
+                                       loss=finite(u.get("metrics", {}).get("loss")))
                         for u in updates],
         predictions=predictions, anomalies=anomalies,
         anomaly_rate=anomalies / predictions if predictions else None)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from fl_app.api.deps import ServicesDep, page_bounds
 from fl_app.api.schemas import HistoryItem, Page, RejectedUpdate
-from fl_app.api.times import as_utc
+from fl_app.api.values import as_utc, finite
 
 router = APIRouter(prefix="/api", tags=["history"])
 
@@ -35,11 +35,10 @@ def history(svc: ServicesDep, page: Annotated[int, Query(ge=1, le=1_000_000)] = 
     items = []
     for t in ticks:
         model = models.get(t["round"]) if t["status"] == "aggregated" else None
-        loss = (model or {}).get("metrics", {}).get("loss")
         items.append(HistoryItem(
             round=t["round"], at=t["at"], status=t["status"], reason=t.get("reason") or None,
             devices=list(t.get("accepted", [])), examples=(model or {}).get("num_examples"),
-            loss=loss if loss is None or loss == loss else None,  # NaN is not JSON
+            loss=finite((model or {}).get("metrics", {}).get("loss")),
             rejected=[RejectedUpdate(**r) for r in t.get("rejected", [])], stale=list(t.get("stale", [])),
             idle=list(t.get("idle", []))))
     return Page(items=items, page=page, page_size=page_size, total=store.fl_rounds.count_documents(query))

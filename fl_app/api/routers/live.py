@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from fastapi.responses import FileResponse
 
 from fl_app.api.deps import ServicesDep
 from fl_app.api.schemas import LiveMessage, LiveResponse, LossPoint, MinuteCount, TopicStat
+from fl_app.api.values import finite
 
 router = APIRouter(tags=["live"])
 PAGE = Path(__file__).resolve().parent.parent / "static" / "index.html"
@@ -30,9 +30,6 @@ def live(svc: ServicesDep) -> LiveResponse:
     models = list(store.global_model.find({}, {"round": 1, "metrics.loss": 1, "num_devices": 1},
                                           sort=[("round", -1)], limit=ROUNDS_SHOWN))
     state = store.server_state() or {}
-
-    def finite(value: object) -> float | None:
-        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
     return LiveResponse(
         at=datetime.now(UTC),

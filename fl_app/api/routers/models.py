@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from fl_app.api.deps import ServicesDep
 from fl_app.api.schemas import ModelResponse, Weights
+from fl_app.api.values import finite
 from fl_app.storage import decode_weights
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -27,11 +27,9 @@ WeightsQuery = Annotated[WeightsFormat, Query(description="none: metadata only; 
 
 
 def _response(doc: dict[str, Any], weights: WeightsFormat) -> ModelResponse:
-    loss = doc.get("metrics", {}).get("loss")
     out = ModelResponse(round=doc["round"], created_at=doc["created_at"], num_devices=doc["num_devices"],
                         device_ids=list(doc.get("device_ids", [])), num_examples=doc.get("num_examples"),
-                        loss=loss if loss is not None and math.isfinite(loss) else None,
-                        threshold=doc["threshold"] if math.isfinite(doc["threshold"]) else 0.0,
+                        loss=finite(doc.get("metrics", {}).get("loss")), threshold=finite(doc["threshold"]) or 0.0,
                         rejected=doc.get("rejected", 0), stale=doc.get("stale", 0))
     stored = doc.get("weights")
     if weights is not WeightsFormat.none and stored is not None:

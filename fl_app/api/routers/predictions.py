@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from fl_app.api.deps import ServicesDep, page_bounds
 from fl_app.api.schemas import Page, PredictionOut
-from fl_app.api.times import as_utc
+from fl_app.api.values import as_utc
 
 router = APIRouter(prefix="/api", tags=["predictions"])
 

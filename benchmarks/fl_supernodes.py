@@ -8,7 +8,9 @@ profile's 10 readings/s, the Flink job) and the testing cadence (train every
 
 - devices online and train messages answered, per aggregation tick (what the
   ServerApp saw: ``fl_rounds.transport``);
-- devices that sent a reply (update or "no new data") per aggregation tick, out of the devices;
+- devices that sent a reply (update or "no new data") per aggregation tick, out of the devices, and
+  of those the devices whose update went into the round (the others' windows held no new readings:
+  at 10 readings/s a device gets ~6 readings per 30 s, fewer where the data set has gaps);
 - message-to-reply seconds: the median of the ticks' p50 and the largest p99;
 - memory: proportional set size (PSS: shared pages split between the processes
   that share them, so forked children count what they add) of the FL layer
@@ -70,6 +72,9 @@ class Result:
     replied_min: int = 0  # devices that replied within an aggregation interval (worst tick)
     replied_mean: float = 0.0
     ticks_with_all_but_one: float = 0.0  # share of ticks where >= devices - 1 replied
+    updated_min: int = 0  # devices whose update went into the tick's round (worst tick)
+    updated_mean: float = 0.0
+    idle_mean: float = 0.0  # devices that replied "no new data"
     aggregated: int = 0
     latency_p50: float = float("nan")
     latency_p99: float = float("nan")
@@ -200,6 +205,9 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         result.online_min, result.online_mean = min(online), statistics.fmean(online)
         result.replied_min, result.replied_mean = min(replied), statistics.fmean(replied)
         result.ticks_with_all_but_one = sum(r >= devices - 1 for r in replied) / len(replied)
+        updated = [len(t["accepted"]) for t in ticks_docs]
+        result.updated_min, result.updated_mean = min(updated), statistics.fmean(updated)
+        result.idle_mean = statistics.fmean(len(t["idle"]) for t in ticks_docs)
         p50s = [t["transport"]["latency_p50"] for t in ticks_docs if t["transport"]["replies"]]
         p99s = [t["transport"]["latency_p99"] for t in ticks_docs if t["transport"]["replies"]]
         result.latency_p50 = statistics.median(p50s) if p50s else float("nan")
@@ -207,7 +215,8 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         for hop in ("delivery", "work", "return"):
             values = [t["transport"][f"{hop}_p50"] for t in ticks_docs if t["transport"].get(f"{hop}_p50") is not None]
             setattr(result, f"{hop}_p50", statistics.median(values) if values else float("nan"))
-        result.per_tick = [{"online": t["transport"]["online"], "replied": r, "status": t["status"],
+        result.per_tick = [{"online": t["transport"]["online"], "replied": r, "updated": len(t["accepted"]),
+                            "idle": len(t["idle"]), "status": t["status"],
                             **{k: t["transport"].get(k) for k in ("latency_p50", "latency_p99", "delivery_p50",
                                                                   "work_p50", "return_p50")}}
                            for t, r in zip(ticks_docs, replied, strict=True)]
@@ -233,12 +242,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     table = Table(title=f"{args.devices} SuperNodes, train every 30 s, aggregate every 60 s, stream running",
                   title_justify="left")
     for col in ("isolation", "minutes", "ticks", "online min/mean", "replied min/mean", "ticks >= n-1",
+                "updated min/mean", "idle mean",
                 "rounds", "reply p50", "reply p99", "delivery/work/return p50", "FL PSS mean/peak", "pipeline peak",
                 "CPU busy", "load"):
         table.add_column(col, justify="left" if col == "isolation" else "right")
     for r in results:
         table.add_row(r.isolation, f"{r.minutes:g}", str(r.ticks), f"{r.online_min}/{r.online_mean:.1f}",
-                      f"{r.replied_min}/{r.replied_mean:.1f}", f"{r.ticks_with_all_but_one:.0%}", str(r.aggregated),
+                      f"{r.replied_min}/{r.replied_mean:.1f}", f"{r.ticks_with_all_but_one:.0%}",
+                      f"{r.updated_min}/{r.updated_mean:.1f}", f"{r.idle_mean:.1f}", str(r.aggregated),
                       f"{r.latency_p50:.1f}s", f"{r.latency_p99:.1f}s",
                       f"{r.delivery_p50:.1f}/{r.work_p50:.1f}/{r.return_p50:.1f}s",
                       f"{r.fl_pss_mean_mb / 1024:.2f}/{r.fl_pss_peak_mb / 1024:.2f} GB",

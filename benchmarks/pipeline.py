@@ -8,12 +8,16 @@ For each rate, on a fresh private home with its own broker and MongoDB-wire serv
 2. then ``--minutes`` of steady state, sampled every 5 s: readings stored per second
    (``device_data``), readings produced per second (``iot_stream``), the Flink job's lag, machine
    CPU, and the PSS and CPU of each component (its processes: the session of its pid file);
-3. ``fl-app stop``.
+3. what the run made ``--counts-after`` minutes (default 10) after invoking ``fl-app run``, if the run lasts
+   that long: readings stored, local updates, global rounds, predictions (the seed project's 10-minute run
+   at 10 readings/s: ~6,000 readings, ~1,060 local updates, ~10 rounds);
+4. ``fl-app stop``.
 
 The flat-out run asks the producer for far more than the pipeline stores (``--max-rate``): what
 it stores then is the highest rate this machine sustains, and the lag shows the rest piling up.
 
-    python -m benchmarks.pipeline [--rates 10,100] [--max-rate 5000] [--minutes 3]
+    python -m benchmarks.pipeline [--rates 10,100] [--max-rate 5000] [--minutes 3] [--counts-after 10]
+    python -m benchmarks.pipeline --rates 10 --max-rate 0 --minutes 9   # the 10-minute run
 
 Writes logs/pipeline_bench.json.
 """
@@ -59,6 +63,7 @@ class Result:
     cpu_percent_by_component: dict[str, float] = field(default_factory=dict)  # of one core
     total_pss_mb: float = 0.0
     rounds: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # documents per collection --counts-after min after run
     error: str = ""
 
 
@@ -109,7 +114,7 @@ def fl_app(overrides: list[str], *args: str, timeout: float = 900) -> subprocess
                           cwd=PROJECT_ROOT, env={**os.environ, "COLUMNS": "200"})
 
 
-def run_one(rate: float, minutes: float) -> Result:
+def run_one(rate: float, minutes: float, counts_after: float) -> Result:
     result = Result(rate=rate)
     with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
         home = Path(tmp)
@@ -135,7 +140,7 @@ def run_one(rate: float, minutes: float) -> Result:
                         result.first_prediction_s = time.monotonic() - started
                         console.print(f"  first prediction after {result.first_prediction_s:.0f}s")
                     time.sleep(1)
-                measure(cfg, store, result, minutes)
+                measure(cfg, store, result, minutes, started, counts_after)
         finally:
             fl_app(overrides, "stop")
             leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _mentions(p, home)]
@@ -152,7 +157,9 @@ def _mentions(proc: Path, home: Path) -> bool:
         return False
 
 
-def measure(cfg: AppConfig, store: storage.Storage, result: Result, minutes: float) -> None:
+def measure(cfg: AppConfig, store: storage.Storage, result: Result, minutes: float, started: float,
+            counts_after_minutes: float) -> None:
+    """Sample the steady state for ``minutes``; count the documents ``counts_after_minutes`` after ``started``."""
     topic = cfg.kafka.topics.readings
     console.print(f"  measuring {minutes:g} min")
 
@@ -168,6 +175,10 @@ def measure(cfg: AppConfig, store: storage.Storage, result: Result, minutes: flo
         time.sleep(5)
         pss, _ = by_component(cfg)
         pss_samples.append(pss)
+        if not result.counts and time.monotonic() >= started + counts_after_minutes * 60:
+            result.counts = {name: store.db[name].count_documents({}) for name in (
+                storage.DEVICE_DATA, storage.LOCAL_MODELS, storage.GLOBAL_MODEL, storage.PREDICTIONS)}
+            console.print(f"  documents after the first {counts_after_minutes:g} min: {result.counts}")
     span = time.monotonic() - t0
     busy1, total1 = cpu_times()
     _, cpu1 = by_component(cfg)
@@ -188,13 +199,16 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--rates", default="10,100", help="paced rates, readings/s")
     parser.add_argument("--max-rate", type=float, default=5000.0, help="the flat-out run's asked rate (0: skip)")
     parser.add_argument("--minutes", type=float, default=3.0, help="steady-state measuring time per rate")
+    parser.add_argument("--counts-after", type=float, default=10.0,
+                        help="count the documents this many minutes after invoking fl-app run")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r] + ([args.max_rate] if args.max_rate > 0 else [])
-    results = [run_one(rate, args.minutes) for rate in rates]
+    results = [run_one(rate, args.minutes, args.counts_after) for rate in rates]
 
     table = Table(title="Whole pipeline (fl-app run, testing profile, 53 devices)", title_justify="left")
     for col in ("asked /s", "run returned", "first global", "first prediction", "produced /s", "stored /s",
-                "Flink lag start -> end", "CPU (of 200 %)", "load", "PSS total", "rounds", "error"):
+                "Flink lag start -> end", "CPU (of 200 %)", "load", "PSS total", "rounds",
+                f"readings / local updates / rounds at {args.counts_after:g} min", "error"):
         table.add_column(col)
 
     def seconds(v: float | None) -> str:
@@ -204,7 +218,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
         table.add_row(f"{r.rate:g}", seconds(r.run_seconds), seconds(r.first_global_s), seconds(r.first_prediction_s),
                       f"{r.produced_per_s:,.1f}", f"{r.stored_per_s:,.1f}", f"{r.flink_lag_start} -> {r.flink_lag_end}",
                       f"{r.cpu_percent:.0f} %", f"{r.load_average:.1f}", f"{r.total_pss_mb / 1024:.1f} GB",
-                      str(r.rounds), r.error[:60])
+                      str(r.rounds), " / ".join(f"{r.counts[c]:,}" for c in (
+                          storage.DEVICE_DATA, storage.LOCAL_MODELS, storage.GLOBAL_MODEL)) if r.counts else "-",
+                      r.error[:60])
     console.print(table)
     per = Table(title="Per component: PSS MB / CPU % of one core", title_justify="left")
     per.add_column("component")

@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
+from fl_app.api.values import finite
+
 T = TypeVar("T")
 
 
@@ -42,6 +44,33 @@ class PendingUpdates(BaseModel):
     devices: list[int]
 
 
+class MessageLayer(BaseModel):
+    """Flower's message layer between two aggregation ticks, as the ServerApp saw it (``fl_rounds.transport``)."""
+
+    devices_online: int = Field(description="SuperNodes the SuperLink lists as online at the tick")
+    train_messages_sent: int = Field(description="train messages pushed since the tick before")
+    replies: int = Field(description="replies pulled since the tick before")
+    pending: int = Field(description="train messages sent and not answered yet (a task pending on a SuperNode)")
+    expired: int = Field(description="train messages given up after the message TTL")
+    reply_seconds_p50: float | None = Field(default=None, description="message pushed -> reply pulled, median")
+    reply_seconds_p99: float | None = None
+    reply_seconds_max: float | None = None
+    delivery_seconds_p50: float | None = Field(default=None, description="message created -> ClientApp started")
+    work_seconds_p50: float | None = Field(default=None, description="the ClientApp's training")
+    return_seconds_p50: float | None = Field(default=None, description="reply built -> pulled by the ServerApp")
+
+    @classmethod
+    def of_tick(cls, tick: dict[str, Any] | None) -> MessageLayer | None:
+        """From an ``fl_rounds`` document; None for a tick without one (or no tick)."""
+        t = (tick or {}).get("transport")
+        if not t:
+            return None
+        return cls(devices_online=t["online"], train_messages_sent=t["sent"], replies=t["replies"],
+                   pending=t["outstanding"], expired=t["expired"], reply_seconds_p50=finite(t.get("latency_p50")),
+                   reply_seconds_p99=finite(t.get("latency_p99")), reply_seconds_max=finite(t.get("latency_max")),
+                   **{f"{hop}_seconds_p50": finite(t.get(f"{hop}_p50")) for hop in ("delivery", "work", "return")})
+
+
 class StatusResponse(BaseModel):
     at: datetime
     current_round: int
@@ -52,6 +81,7 @@ class StatusResponse(BaseModel):
     aggregate_every_seconds: float | None = None
     pending: PendingUpdates
     devices_online: int | None = None
+    message_layer: MessageLayer | None = Field(default=None, description="at the last aggregation tick")
     collections: dict[str, CollectionStat]
     topics: dict[str, TopicStat]
     kafka_lag: dict[str, int | None] = Field(description="messages of iot_stream not yet consumed, per consumer")
@@ -76,6 +106,7 @@ class HistoryItem(BaseModel):
     rejected: list[RejectedUpdate]
     stale: list[int]
     idle: list[int] = Field(description="devices that had no new data")
+    message_layer: MessageLayer | None = None
 
 
 class Weights(BaseModel):

@@ -53,6 +53,13 @@ def seed_rounds(store: storage.Storage) -> list[dict[str, Any]]:
                       "accepted": [1, 2, 3] if aggregated else [], "stale": [], "idle": [] if aggregated else [3],
                       "rejected": [{"device_id": 7, "reason": "array 0 has values that are not finite"}]
                       if k == 3 else []})
+    nan = float("nan")  # a tick without replies has no latency (stored as NaN)
+    ticks[3]["transport"] = {"online": 4, "sent": 8, "replies": 0, "expired": 1, "outstanding": 7,
+                             "latency_p50": nan, "latency_p99": nan, "latency_max": nan, "delivery_p50": nan,
+                             "work_p50": nan, "return_p50": nan}
+    ticks[4]["transport"] = {"online": 5, "sent": 10, "replies": 9, "expired": 0, "outstanding": 1,
+                             "latency_p50": 6.5, "latency_p99": 11.25, "latency_max": 12.0, "delivery_p50": 5.0,
+                             "work_p50": 0.5, "return_p50": 1.0}
     store.fl_rounds.insert_many([dict(t) for t in ticks])
     store.save_server_state({"at": start, "round": 3, "online": 5, "pending": 4, "pending_devices": [1, 2],
                              "outstanding": 1, "aggregate_every_seconds": 60.0,
@@ -101,6 +108,10 @@ def test_status_tells_round_pending_collections_dead_letters_and_health(api: Api
     assert body["current_round"] == 3
     assert body["pending"] == {"count": 4, "devices": [1, 2]} and body["devices_online"] == 5
     assert body["next_aggregation_at"].startswith("2026-11-28T10:06:00")
+    assert body["message_layer"] == {  # Flower's messages at the last tick
+        "devices_online": 5, "train_messages_sent": 10, "replies": 9, "pending": 1, "expired": 0,
+        "reply_seconds_p50": 6.5, "reply_seconds_p99": 11.25, "reply_seconds_max": 12.0,
+        "delivery_seconds_p50": 5.0, "work_seconds_p50": 0.5, "return_seconds_p50": 1.0}
     assert body["last_tick_status"] == "aggregated" and body["last_tick_at"].startswith("2026-11-28T10:05:00")
     assert body["collections"]["device_data"]["documents"] == len(api.docs["readings"])
     assert body["collections"]["predictions"]["documents"] == len(api.docs["predictions"])
@@ -118,8 +129,12 @@ def test_history_pages_and_time_range(api: Api) -> None:
     newest = first["items"][0]
     assert newest["round"] == 3 and newest["status"] == "aggregated" and newest["devices"] == [1, 2, 3]
     assert newest["examples"] == 30 and newest["loss"] == pytest.approx(1 / 3)
+    assert newest["message_layer"]["replies"] == 9 and newest["message_layer"]["reply_seconds_p50"] == 6.5
+    silent = first["items"][1]["message_layer"]  # no replies: counts, and no latency rather than NaN
+    assert silent["pending"] == 7 and silent["expired"] == 1 and silent["reply_seconds_p50"] is None
     third = api.get("/api/history", page_size=2, page=3).json()
     assert [t["at"][:16] for t in third["items"]] == ["2026-11-28T10:01"]
+    assert third["items"][0]["message_layer"] is None  # a tick stored before the message layer was recorded
     assert api.get("/api/history", page_size=2, page=4).json()["items"] == []
     ranged = api.get("/api/history", since="2026-11-28T10:02:00", until="2026-11-28T10:03:30Z").json()
     assert ranged["total"] == 2 and ranged["items"][0]["rejected"] == [
@@ -253,6 +268,8 @@ def test_live_page_shows_rates_newest_messages_and_the_loss_chart(api: Api) -> N
             assert "device_id" in page.locator("#messages tr").first.inner_text()
             assert page.locator("#loss circle").count() == 3  # one point per global round
             assert page.locator("#round").inner_text() == "3"
+            assert page.locator("#replies").inner_text() == "9 / 10"
+            assert page.locator("#reply-p50").inner_text() == "6.5 s"
             assert page.locator("#error").inner_text() == ""
             page.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
             browser.close()

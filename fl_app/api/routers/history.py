@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from fl_app.api.deps import ServicesDep, page_bounds
-from fl_app.api.schemas import HistoryItem, Page, RejectedUpdate
+from fl_app.api.schemas import HistoryItem, MessageLayer, Page, RejectedUpdate
 from fl_app.api.values import as_utc, finite
 
 router = APIRouter(prefix="/api", tags=["history"])
@@ -19,7 +19,7 @@ def history(svc: ServicesDep, page: Annotated[int, Query(ge=1, le=1_000_000)] = 
             page_size: Annotated[int, Query(ge=1)] = 50, since: datetime | None = None,
             until: datetime | None = None) -> Page[HistoryItem]:
     """Aggregation ticks (round, time, devices, readings, loss; skipped ones with why; rejected, stale and
-    idle devices). ``since``/``until``: ISO 8601 times (UTC if no offset)."""
+    idle devices; the message layer since the tick before). ``since``/``until``: ISO 8601 times (UTC if no offset)."""
     skip, limit = page_bounds(svc, page, page_size)
     since, until = as_utc(since), as_utc(until)
     if since and until and since > until:
@@ -40,5 +40,5 @@ def history(svc: ServicesDep, page: Annotated[int, Query(ge=1, le=1_000_000)] = 
             devices=list(t.get("accepted", [])), examples=(model or {}).get("num_examples"),
             loss=finite((model or {}).get("metrics", {}).get("loss")),
             rejected=[RejectedUpdate(**r) for r in t.get("rejected", [])], stale=list(t.get("stale", [])),
-            idle=list(t.get("idle", []))))
+            idle=list(t.get("idle", [])), message_layer=MessageLayer.of_tick(t)))
     return Page(items=items, page=page, page_size=page_size, total=store.fl_rounds.count_documents(query))

@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 
 from fl_app.api.deps import ServicesDep
-from fl_app.api.schemas import CollectionStat, ComponentHealth, PendingUpdates, StatusResponse, TopicStat
+from fl_app.api.schemas import (
+    CollectionStat,
+    ComponentHealth,
+    MessageLayer,
+    PendingUpdates,
+    StatusResponse,
+    TopicStat,
+)
 
 router = APIRouter(prefix="/api", tags=["status"])
 
@@ -15,12 +22,13 @@ router = APIRouter(prefix="/api", tags=["status"])
 @router.get("/status", response_model=StatusResponse)
 def status(svc: ServicesDep) -> StatusResponse:
     """Pending updates since the last aggregation, devices online, last and next aggregation, the current
-    round, documents per collection and their growth per minute, messages per topic, the consumers' lag,
+    round, Flower's message layer at the last tick (train messages, replies, pending, reply latency), documents
+    per collection and their growth per minute, messages per topic, the consumers' lag,
     dead letters by reason, and the health of every component."""
     store, snap = svc.store, svc.sampler.snapshot
     state = store.server_state() or {}
     latest = store.global_model.find_one({}, {"round": 1, "created_at": 1}, sort=[("round", -1)])
-    tick = store.fl_rounds.find_one({}, {"at": 1, "status": 1, "transport.online": 1}, sort=[("at", -1)])
+    tick = store.fl_rounds.find_one({}, {"at": 1, "status": 1, "transport": 1}, sort=[("at", -1)])
     online = state.get("online") or (tick or {}).get("transport", {}).get("online")
     return StatusResponse(
         at=datetime.now(UTC),
@@ -32,6 +40,7 @@ def status(svc: ServicesDep) -> StatusResponse:
         aggregate_every_seconds=state.get("aggregate_every_seconds"),
         pending=PendingUpdates(count=int(state.get("pending", 0)), devices=list(state.get("pending_devices", []))),
         devices_online=int(online) if online is not None else None,
+        message_layer=MessageLayer.of_tick(tick),
         collections={name: CollectionStat(documents=n, per_minute=rate)
                      for name, (n, rate) in snap.collections.items()},
         topics={name: TopicStat(messages=n, per_second=rate) for name, (n, rate) in snap.topics.items()},

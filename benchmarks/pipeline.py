@@ -9,7 +9,8 @@ For each rate, on a fresh private home with its own broker and MongoDB-wire serv
    (``device_data``), readings produced per second (``iot_stream``), the Flink job's lag, machine
    CPU, and the PSS and CPU of each component (its processes: the session of its pid file);
 3. what the run made ``--counts-after`` minutes (default 10) after invoking ``fl-app run``, if the run lasts
-   that long: readings stored, local updates, global rounds, predictions (the seed project's 10-minute run
+   that long: readings stored, local updates (stored, and pending for the next round), global rounds,
+   predictions (the seed project's 10-minute run
    at 10 readings/s: ~6,000 readings, ~1,060 local updates, ~10 rounds);
 4. ``fl-app stop``.
 
@@ -178,6 +179,8 @@ def measure(cfg: AppConfig, store: storage.Storage, result: Result, minutes: flo
         if not result.counts and time.monotonic() >= started + counts_after_minutes * 60:
             result.counts = {name: store.db[name].count_documents({}) for name in (
                 storage.DEVICE_DATA, storage.LOCAL_MODELS, storage.GLOBAL_MODEL, storage.PREDICTIONS)}
+            # local_models are stored with their round: the updates since the last one wait in the ServerApp
+            result.counts["pending_updates"] = int((store.server_state() or {}).get("pending", 0))
             console.print(f"  documents after the first {counts_after_minutes:g} min: {result.counts}")
     span = time.monotonic() - t0
     busy1, total1 = cpu_times()

@@ -10,8 +10,8 @@ For each rate, on a fresh private home with its own broker and MongoDB-wire serv
    CPU, and the PSS and CPU of each component (its processes: the session of its pid file);
 3. what the run made ``--counts-after`` minutes (default 10) after invoking ``fl-app run``, if the run lasts
    that long: readings stored, local updates (stored, and pending for the next round), global rounds,
-   predictions (the seed project's 10-minute run
-   at 10 readings/s: ~6,000 readings, ~1,060 local updates, ~10 rounds);
+   predictions (the seed project's 10-minute run at 10 readings/s: ~6,000 readings, ~1,060 local
+   updates, ~10 rounds);
 4. ``fl-app stop``.
 
 The flat-out run asks the producer for far more than the pipeline stores (``--max-rate``): what
@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
         table.add_row(f"{r.rate:g}", seconds(r.run_seconds), seconds(r.first_global_s), seconds(r.first_prediction_s),
                       f"{r.produced_per_s:,.1f}", f"{r.stored_per_s:,.1f}", f"{r.flink_lag_start} -> {r.flink_lag_end}",
                       f"{r.cpu_percent:.0f} %", f"{r.load_average:.1f}", f"{r.total_pss_mb / 1024:.1f} GB",
-                      str(r.rounds), " / ".join(f"{r.counts[c]:,}" for c in (
-                          storage.DEVICE_DATA, storage.LOCAL_MODELS, storage.GLOBAL_MODEL)) if r.counts else "-",
+                      str(r.rounds), f"{r.counts[storage.DEVICE_DATA]:,} / {r.counts[storage.LOCAL_MODELS]:,} "
+                      f"(+{r.counts['pending_updates']} pending) / {r.counts[storage.GLOBAL_MODEL]}"
+                      if r.counts else "-",
                       r.error[:60])
     console.print(table)
     per = Table(title="Per component: PSS MB / CPU % of one core", title_justify="left")

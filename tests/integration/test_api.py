@@ -44,7 +44,7 @@ class Api:
 
 def seed_rounds(store: storage.Storage) -> list[dict[str, Any]]:
     start = datetime(2026, 11, 28, 10, tzinfo=UTC)
-    ticks = []
+    ticks: list[dict[str, Any]] = []
     for k in range(1, 6):  # ticks at minutes 1..5: rounds 1, 2, 3 aggregated, two skipped between
         aggregated = k in (1, 3, 5)
         rnd = {1: 1, 2: 1, 3: 2, 4: 2, 5: 3}[k]

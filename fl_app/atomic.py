@@ -11,6 +11,14 @@ from pathlib import Path
 from typing import Any
 
 
+def read_json(path: str | Path, default: Any) -> Any:
+    """What :func:`write_json` wrote to ``path``; ``default`` if there is no such file (or it is not JSON)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
 def write_json(path: str | Path, value: Any, mode: int | None = None) -> None:
     """Write ``value`` as JSON, atomically (:func:`write_text`)."""
     write_text(path, json.dumps(value, indent=2), mode)

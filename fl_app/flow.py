@@ -27,8 +27,7 @@ class FlowRow:
 
 def topic_message_counts(cfg: AppConfig, timeout: float = 5.0) -> dict[str, int]:
     """Messages currently held per pipeline topic (sum of high minus low watermarks)."""
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": "fl-app-status",
-                         "enable.auto.commit": False})
+    consumer = _consumer(cfg)
     try:
         counts = {}
         for name, partitions in topics.describe_topics(cfg, timeout).items():
@@ -58,11 +57,18 @@ def end_offsets(cfg: AppConfig, topic: str, partitions: int, timeout: float = 5.
         consumer.close()
 
 
-def flink_lag(cfg: AppConfig, timeout: float = 5.0) -> int | None:
-    """Readings of ``iot_stream`` the Flink job has not committed yet (its source commits its
-    offsets to Kafka at each checkpoint); None before its first commit."""
+def readings_end_offsets(cfg: AppConfig, timeout: float = 5.0) -> dict[int, int]:
+    """:func:`end_offsets` of ``iot_stream`` (what both lags below are measured against)."""
     topic = cfg.kafka.topics.readings
-    ends = end_offsets(cfg, topic.name, topic.partitions, timeout)
+    return end_offsets(cfg, topic.name, topic.partitions, timeout)
+
+
+def flink_lag(cfg: AppConfig, timeout: float = 5.0, ends: dict[int, int] | None = None) -> int | None:
+    """Readings of ``iot_stream`` the Flink job has not committed yet (its source commits its
+    offsets to Kafka at each checkpoint); None before its first commit. ``ends``: the topic's
+    end offsets if the caller has them."""
+    topic = cfg.kafka.topics.readings
+    ends = readings_end_offsets(cfg, timeout) if ends is None else ends
     consumer = _consumer(cfg, cfg.flink.group_id)
     try:
         committed = consumer.committed([TopicPartition(topic.name, p) for p in ends], timeout=timeout)
@@ -73,9 +79,10 @@ def flink_lag(cfg: AppConfig, timeout: float = 5.0) -> int | None:
     return sum(max(0, ends[tp.partition] - max(tp.offset, 0)) for tp in committed)
 
 
-def scorer_lag(cfg: AppConfig, timeout: float = 5.0) -> int | None:
+def scorer_lag(cfg: AppConfig, timeout: float = 5.0, ends: dict[int, int] | None = None) -> int | None:
     """Readings of ``iot_stream`` the Spark scorer has not planned a batch for yet (Structured
-    Streaming keeps its offsets in its checkpoint, not in Kafka); None before its first batch."""
+    Streaming keeps its offsets in its checkpoint, not in Kafka); None before its first batch.
+    ``ends``: as for :func:`flink_lag`."""
     offsets_dir = Path(cfg.spark.scorer.checkpoint_dir) / "offsets"
     files = [f for f in offsets_dir.glob("*") if f.name.isdigit()] if offsets_dir.is_dir() else []
     if not files:
@@ -85,8 +92,7 @@ def scorer_lag(cfg: AppConfig, timeout: float = 5.0) -> int | None:
         planned = json.loads(latest.read_text().splitlines()[-1])[cfg.kafka.topics.readings.name]
     except (ValueError, KeyError, IndexError):
         return None
-    topic = cfg.kafka.topics.readings
-    ends = end_offsets(cfg, topic.name, topic.partitions, timeout)
+    ends = readings_end_offsets(cfg, timeout) if ends is None else ends
     return sum(max(0, end - int(planned.get(str(p), 0))) for p, end in ends.items())
 
 
@@ -179,7 +185,8 @@ def snapshot(cfg: AppConfig, rate_seconds: float = 2.0) -> list[FlowRow]:
             if name in transactional:  # written by Flink's exactly-once sink
                 note = "offsets; includes one commit marker per partition and checkpoint"
             rows.append(FlowRow(f"kafka {name}", count, note, rate(messages, later_messages, name)))
-        for who, lag in (("Flink job", flink_lag(cfg)), ("Spark scorer", scorer_lag(cfg))):
+        ends = readings_end_offsets(cfg)
+        for who, lag in (("Flink job", flink_lag(cfg, ends=ends)), ("Spark scorer", scorer_lag(cfg, ends=ends))):
             rows.append(FlowRow(f"  lag of the {who}", lag if lag is not None else 0,
                                 "not consuming yet" if lag is None else "readings not yet consumed"))
         for reason, count in sorted(dead_letter_reasons(cfg).items()):
@@ -199,7 +206,7 @@ def federation_rows(store: storage.Storage) -> list[FlowRow]:
                         f"for the aggregation at {state['next_aggregation_at']:%H:%M:%S} UTC, from devices "
                         + (", ".join(map(str, state.get("pending_devices", []))) or "none"))]
                if state else [])
-    latest = store.global_model.find_one({}, {"round": 1, "created_at": 1}, sort=[("round", -1)])
+    latest = store.latest_global_model({"round": 1, "created_at": 1})
     last = [FlowRow("fl last aggregation", int(latest["round"]), f"round made {latest['created_at']:%H:%M:%S} UTC")
             ] if latest else []
     if tick is None:

@@ -9,7 +9,6 @@ This is the only module, with the CLI, that knows every component.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from pathlib import Path
 from analytics.component import COMPONENTS as ANALYTICS
 from fl_app import services
 from fl_app.api.component import COMPONENTS as API
-from fl_app.atomic import write_json
+from fl_app.atomic import read_json, write_json
 from fl_app.component import Component
 from fl_app.config import AppConfig
 from fl_app.services.runner import ManagedProcess, ServiceError, State, Status
@@ -122,10 +121,7 @@ def status(cfg: AppConfig) -> list[Status]:
 
 def expected(cfg: AppConfig) -> list[str]:
     """The components `run` started and `stop` has not stopped: they should be running."""
-    try:
-        return list(json.loads(_marker(cfg).read_text())["components"])
-    except (OSError, ValueError, KeyError):
-        return []
+    return list(read_json(_marker(cfg), {}).get("components", []))
 
 
 def _marker(cfg: AppConfig) -> Path:

@@ -325,9 +325,10 @@ class Storage:
         """A new run starts from the configuration, not from an earlier run's requests."""
         self.fl_server.delete_one({"_id": SERVER_CONTROL})
 
-    def latest_global_model(self) -> dict[str, Any] | None:
-        """The newest global model document (highest round), or None before the first."""
-        return self.global_model.find_one(sort=[("round", DESCENDING)])
+    def latest_global_model(self, fields: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The newest global model document (highest round), or None before the first; ``fields``:
+        a projection (e.g. ``{"weights": 0}`` to leave the weights out)."""
+        return self.global_model.find_one({}, fields, sort=[("round", DESCENDING)])
 
     def record_round(self, global_doc: Mapping[str, Any] | None, local_docs: Sequence[Mapping[str, Any]],
                      tick_doc: Mapping[str, Any]) -> None:

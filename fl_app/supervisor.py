@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fl_app.atomic import write_json
+from fl_app.atomic import read_json, write_json
 from fl_app.config import AppConfig
 from fl_app.services.runner import ManagedProcess, ServiceError
 
@@ -41,7 +41,7 @@ class Record:
     restarts: int = 0
     crashes: list[float] = field(default_factory=list)  # wall-clock times of the crashes seen
     gave_up: bool = False
-    next_try: float = 0.0  # monotonic; not persisted meaningfully across supervisors
+    next_try: float = 0.0  # monotonic: when to restart it (0: not scheduled); not persisted
 
 
 def state_file(cfg: AppConfig) -> Path:
@@ -50,12 +50,7 @@ def state_file(cfg: AppConfig) -> Path:
 
 def records(cfg: AppConfig) -> dict[str, dict]:
     """What the supervisor last wrote: per component, restarts and whether it gave up."""
-    import json
-
-    try:
-        return dict(json.loads(state_file(cfg).read_text()))
-    except (OSError, ValueError):
-        return {}
+    return dict(read_json(state_file(cfg), {}))
 
 
 class Supervisor:

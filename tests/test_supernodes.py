@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from threading import Event
 
@@ -15,6 +14,7 @@ import pytest
 
 from clients.supernodes import Launcher, NodeSpec, load_spec, save_spec
 from fl_app.services.runner import ManagedProcess, pid_from_file
+from tests.waiting import wait_until
 
 
 def sleeper() -> None:
@@ -35,15 +35,6 @@ def crasher() -> None:
 def specs(tmp_path: Path, n: int) -> list[NodeSpec]:
     return [NodeSpec(f"fl_supernode_{d}", ["--node-config", f"device-id={d}"], str(tmp_path / f"fl_supernode_{d}.pid"),
                      str(tmp_path / "logs" / f"fl_supernode_{d}.log")) for d in range(n)]
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def wait_for_end(launcher: Launcher, timeout: float = 10.0) -> list[tuple[NodeSpec, int]]:

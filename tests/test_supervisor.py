@@ -7,27 +7,17 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from fl_app import supervisor
 from fl_app.config import load_config
 from fl_app.services.runner import ManagedProcess
+from tests.waiting import wait_until
 
 
 def component(tmp_path: Path, name: str, *argv: str) -> ManagedProcess:
     return ManagedProcess(name=name, argv=list(argv), run_dir=tmp_path / ".run", logs_dir=tmp_path / "logs",
                           startup_timeout=0.3, stop_timeout=2)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_killed_component_is_restarted_and_the_others_left_alone(tmp_path: Path) -> None:
@@ -43,9 +33,9 @@ def test_a_killed_component_is_restarted_and_the_others_left_alone(tmp_path: Pat
     try:
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        assert wait_for(lambda: worker.pid() not in (None, first)), "not restarted"
+        assert wait_until(lambda: worker.pid() not in (None, first), 15), "not restarted"
         assert steady.pid() == other
-        assert wait_for(lambda: supervisor.records(cfg).get("worker", {}).get("restarts") == 1)
+        assert wait_until(lambda: supervisor.records(cfg).get("worker", {}).get("restarts") == 1, 15)
         assert supervisor.records(cfg)["steady"]["restarts"] == 0
     finally:
         sup.stop.set()
@@ -61,7 +51,7 @@ def test_a_component_that_keeps_crashing_is_left_down_and_reported(tmp_path: Pat
     thread = threading.Thread(target=sup.run)
     thread.start()
     try:
-        assert wait_for(lambda: supervisor.records(cfg).get("crasher", {}).get("gave_up") is True, 30)
+        assert wait_until(lambda: supervisor.records(cfg).get("crasher", {}).get("gave_up") is True, 30)
     finally:
         sup.stop.set()
         thread.join()

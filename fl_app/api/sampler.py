@@ -78,12 +78,14 @@ class Sampler:
         snap = self.snapshot
         topics = self.cfg.kafka.topics
         counts = self._try("documents per collection", self.store.counts, {})
-        offsets: dict[str, int] = {}
+        ends_of: dict[str, dict[int, int]] = {}  # topic -> partition -> end offset
         for topic in (topics.readings, topics.windows, topics.dead_letter):
             ends = self._try(f"offsets of {topic.name}", lambda t=topic: flow.end_offsets(self.cfg, t.name,
                                                                                           t.partitions, 2.0), None)
             if ends is not None:
-                offsets[topic.name] = sum(ends.values())
+                ends_of[topic.name] = ends
+        offsets = {name: sum(ends.values()) for name, ends in ends_of.items()}
+        readings_ends = ends_of.get(topics.readings.name)  # what the consumers' lag is measured against
         self.history.append(Sample(now, counts, offsets))
         while len(self.history) > 2 and now - self.history[1].at >= WINDOW_SECONDS:
             self.history.popleft()
@@ -102,8 +104,9 @@ class Sampler:
             self.slow_at = now
             snap.dead_letters = dict(self._try("dead letters", lambda: flow.dead_letter_reasons(self.cfg, 5.0),
                                                snap.dead_letters))
-            snap.lag = {"flink_job": self._try("Flink lag", lambda: flow.flink_lag(self.cfg, 2.0), None),
-                        "spark_scorer": self._try("scorer lag", lambda: flow.scorer_lag(self.cfg, 2.0), None)}
+            snap.lag = {"flink_job": self._try("Flink lag", lambda: flow.flink_lag(self.cfg, 2.0, readings_ends), None),
+                        "spark_scorer": self._try("scorer lag", lambda: flow.scorer_lag(self.cfg, 2.0, readings_ends),
+                                                  None)}
             snap.anomalies_per_minute = self._try("anomalies per minute", self.anomalies_per_minute,
                                                   snap.anomalies_per_minute)
         snap.at = datetime.now(UTC)

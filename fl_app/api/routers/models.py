@@ -26,6 +26,11 @@ WeightsQuery = Annotated[WeightsFormat, Query(description="none: metadata only; 
                                                           "(base64) with shapes and dtype; json: nested lists")]
 
 
+def _fields(weights: WeightsFormat) -> dict[str, int] | None:
+    """The projection: the weights are read only when asked for."""
+    return {"weights": 0} if weights is WeightsFormat.none else None
+
+
 def _response(doc: dict[str, Any], weights: WeightsFormat) -> ModelResponse:
     out = ModelResponse(round=doc["round"], created_at=doc["created_at"], num_devices=doc["num_devices"],
                         device_ids=list(doc.get("device_ids", [])), num_examples=doc.get("num_examples"),
@@ -45,8 +50,7 @@ def _response(doc: dict[str, Any], weights: WeightsFormat) -> ModelResponse:
 @router.get("/latest", response_model=ModelResponse)
 def latest(svc: ServicesDep, weights: WeightsQuery = WeightsFormat.none) -> ModelResponse:
     """The newest global model (404 before the first aggregation)."""
-    doc = svc.store.global_model.find_one({}, None if weights is not WeightsFormat.none else {"weights": 0},
-                                          sort=[("round", -1)])
+    doc = svc.store.latest_global_model(_fields(weights))
     if doc is None:
         raise HTTPException(404, "no global model yet: the first aggregation has not happened")
     return _response(doc, weights)
@@ -56,8 +60,7 @@ def latest(svc: ServicesDep, weights: WeightsQuery = WeightsFormat.none) -> Mode
 def by_round(svc: ServicesDep, round: Annotated[int, Path(ge=1, le=2**62)],
              weights: WeightsQuery = WeightsFormat.none) -> ModelResponse:
     """The global model of one round (404 if there is none)."""
-    doc = svc.store.global_model.find_one({"round": round},
-                                          None if weights is not WeightsFormat.none else {"weights": 0})
+    doc = svc.store.global_model.find_one({"round": round}, _fields(weights))
     if doc is None:
         raise HTTPException(404, f"no global model of round {round}")
     return _response(doc, weights)

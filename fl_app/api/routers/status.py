@@ -27,7 +27,7 @@ def status(svc: ServicesDep) -> StatusResponse:
     dead letters by reason, and the health of every component."""
     store, snap = svc.store, svc.sampler.snapshot
     state = store.server_state() or {}
-    latest = store.global_model.find_one({}, {"round": 1, "created_at": 1}, sort=[("round", -1)])
+    latest = store.latest_global_model({"round": 1, "created_at": 1})
     tick = store.fl_rounds.find_one({}, {"at": 1, "status": 1, "transport": 1}, sort=[("at", -1)])
     online = state.get("online") or (tick or {}).get("transport", {}).get("online")
     return StatusResponse(

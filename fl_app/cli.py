@@ -24,7 +24,9 @@ from fl_app.services.runner import ServiceError, State, Status
 
 if TYPE_CHECKING:
     from analytics.batch import BatchResult
+    from fl_app.pipeline import Stopped
     from fl_app.services import Readiness
+    from fl_app.storage import Storage
     from stream.data.summary import Summary
 
 app = typer.Typer(
@@ -134,7 +136,7 @@ def run(overrides: list[str] | None = OVERRIDES, follow: bool | None = FOLLOW, p
     try:
         report = pipeline.run(cfg, overrides or [])
     except KeyboardInterrupt:
-        _print_stopped(pipeline.stop(cfg))
+        _stop_here(cfg)
         raise typer.Exit(130) from None
     except USER_ERRORS as exc:
         _fail(exc)
@@ -147,7 +149,7 @@ def run(overrides: list[str] | None = OVERRIDES, follow: bool | None = FOLLOW, p
         console.print("[bold green]running.[/] Watch it with `fl-app status` or `fl-app view --watch`; "
                       "stop it with `fl-app stop`.")
         return
-    console.print("[bold green]running.[/] Ctrl-C stops everything.")
+    console.print("[bold green]running.[/] Ctrl-C stops everything (`fl-app stop` from another terminal too).")
     _follow(cfg)
 
 
@@ -161,8 +163,18 @@ def _print_where_to_look(cfg: AppConfig) -> None:
     console.print(f"logs: {cfg.paths.logs_dir}/ (rounds: global_server.log; restarts: supervisor.log)")
 
 
+PROGRESS_SECONDS = 10.0
+
+
 def _follow(cfg: AppConfig) -> None:
-    """One progress line every 10 s until Ctrl-C (or SIGTERM), then stop everything."""
+    """One progress line every 10 s until one of:
+
+    - Ctrl-C or SIGTERM: stop everything here (:func:`_stop_here`), exit 0;
+    - `fl-app stop` (or `reset`) from elsewhere: it removes the pipeline marker first
+      (``pipeline.stop``); seen within a second, one line, exit 0 (that command stops it all).
+
+    MongoDB being unreachable (stopped, paused) shows in the line; it never ends the loop.
+    """
     import signal
     import time as clock
 
@@ -174,29 +186,122 @@ def _follow(cfg: AppConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        with Storage.from_config(cfg.mongo) as store:
-            while True:
-                counts = store.counts()
-                down = [s.name for s in pipeline.status(cfg) if s.state != State.RUNNING]
-                console.print(f"{clock.strftime('%H:%M:%S')}  readings {counts.get('device_data', 0):,}  "
-                              f"local updates {counts.get('local_models', 0):,}  "
-                              f"global rounds {counts.get('global_model', 0):,}  "
-                              f"predictions {counts.get('predictions', 0):,}"
-                              + (f"  [red]down: {', '.join(down)}[/]" if down else ""))
-                clock.sleep(10)
+        with Storage(cfg.mongo.uri, cfg.mongo.database, timeout_ms=2000) as store:
+            next_line = 0.0
+            while pipeline.expected(cfg):
+                if clock.monotonic() >= next_line:
+                    next_line = clock.monotonic() + PROGRESS_SECONDS
+                    console.print(_progress(cfg, store))
+                clock.sleep(0.5)
     except KeyboardInterrupt:
-        console.print("stopping ...")
-        _print_stopped(pipeline.stop(cfg))
+        _stop_here(cfg)
+        return
+    console.print("stopped by `fl-app stop`")
+
+
+def _progress(cfg: AppConfig, store: Storage) -> str:
+    """The progress line: the four collections' counts (or "MongoDB unreachable") and what is down."""
+    import time as clock
+
+    from pymongo.errors import PyMongoError
+
+    from fl_app import pipeline
+
+    try:
+        counts = store.counts()
+        flow = (f"readings {counts.get('device_data', 0):,}  local updates {counts.get('local_models', 0):,}  "
+                f"global rounds {counts.get('global_model', 0):,}  predictions {counts.get('predictions', 0):,}")
+    except PyMongoError:
+        flow = "[yellow]MongoDB unreachable[/] (readings, local updates, global rounds, predictions: unknown)"
+    down = [s.name for s in pipeline.status(cfg) if s.state != State.RUNNING]
+    return f"{clock.strftime('%H:%M:%S')}  {flow}" + (f"  [red]down: {', '.join(down)}[/]" if down else "")
+
+
+class _Forced(BaseException):
+    """A second Ctrl-C while stopping (BaseException: no `except Exception` on the way swallows it)."""
+
+
+def _stop_here(cfg: AppConfig) -> None:
+    """Stop everything (bounded, ~30 s at most); a second Ctrl-C (or SIGTERM) meanwhile SIGKILLs
+    everything at once and exits with 130."""
+    import signal
+
+    from fl_app import pipeline
+
+    def force(*_: object) -> None:
+        raise _Forced
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, force)
+    console.print("stopping everything (at most 30 s; Ctrl-C again kills it all at once) ...")
+    try:
+        _print_pipeline_stopped(pipeline.stop(cfg))
+    except _Forced:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kill below must not be interrupted
+        killed = pipeline.kill(cfg)
+        console.print(f"forced: killed {', '.join(killed) if killed else 'nothing (all had stopped)'}")
+        raise typer.Exit(130) from None
+
+
+def _print_pipeline_stopped(done: Stopped) -> None:
+    console.print(f"stopped: {', '.join(done.names) if done.names else 'nothing was running'}"
+                  + (f" in {done.seconds:.1f} s" if done.names else ""))
+    if done.killed:
+        console.print(f"  killed after their stop budget: {', '.join(done.killed)}")
 
 
 @app.command()
 def stop(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
-    """Stop everything `fl-app run` started (components first, then services)."""
+    """Stop everything `fl-app run` started, within ~30 s: the supervisor, then every component at once,
+    then the services (SIGKILL for what outlives its budget). A foreground `fl-app run` elsewhere sees
+    it, says "stopped by `fl-app stop`" and exits 0."""
     cfg = _load(overrides, print_cfg, "fl_app")
     from fl_app import pipeline
 
-    stopped = pipeline.stop(cfg)
-    _print_stopped(stopped)
+    _print_pipeline_stopped(pipeline.stop(cfg))
+
+
+YES = typer.Option(False, "--yes", "-y", help="Do not ask (for scripts); without it, reset asks on a terminal "
+                   "and refuses otherwise.")
+INCLUDE_REMOTE = typer.Option(False, "--include-remote", help="With kafka=remote or mongo=remote: also delete "
+                              "the configured topics there and drop the configured database (refused without it).")
+
+
+@app.command()
+def reset(overrides: list[str] | None = OVERRIDES, yes: bool = YES, include_remote: bool = INCLUDE_REMOTE,
+          print_cfg: bool = PRINT_CFG) -> None:
+    """Start afresh (e.g. after a poisoned topic): stop everything, then remove every record of what
+    flowed: the local Kafka broker's data (topics, consumer offsets), the local MongoDB server's data
+    (collections), the Flink and Spark checkpoints, the producer's position, the batch analytics'
+    serving tables and .run/ (pid files, supervisor and run records). Keeps the package caches (.cache:
+    jars, the generated data set), Flower's certificates, Superset's secret, password and metadata,
+    and the logs. Remote Kafka/MongoDB data is deleted only with --include-remote."""
+    cfg = _load(overrides, print_cfg, "fl_app")
+    from fl_app import pipeline
+
+    plan = pipeline.reset_plan(cfg)
+    console.print("reset removes:")
+    for what, path in plan.remove:
+        console.print(f"  {what}: {path}", highlight=False)
+    for what in plan.remote:
+        console.print(f"  {what} [bold](remote; only with --include-remote)[/]", highlight=False)
+    console.print("and keeps:")
+    for what, path in plan.keep:
+        console.print(f"  {what}: {path}", highlight=False)
+    if plan.remote and not include_remote:
+        _fail(ServiceError("remote data is deleted only with --include-remote; nothing was stopped or removed"))
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(ValueError("not a terminal: pass --yes to reset without asking; nothing was stopped or removed"))
+        typer.confirm("Stop everything and remove the above?", abort=True)
+    try:
+        stopped, removed = pipeline.reset(cfg, include_remote)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    _print_pipeline_stopped(stopped)
+    for line in removed:
+        console.print(f"removed {line}", highlight=False)
+    console.print(f"[bold green]reset.[/] {len(removed)} removed; `fl-app run` starts afresh.")
 
 
 @app.command()
@@ -504,7 +609,8 @@ def supervise(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_C
     cfg = _load(overrides, print_cfg, "supervisor")
     from fl_app import pipeline, supervisor
 
-    supervisor.serve(cfg, pipeline.processes(cfg, overrides or []), pipeline.expected(cfg))
+    supervisor.serve(cfg, pipeline.processes(cfg, overrides or []), pipeline.expected(cfg),
+                     before_restart=lambda name: pipeline.before_restart(cfg, name))
 
 
 @app.command()

@@ -9,7 +9,10 @@ This is the only module, with the CLI, that knows every component.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,8 +23,8 @@ from fl_app import services
 from fl_app.api.component import COMPONENTS as API
 from fl_app.atomic import read_json, write_json
 from fl_app.component import Component
-from fl_app.config import AppConfig
-from fl_app.services.runner import ManagedProcess, ServiceError, State, Status
+from fl_app.config import AppConfig, TopicConfig
+from fl_app.services.runner import KILL_WAIT_SECONDS, ManagedProcess, ServiceError, State, Status
 from server.component import COMPONENTS as FEDERATION
 from stream.component import COMPONENTS as STREAM
 
@@ -97,10 +100,110 @@ def run(cfg: AppConfig, overrides: Sequence[str] = ()) -> RunReport:
     return report
 
 
-def stop(cfg: AppConfig) -> list[str]:
-    """Stop the components (reverse start order), then the services; the names stopped."""
+# `stop` budgets (seconds of SIGTERM before SIGKILL), per phase; with each phase's
+# KILL_WAIT_SECONDS they add up to at most 30 s, also when every process needs SIGKILL.
+SUPERVISOR_STOP_SECONDS = 2.0
+COMPONENTS_STOP_SECONDS = 10.0
+SERVICES_STOP_SECONDS = 10.0
+
+
+@dataclass
+class Stopped:
+    """What `stop` ended, in reverse start order; ``killed``: those that needed SIGKILL."""
+
+    names: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def stop(cfg: AppConfig) -> Stopped:
+    """Stop everything `run` started, bounded (at most ~30 s): the supervisor first (so it restarts
+    nothing), then every component at once, then what the federation left in sessions of its own,
+    then the services at once. Each phase SIGKILLs what outlives its budget.
+
+    Removing the marker first is also what tells a foreground `fl-app run` that `fl-app stop` ended it.
+    """
+    started = time.monotonic()
     _marker(cfg).unlink(missing_ok=True)
-    return [proc.name for proc in reversed(processes(cfg)) if proc.stop()] + services.down(cfg)
+    procs = processes(cfg)
+    done = Stopped()
+    for group, budget in (([p for p in procs if p.name == SUPERVISOR.name], SUPERVISOR_STOP_SECONDS),
+                          ([p for p in reversed(procs) if p.name != SUPERVISOR.name], COMPONENTS_STOP_SECONDS)):
+        _stop_together(group, budget, done)
+    done.names += leftovers(cfg)
+    _stop_together(list(reversed(services.local_processes(cfg))), SERVICES_STOP_SECONDS, done)
+    done.seconds = time.monotonic() - started
+    return done
+
+
+def kill(cfg: AppConfig) -> list[str]:
+    """SIGKILL everything `run` started, all at once (a second Ctrl-C); the names of what was still
+    running. Waits at most :data:`KILL_WAIT_SECONDS` for them to be gone."""
+    _marker(cfg).unlink(missing_ok=True)
+    return _kill_all([*processes(cfg), *services.local_processes(cfg)]) + leftovers(cfg)
+
+
+def leftovers(cfg: AppConfig) -> list[str]:
+    """SIGKILL what a killed federation (``fl-app fl serve``) leaves running: the SuperLink, the
+    SuperNodes and the executor run in sessions of their own, Flower's ServerApp and ClientApps too.
+
+    `stop` calls it after the components; the supervisor before it restarts the federation, so a
+    restarted federation never runs beside a second SuperLink or ServerApp.
+    """
+    import os
+    import signal
+
+    from fl_app import flower
+
+    # By their pid files (fl_app.flower names them all fl_*), not flower.processes(cfg): that needs
+    # the data set's device list, and a stop must not depend on reading a data set.
+    run_dir, logs_dir = Path(cfg.paths.run_dir), Path(cfg.paths.logs_dir)
+    killed = _kill_all([ManagedProcess(name=pid_file.stem, argv=[], run_dir=run_dir, logs_dir=logs_dir)
+                        for pid_file in sorted(run_dir.glob("fl_*.pid"))])
+    strays = flower.flwr_processes(flower.flwr_home(cfg))
+    for pid, name in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(name)
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while strays and flower.flwr_processes(flower.flwr_home(cfg)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sorted(set(killed), key=killed.index)
+
+
+def before_restart(cfg: AppConfig, name: str) -> list[str]:
+    """What the supervisor does before it restarts component ``name``: end what its killed
+    predecessor left outside its process group (the federation's processes)."""
+    return leftovers(cfg) if name in {c.name for c in FEDERATION} else []
+
+
+def _kill_all(procs: Sequence[ManagedProcess]) -> list[str]:
+    """SIGKILL every group at once, then wait (bounded) for all; the names of those that were alive."""
+    alive = [p for p in procs if p.kill(wait=False)]
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while any(p.pid() is not None for p in alive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in procs:
+        if proc.pid() is None:
+            proc.pid_file.unlink(missing_ok=True)
+    return [p.name for p in alive]
+
+
+def _stop_together(procs: Sequence[ManagedProcess], budget: float, done: Stopped) -> None:
+    """Stop ``procs`` in parallel threads, each within ``budget``; record them in ``done``."""
+    result: dict[str, bool] = {}
+
+    def one(proc: ManagedProcess) -> None:
+        result[proc.name] = proc.stop(timeout=budget)
+
+    threads = [threading.Thread(target=one, args=(p,), name=f"stop-{p.name}", daemon=True) for p in procs]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + budget + KILL_WAIT_SECONDS + 1
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    done.names += [p.name for p in procs if result.get(p.name)]
+    done.killed += [p.name for p in procs if result.get(p.name) and p.killed]
 
 
 def status(cfg: AppConfig) -> list[Status]:
@@ -126,3 +229,101 @@ def expected(cfg: AppConfig) -> list[str]:
 
 def _marker(cfg: AppConfig) -> Path:
     return Path(cfg.paths.run_dir) / "pipeline.json"
+
+
+# ---------------------------------------------------------------------- reset
+@dataclass
+class ResetPlan:
+    """What `fl-app reset` removes and keeps here (``(what, path)``), and the remote data it would delete."""
+
+    remove: list[tuple[str, Path]] = field(default_factory=list)
+    keep: list[tuple[str, Path]] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+
+
+def reset_plan(cfg: AppConfig) -> ResetPlan:
+    """The paths a reset removes: every record of what has flowed, so the next `run` starts afresh.
+    Kept: what is slow to make again or is a credential (caches, data set, certificates, Superset's
+    secret, credentials and metadata) and the logs."""
+    from fl_app.services import kafka, mongo
+
+    plan = ResetPlan()
+    if kafka.runs_locally(cfg):
+        plan.remove.append(("the local Kafka broker's data (topics, consumer offsets)", kafka.storage_dir(cfg)))
+    else:
+        plan.remote.append(f"Kafka topics {', '.join(t.name for t in _topics(cfg))} at {cfg.kafka.bootstrap_servers}")
+    if mongo.runs_locally(cfg):
+        plan.remove.append(("the local MongoDB server's data (every collection)", mongo.storage_dir(cfg)))
+    else:
+        plan.remote.append(f"MongoDB database {cfg.mongo.database} at {mongo.uri_host_port(cfg.mongo.uri)[0]}")
+    plan.remove += [("the Flink job's checkpoints", Path(cfg.flink.checkpoint_dir)),
+                    ("the Spark scorer's checkpoints", Path(cfg.spark.scorer.checkpoint_dir)),
+                    ("the producer's position", Path(cfg.stream.state_file)),
+                    ("pid files, supervisor and run records, generated settings", Path(cfg.paths.run_dir))]
+    store = cfg.spark.batch.store_url
+    if store.startswith("sqlite:///"):
+        plan.remove.append(("the batch analytics' serving tables", Path(store.removeprefix("sqlite:///"))))
+    plan.keep = [("package caches, jars and the generated data set", Path(cfg.paths.cache_dir)),
+                 ("Flower's certificates and keys", Path(cfg.fl.security.certs_dir)),
+                 ("Superset's secret key, admin password and metadata", Path(cfg.superset.home)),
+                 ("the logs", Path(cfg.paths.logs_dir))]
+    if cfg.stream.dataset_path:
+        plan.keep.append(("the data set file", Path(cfg.stream.dataset_path)))
+    return plan
+
+
+def reset(cfg: AppConfig, include_remote: bool = False) -> tuple[Stopped, list[str]]:
+    """Stop everything, then remove what :func:`reset_plan` lists; with ``include_remote`` also
+    delete the remote topics and database (recreated empty by the next `run`).
+
+    Raises
+    ------
+    ServiceError
+        Remote services without ``include_remote`` (nothing is stopped or removed), or a process
+        still alive after the stop (nothing is removed).
+    """
+    plan = reset_plan(cfg)
+    if plan.remote and not include_remote:
+        raise ServiceError(f"remote data would stay ({'; '.join(plan.remote)}): pass --include-remote to "
+                           "delete it too; nothing was stopped or removed")
+    stopped = stop(cfg)
+    alive = [p.name for p in [*processes(cfg), *services.local_processes(cfg)] if p.pid() is not None]
+    if alive:
+        raise ServiceError(f"still running after the stop: {', '.join(alive)}; nothing was removed")
+    removed = []
+    for what, path in plan.remove:
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(f"{what}: {path}")
+    if plan.remote:
+        removed += _delete_remote(cfg)
+    return stopped, removed
+
+
+def _topics(cfg: AppConfig) -> list[TopicConfig]:
+    from fl_app import topics
+
+    return topics.topic_configs(cfg.kafka)
+
+
+def _delete_remote(cfg: AppConfig) -> list[str]:
+    """Delete the configured topics on a remote Kafka and drop the configured database on a remote MongoDB."""
+    from fl_app import topics
+    from fl_app.services import kafka, mongo
+    from fl_app.storage import Storage
+
+    done = []
+    if not kafka.runs_locally(cfg):
+        admin, names = topics.admin_client(cfg.kafka.bootstrap_servers), [t.name for t in _topics(cfg)]
+        try:
+            existing = set(admin.list_topics(timeout=10).topics)
+            for name, future in admin.delete_topics([n for n in names if n in existing], operation_timeout=30).items():
+                future.result()
+                done.append(f"Kafka topic {name} at {cfg.kafka.bootstrap_servers}")
+        except Exception as exc:  # confluent_kafka raises KafkaException
+            raise ServiceError(f"cannot delete the topics at {cfg.kafka.bootstrap_servers}: {exc}") from exc
+    if not mongo.runs_locally(cfg):
+        with Storage.from_config(cfg.mongo) as store:
+            store.client.drop_database(cfg.mongo.database)
+        done.append(f"MongoDB database {cfg.mongo.database}")
+    return done

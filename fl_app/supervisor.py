@@ -7,6 +7,9 @@ process is gone is restarted after a backoff that doubles with each restart
 crashed :data:`GIVE_UP_AFTER` times within :data:`GIVE_UP_WINDOW_SECONDS` is
 left down and reported: in its log, in ``.run/supervisor.json`` and by
 `fl-app status` (exit code 4). `fl-app stop` stops the supervisor first.
+Before a restart, what the crashed process left running is killed (its own
+process group by ``ManagedProcess.start``, the rest by ``before_restart``),
+so no component ever runs twice.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,8 +58,12 @@ def records(cfg: AppConfig) -> dict[str, dict]:
 
 class Supervisor:
     def __init__(self, cfg: AppConfig, processes: Sequence[ManagedProcess], expected: Sequence[str],
-                 first_backoff: float = FIRST_BACKOFF_SECONDS, check_every: float = CHECK_SECONDS) -> None:
+                 first_backoff: float = FIRST_BACKOFF_SECONDS, check_every: float = CHECK_SECONDS,
+                 before_restart: Callable[[str], Sequence[str]] = lambda name: ()) -> None:
+        """``before_restart(name)`` ends what a crashed component left outside its process group
+        (its own group's leftovers are killed by ``ManagedProcess.start``); it returns what it killed."""
         self.cfg, self.first_backoff, self.check_every = cfg, first_backoff, check_every
+        self.before_restart = before_restart
         self.processes = [p for p in processes if p.name in expected and p.name != NAME]
         self.records = {p.name: Record() for p in self.processes}
         self.stop = threading.Event()
@@ -92,10 +99,12 @@ class Supervisor:
             if now >= record.next_try:
                 record.next_try = 0.0
                 try:
+                    if killed := self.before_restart(proc.name):
+                        log.warning("%s: killed what it left running: %s", proc.name, ", ".join(killed))
                     proc.start()
                     record.restarts += 1
                     log.info("%s restarted (pid %s)", proc.name, proc.pid())
-                except ServiceError as exc:
+                except (ServiceError, OSError) as exc:
                     log.warning("restarting %s failed: %s", proc.name, exc)
                 self._save()
 
@@ -111,11 +120,12 @@ class Supervisor:
                 pass
 
 
-def serve(cfg: AppConfig, processes: Sequence[ManagedProcess], expected: Sequence[str]) -> None:
+def serve(cfg: AppConfig, processes: Sequence[ManagedProcess], expected: Sequence[str],
+          before_restart: Callable[[str], Sequence[str]] = lambda name: ()) -> None:
     """Supervise until SIGTERM/SIGINT."""
     import signal
 
-    supervisor = Supervisor(cfg, processes, expected)
+    supervisor = Supervisor(cfg, processes, expected, before_restart=before_restart)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.stop.set())
     state_file(cfg).unlink(missing_ok=True)

@@ -118,3 +118,63 @@ def test_a_reused_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
     proc.pid_file.write_text(f"{os.getpid()} 1\n")  # this test process, with a wrong start time
     assert proc.pid() is None
     assert proc.stop() is False  # and so this test process was not killed
+
+
+def _family(tmp_path: Path, name: str, child_ignores_term: bool = False, **kwargs) -> ManagedProcess:
+    """A leader that starts a child in its own process group (as pyflink and pyspark start their JVM)."""
+    child = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+             if child_ignores_term else "import time; time.sleep(600)")
+    script = ("import pathlib, subprocess, sys, time; "
+              f"c = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+              f"pathlib.Path({str(tmp_path / (name + '.child'))!r}).write_text(str(c.pid)); time.sleep(600)")
+    return ManagedProcess(name=name, argv=[sys.executable, "-c", script], run_dir=tmp_path / "run",
+                          logs_dir=tmp_path / "logs", health_check=lambda: (tmp_path / (name + ".child")).exists(),
+                          startup_timeout=30, **kwargs)
+
+
+def test_a_restart_first_kills_what_a_killed_leader_left_in_its_group(tmp_path: Path) -> None:
+    """kill -9 of a component's own process leaves its JVM running; the next start must end it."""
+    import os
+    import signal
+
+    proc = _family(tmp_path, "family")
+    leader = proc.start().pid
+    assert leader
+    child = int((tmp_path / "family.child").read_text())
+    os.kill(leader, signal.SIGKILL)  # the leader only, as `kill -9 <pid>` does
+    time.sleep(0.5)
+    assert proc.pid() is None and _pid_alive(child)  # orphaned, still running
+    (tmp_path / "family.child").unlink()
+    try:
+        proc.start()
+        assert not _pid_alive(child)
+        assert int((tmp_path / "family.child").read_text()) != child
+    finally:
+        assert proc.stop()
+
+
+def test_stop_kills_what_outlives_the_leader_and_honours_a_shorter_budget(tmp_path: Path) -> None:
+    proc = _family(tmp_path, "stubborn_child", child_ignores_term=True, stop_timeout=60)
+    leader = proc.start().pid
+    child = int((tmp_path / "stubborn_child.child").read_text())
+    assert leader and _pid_alive(child)
+    started = time.monotonic()
+    assert proc.stop(timeout=1.0)
+    took = time.monotonic() - started
+    assert took < 1.0 + 2.0 + 2.0, took  # the budget, not stop_timeout=60, plus the kill wait and slack
+    assert not _pid_alive(leader) and not _pid_alive(child)
+    assert proc.kill() is False and proc.stop() is False  # nothing left
+
+
+def test_stop_of_a_dead_leader_still_kills_its_group(tmp_path: Path) -> None:
+    """`fl-app stop` right after a crash (before the supervisor restarted it) ends the orphaned JVM too."""
+    import os
+    import signal
+
+    proc = _family(tmp_path, "crashed")
+    leader = proc.start().pid
+    assert leader
+    child = int((tmp_path / "crashed.child").read_text())
+    os.kill(leader, signal.SIGKILL)
+    assert proc.stop() is True
+    assert not _pid_alive(child) and not proc.pid_file.exists()

@@ -67,3 +67,35 @@ def test_only_the_components_run_started_are_supervised(tmp_path: Path) -> None:
     a, b = component(tmp_path, "a", "true"), component(tmp_path, "b", "true")
     me = component(tmp_path, supervisor.NAME, "true")
     assert [p.name for p in supervisor.Supervisor(cfg, [a, b, me], ["b", supervisor.NAME]).processes] == ["b"]
+
+
+def test_what_a_crashed_component_left_is_ended_before_its_restart(tmp_path: Path) -> None:
+    """`before_restart` runs before each restart (the federation's SuperLink and ServerApp live in
+    sessions of their own: without it a restarted federation would run beside a second ServerApp)."""
+    cfg = load_config([f"paths.home={tmp_path}"])
+    worker = component(tmp_path, "worker", sys.executable, "-c", "import time; time.sleep(60)")
+    stray = component(tmp_path, "stray", sys.executable, "-c", "import time; time.sleep(60)")
+    worker.start()
+    stray.start()
+    calls: list[str] = []
+
+    def before_restart(name: str) -> list[str]:
+        calls.append(name)
+        stray.kill()
+        return ["stray"]
+
+    sup = supervisor.Supervisor(cfg, [worker], ["worker"], first_backoff=0.1, check_every=0.05,
+                                before_restart=before_restart)
+    thread = threading.Thread(target=sup.run)
+    thread.start()
+    try:
+        first = worker.pid()
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: worker.pid() not in (None, first), 15), "not restarted"
+        assert calls == ["worker"] and stray.pid() is None
+    finally:
+        sup.stop.set()
+        thread.join()
+        worker.stop()
+        stray.stop()

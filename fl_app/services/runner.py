@@ -24,6 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+KILL_WAIT_SECONDS = 2.0  # after SIGKILL, how long stop() waits for the group to be gone
 HealthCheck = Callable[[], bool]
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})  # addresses whose servers we may start here
 
@@ -122,6 +123,33 @@ def pid_from_file(path: Path) -> int | None:
     return pid
 
 
+def recorded_pid(path: Path) -> int | None:
+    """The pid a pid file names, alive or not (a dead leader's number is still its group's id)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid`` whose leader is gone or is ``pgid``.
+
+    Linux does not hand out a pid while a group of that id exists, so members
+    found for a dead leader's id are that leader's own leftovers.
+    """
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -172,6 +200,7 @@ class ManagedProcess:
     stop_timeout: float = 20.0
     address: str = ""
     prepare: Callable[[], Sequence[str]] | None = None
+    killed: bool = field(default=False, init=False, repr=False)  # the last stop() needed SIGKILL
 
     @property
     def pid_file(self) -> Path:
@@ -218,6 +247,7 @@ class ManagedProcess:
                 f"{self.name} (pid {pid}) is running but not healthy after "
                 f"{self.startup_timeout:.0f}s; see {self.log_file} or run `fl-app services down`"
             )
+        self._kill_leftovers()
         self.pid_file.unlink(missing_ok=True)
         for host, port in self.ports:
             if not port_is_free(host, port):
@@ -255,38 +285,49 @@ class ManagedProcess:
             raise ServiceError(f"{self.name} {why}; last lines of {self.log_file}:\n{self.tail()}")
         return self.status()
 
-    def stop(self) -> bool:
-        """Stop the process group (SIGTERM, then SIGKILL). True if something was stopped."""
-        pid = self.pid()
-        if pid is None:
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the process group: SIGTERM, and SIGKILL after ``stop_timeout`` (or ``timeout`` if
+        shorter); members of the group that outlive its leader are killed too. Bounded: returns
+        within the budget plus :data:`KILL_WAIT_SECONDS`. True if something was stopped; then
+        :attr:`killed` tells whether it needed SIGKILL."""
+        self.killed = False
+        pid, group = self.pid(), self._group()
+        if pid is None and not (group is not None and group_members(group)):
             self.pid_file.unlink(missing_ok=True)
             return False
-        log.info("stopping %s (pid %d)", self.name, pid)
-        self._signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        while time.monotonic() < deadline and _pid_alive(pid):
-            _reap(pid)
-            time.sleep(0.2)
-        if _pid_alive(pid):
-            log.warning("%s did not stop in %.0fs; killing it", self.name, self.stop_timeout)
-            self._kill_and_wait(pid)
+        if pid is not None:
+            budget = self.stop_timeout if timeout is None else min(self.stop_timeout, timeout)
+            log.info("stopping %s (pid %d)", self.name, pid)
+            self._signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + budget
+            while time.monotonic() < deadline and _pid_alive(pid):
+                _reap(pid)
+                time.sleep(0.1)
+            if _pid_alive(pid):
+                log.warning("%s did not stop in %.0fs; killing it", self.name, budget)
+                self.killed = True
+        if group is not None and (self.killed or group_members(group)):
+            self._kill_and_wait(group)  # the leader, or what it left in its group (e.g. a JVM)
         self.pid_file.unlink(missing_ok=True)
         return True
 
-    def kill(self) -> None:
-        """SIGKILL at once (crash tests); the pid file stays, as after a real crash."""
-        pid = self.pid()
-        if pid is not None:
-            self._kill_and_wait(pid)
+    def kill(self, wait: bool = True) -> bool:
+        """SIGKILL the whole group at once (crash tests, a forced stop), and wait until it is gone
+        unless ``wait`` is False; the pid file stays, as after a real crash. True if anything was alive."""
+        group = self._group()
+        if group is None or not group_members(group):
+            return False
+        self._kill_and_wait(group, timeout=None if wait else 0.0)
+        return True
 
-    def _kill_and_wait(self, pid: int, timeout: float = 5.0) -> None:
-        self._signal(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
+    def _kill_and_wait(self, group: int, timeout: float | None = None) -> None:
+        self._signal(group, signal.SIGKILL)
+        deadline = time.monotonic() + (KILL_WAIT_SECONDS if timeout is None else timeout)
         while time.monotonic() < deadline:
-            _reap(pid)
-            if not _pid_alive(pid):
+            _reap(group)
+            if not _pid_alive(group) and not group_members(group):
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -295,6 +336,24 @@ class ManagedProcess:
             return "(no log)"
 
     # -------------------------------------------------------------- helpers
+    def _group(self) -> int | None:
+        """Our process group's id: the leader's pid, also after the leader died; None if that pid
+        now belongs to another process (reused), whose group is not ours."""
+        pid = self.pid()
+        if pid is not None:
+            return pid
+        recorded = recorded_pid(self.pid_file)
+        return None if recorded is None or _pid_alive(recorded) else recorded
+
+    def _kill_leftovers(self) -> None:
+        """A leader killed with SIGKILL leaves its children running in its group (the Flink job's
+        and the scorer's JVM): kill them before a new start, or they would run twice."""
+        group = self._group()
+        if group is not None and group_members(group):
+            log.warning("%s: killing what its previous process (pid %d) left running: pids %s", self.name, group,
+                        ", ".join(map(str, group_members(group))))
+            self._kill_and_wait(group)
+
     def _wait_healthy(self, pid: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

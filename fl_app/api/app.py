@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
 from fl_app.api.deps import Services
 from fl_app.api.routers import admin, devices, history, live, models, predictions, status
 from fl_app.api.sampler import Sampler
+from fl_app.api.values import json_safe
 from fl_app.config import AppConfig
 from fl_app.storage import Storage
 
@@ -42,6 +45,11 @@ def create_app(cfg: AppConfig, devices_of_data_set: list[int], sample: bool = Tr
     for router in (status.router, history.router, models.router, devices.router, predictions.router,
                    admin.router, live.router):
         app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422, made JSON-safe: it echoes the input, which may be NaN or infinity.
+        return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(PyMongoError)
     async def mongo_unavailable(_: Request, exc: PyMongoError) -> JSONResponse:

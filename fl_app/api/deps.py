@@ -11,6 +11,7 @@ from fastapi import Depends, Header, HTTPException, Request
 from fl_app.api.sampler import Sampler
 from fl_app.config import AppConfig
 from fl_app.storage import Storage
+from fl_app.validation import INT64_MAX
 
 
 @dataclass
@@ -42,7 +43,11 @@ def require_admin(svc: ServicesDep, x_api_key: Annotated[str | None, Header()] =
 
 
 def page_bounds(svc: Services, page: int, page_size: int) -> tuple[int, int]:
-    """(skip, limit) of a page; 422 past ``api.max_page_size``."""
+    """(skip, limit) of a page (``page`` >= 1, ``page_size`` >= 1: values.PageNumber, PageSize); 422 past
+    ``api.max_page_size`` or when the skip would not fit MongoDB's int64."""
     if page_size > svc.cfg.api.max_page_size:
         raise HTTPException(422, f"page_size must be at most {svc.cfg.api.max_page_size}")
-    return (page - 1) * page_size, page_size
+    skip = (page - 1) * page_size
+    if skip > INT64_MAX:  # only with an api.max_page_size in the trillions
+        raise HTTPException(422, f"page {page} of {page_size} is past the last page MongoDB can skip to")
+    return skip, page_size

@@ -174,8 +174,9 @@ class PredictionOut(BaseModel):
 
 
 class IntervalRequest(BaseModel):
-    seconds: float | None = Field(description="the new aggregation interval; null: back to the configured one",
-                                  gt=0, le=86_400)
+    # A JSON number (strict: no text, no true), finite, at least the ServerApp's 1 s between reads of it.
+    seconds: float | None = Field(description="the new aggregation interval, 1 s to a day; null: back to the "
+                                              "configured one", ge=1, le=86_400, allow_inf_nan=False, strict=True)
 
 
 class ControlResponse(BaseModel):

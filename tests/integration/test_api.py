@@ -6,6 +6,7 @@ broker: every endpoint, pagination, bad parameters, the admin key; a schemathesi
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -24,12 +26,18 @@ from fl_app import services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.services.runner import ManagedProcess, free_port
 from tests.integration.browser import launch
+from tests.integration.schemathesis_hooks import EDGE_DATETIMES, EDGE_VALUES
 from tests.integration.test_batch import seed_run
 
 pytestmark = pytest.mark.integration
 BIN = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin"
 KEY = "test-admin-key-" + uuid.uuid4().hex[:8]
 ARTIFACTS = PROJECT_ROOT / "logs" / "test-artifacts" / "live"
+# JSON numbers (and Python's NaN/Infinity extensions, which FastAPI's JSON parser accepts) for bodies.
+EDGE_NUMBERS_JSON = ["0", "-0", "1", "-1", "1.5", "1e3", "86400", "86400.000001", "5e-324", "1e308", "1e309",
+                     "-1e309", str(2**63), "1" + "0" * 400, "NaN", "Infinity", "-Infinity", "true", "null"]
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+INT64_MAX = 2**63 - 1
 
 
 class Api:
@@ -237,10 +245,120 @@ def test_docs_and_schemathesis_find_no_server_error(api: Api) -> None:
     proc = subprocess.run([str(BIN / "schemathesis"), "run", f"{api.base}/openapi.json", "--checks",
                            "not_a_server_error", "--max-examples", "25", "-H", f"X-API-Key: {KEY}"],
                           capture_output=True, text=True, timeout=600, cwd=api.home,
-                          env={**os.environ, "NO_COLOR": "1"})
+                          env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": str(HOOKS)})
+    summary = re.search(r"\d+ generated[^\n]*", proc.stdout)
+    print(f"schemathesis (edge hooks): {summary.group(0) if summary else proc.stdout[-500:]}")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     tested = re.search(r"(\d+) passed", proc.stdout)  # every operation was exercised
     assert tested and int(tested.group(1)) >= 10, proc.stdout[-3000:]
+
+
+def _get_cases(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    """(url, query) of every GET operation in ``schema`` with each of its parameters set to each edge
+    value in turn (path parameters otherwise 1, query parameters otherwise absent)."""
+    for template, operations in schema["paths"].items():
+        params = operations.get("get", {}).get("parameters", [])
+        names = {p["name"]: p["in"] for p in params if p["in"] in ("path", "query")}
+        for name, where in names.items():
+            for value in EDGE_VALUES:
+                path = {n: "1" for n, w in names.items() if w == "path"}
+                query = {name: value} if where == "query" else {}
+                if where == "path":
+                    path[name] = quote(value, safe="")
+                yield template.format(**path), query
+
+
+class EdgeRun:
+    """Sends edge cases and tallies the answers; a 5xx or a dropped connection is a server error."""
+
+    def __init__(self, api: Api) -> None:
+        self.api, self.sent = api, 0
+        self.statuses: dict[int, int] = {}
+        self.errors: list[str] = []
+
+    def send(self, method: str, url: str, **kwargs: Any) -> int | None:
+        self.sent += 1
+        try:
+            got = self.api.http.request(method, url, **kwargs)
+        except httpx.TransportError:  # uvicorn closes a connection after a 500: the case before's fault?
+            try:
+                got = self.api.http.request(method, url, **kwargs)
+            except httpx.TransportError as exc:  # twice: this case's own
+                self.errors.append(f"{type(exc).__name__} {method} {url} {str(kwargs)[:120]}")
+                return None
+        self.statuses[got.status_code] = self.statuses.get(got.status_code, 0) + 1
+        if got.status_code >= 500:
+            self.errors.append(f"{got.status_code} {method} {url} {str(kwargs)[:120]}: {got.text[:200]}")
+        return got.status_code
+
+    def report(self, what: str) -> str:
+        line = (f"edge-value cases: {self.sent} {what}, statuses {dict(sorted(self.statuses.items()))}, "
+                f"server errors {len(self.errors)}")
+        print(line)
+        return line + "\n" + "\n".join(self.errors[:40])
+
+
+def test_every_get_parameter_takes_every_edge_value_without_a_server_error(api: Api) -> None:
+    cases = list(_get_cases(api.get("/openapi.json").json()))
+    since_until = [("/api/history", {"since": a, "until": b}) for a in EDGE_DATETIMES for b in EDGE_DATETIMES[::5]]
+    deepest = [("/api/history", {"page": "1000000", "page_size": str(api.cfg.api.max_page_size)}),
+               ("/api/predictions", {"page": "1000000", "limit": str(api.cfg.api.max_page_size)})]
+    run = EdgeRun(api)
+    for url, query in cases + since_until + deepest:
+        run.send("GET", url, params=query)
+    report = run.report("GET requests")
+    assert len(cases) >= 14 * len(EDGE_VALUES)  # every parameter of every GET route
+    assert not run.errors, report
+    assert run.statuses.get(200, 0) > 0 and run.statuses.get(422, 0) > 0  # edges inside the bounds pass, past not
+    for url, query in deepest:
+        assert api.http.get(url, params=query).json()["items"] == []  # the deepest page exists, empty
+
+
+def test_admin_bodies_take_edge_values_without_a_server_error(api: Api) -> None:
+    headers = {"X-API-Key": KEY, "Content-Type": "application/json"}
+    seconds = EDGE_NUMBERS_JSON + [json.dumps(v) for v in EDGE_VALUES]  # numbers, then text
+    bodies = [f'{{"seconds": {n}}}' for n in seconds] + [
+        "", "{", "null", "[]", "{}", '"x"', "[" * 100_000, '{"seconds": 1}' * 2, '{"seconds": 15, "extra": 1}']
+    run, accepted = EdgeRun(api), list[str]()
+    for body in bodies:
+        if run.send("PUT", "/api/admin/aggregation-interval", headers=headers, content=body.encode()) == 200:
+            accepted.append(body)
+    report = run.report("admin bodies")
+    assert not run.errors, report
+    assert set(accepted) <= {'{"seconds": 1}', '{"seconds": 1.5}', '{"seconds": 1e3}', '{"seconds": 86400}',
+                             '{"seconds": null}', '{"seconds": 15, "extra": 1}'}, accepted
+    back = api.http.put("/api/admin/aggregation-interval", headers=headers, json={"seconds": None})
+    assert back.status_code == 200
+
+
+def test_out_of_range_parameters_get_422_with_a_message(api: Api) -> None:
+    def detail(path: str, **params: Any) -> dict[str, Any]:
+        got = api.get(path, **params)
+        assert got.status_code == 422, (path, params, got.status_code, got.text)
+        first: dict[str, Any] = got.json()["detail"][0]
+        return first
+
+    for path, name, value in [("/api/history", "since", "0001-01-01T00:00:00+14:00"),
+                              ("/api/history", "until", "9999-12-31T23:59:59-14:00"),
+                              ("/api/history", "until", "9999-12-31T23:59:59.999999-00:01"),
+                              ("/api/predictions", "since", "0001-01-01T00:00:00.5+14:00")]:
+        found = detail(path, **{name: value})
+        assert found["loc"] == ["query", name] and "outside years 1..9999 in UTC" in found["msg"], found
+    assert detail("/api/models/9223372036854775808")["msg"] == \
+        "Input should be less than or equal to 9223372036854775807"
+    assert detail("/api/devices/9223372036854775808")["loc"] == ["path", "device_id"]
+    assert detail("/api/predictions", device_id=str(2**63))["loc"] == ["query", "device_id"]
+    assert detail("/api/history", page_size=str(2**63))["loc"][-1] == "page_size"
+    assert detail("/api/history", page="1000001")["loc"] == ["query", "page"]
+    # Inside the bounds: the extremes themselves, naive times taken as UTC.
+    assert api.get("/api/history", since="0001-01-01T00:00:00", until="9999-12-31T23:59:59.999999Z").json()[
+        "total"] == 5
+    assert api.get("/api/history", since="0001-01-01T00:00:00-14:00").json()["total"] == 5
+    assert api.get("/api/predictions", device_id=str(INT64_MAX)).json()["total"] == 0
+    assert api.get(f"/api/models/{INT64_MAX}").status_code == 404
+    interval = api.http.put("/api/admin/aggregation-interval", headers={"X-API-Key": KEY,
+                            "Content-Type": "application/json"}, content=b'{"seconds": NaN}')
+    assert interval.status_code == 422 and "finite" in interval.json()["detail"][0]["msg"], interval.text
 
 
 def test_live_page_shows_rates_newest_messages_and_the_loss_chart(api: Api) -> None:

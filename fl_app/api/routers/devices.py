@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from fl_app.api.deps import ServicesDep
 from fl_app.api.schemas import DeviceDetail, DeviceSummary, LocalUpdateOut, ReadingOut
-from fl_app.api.values import finite
+from fl_app.api.values import DeviceId, finite
 
 router = APIRouter(prefix="/api/devices", tags=["devices"])
 
@@ -31,7 +31,7 @@ def devices(svc: ServicesDep) -> list[DeviceSummary]:
 
 
 @router.get("/{device_id}", response_model=DeviceDetail)
-def device(svc: ServicesDep, device_id: Annotated[int, Path(ge=0, le=2**31)],
+def device(svc: ServicesDep, device_id: DeviceId,
            recent: Annotated[int, Query(ge=1, le=200, description="readings and updates to show")] = 20,
            ) -> DeviceDetail:
     """One device: its newest readings and local updates, and its anomaly rate (streaming predictions)."""

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
 from fl_app.api.deps import ServicesDep, page_bounds
 from fl_app.api.schemas import HistoryItem, MessageLayer, Page, RejectedUpdate
-from fl_app.api.values import as_utc, finite
+from fl_app.api.values import PageNumber, PageSize, UtcTime, finite
 
 router = APIRouter(prefix="/api", tags=["history"])
 
 
 @router.get("/history", response_model=Page[HistoryItem])
-def history(svc: ServicesDep, page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-            page_size: Annotated[int, Query(ge=1)] = 50, since: datetime | None = None,
-            until: datetime | None = None) -> Page[HistoryItem]:
+def history(svc: ServicesDep, page: PageNumber = 1,
+            page_size: Annotated[PageSize, Query(description="at most api.max_page_size")] = 50,
+            since: UtcTime | None = None, until: UtcTime | None = None) -> Page[HistoryItem]:
     """Aggregation ticks (round, time, devices, readings, loss; skipped ones with why; rejected, stale and
     idle devices; the message layer since the tick before). ``since``/``until``: ISO 8601 times (UTC if no offset)."""
     skip, limit = page_bounds(svc, page, page_size)
-    since, until = as_utc(since), as_utc(until)
     if since and until and since > until:
         raise HTTPException(400, "since must not be after until")
     query: dict[str, Any] = {}

@@ -6,11 +6,11 @@ import base64
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from fl_app.api.deps import ServicesDep
 from fl_app.api.schemas import ModelResponse, Weights
-from fl_app.api.values import finite
+from fl_app.api.values import Round, finite
 from fl_app.storage import decode_weights
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -57,7 +57,7 @@ def latest(svc: ServicesDep, weights: WeightsQuery = WeightsFormat.none) -> Mode
 
 
 @router.get("/{round}", response_model=ModelResponse)
-def by_round(svc: ServicesDep, round: Annotated[int, Path(ge=1, le=2**62)],
+def by_round(svc: ServicesDep, round: Round,
              weights: WeightsQuery = WeightsFormat.none) -> ModelResponse:
     """The global model of one round (404 if there is none)."""
     doc = svc.store.global_model.find_one({"round": round}, _fields(weights))

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from fl_app.api.deps import ServicesDep, page_bounds
 from fl_app.api.schemas import Page, PredictionOut
-from fl_app.api.values import as_utc
+from fl_app.api.values import DeviceId, PageNumber, PageSize, UtcTime
 
 router = APIRouter(prefix="/api", tags=["predictions"])
 
 
 @router.get("/predictions", response_model=Page[PredictionOut])
-def predictions(svc: ServicesDep, device_id: Annotated[int | None, Query(ge=0, le=2**31)] = None,
-                anomalies_only: bool = False, since: datetime | None = None,
-                page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-                limit: Annotated[int, Query(ge=1, description="page size")] = 50) -> Page[PredictionOut]:
+def predictions(svc: ServicesDep, device_id: DeviceId | None = None, anomalies_only: bool = False,
+                since: UtcTime | None = None, page: PageNumber = 1,
+                limit: Annotated[PageSize, Query(description="page size, at most api.max_page_size")] = 50,
+                ) -> Page[PredictionOut]:
     """Predictions of one device (``device_id``) or all, only anomalies (``anomalies_only``), of readings
     from ``since`` on (ISO 8601, UTC if no offset)."""
     skip, limit = page_bounds(svc, page, limit)
@@ -28,7 +27,7 @@ def predictions(svc: ServicesDep, device_id: Annotated[int | None, Query(ge=0, l
     if anomalies_only:
         query["is_anomaly"] = True
     if since is not None:
-        query["event_time"] = {"$gte": as_utc(since)}
+        query["event_time"] = {"$gte": since}
     # With a device: its (device_id, event_time) index; else insertion order (the _id index), ~ newest first.
     order = [("event_time", -1)] if device_id is not None else [("_id", -1)]
     docs = svc.store.predictions.find(query, {"actual": 0, "output": 0, "error": 0}, sort=order, skip=skip,

@@ -19,15 +19,28 @@ A device talks to Kafka and to its SuperNode only; it holds no MongoDB address.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
+from datetime import datetime
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.windows import WindowReader
 from fl_app import model
-from fl_app.federation import LocalUpdate, RunSettings, TrainInstruction
+from fl_app.federation import (
+    ARRAYS,
+    CONFIG,
+    HISTOGRAM,
+    METRICS,
+    NUM_EXAMPLES,
+    LocalUpdate,
+    RunSettings,
+    TrainInstruction,
+    utc_time,
+)
 
 log = logging.getLogger("clients.client_app")
 REPLAY = "replay-buffer"  # the Context.state key of the device's replay buffer
@@ -46,26 +59,59 @@ def train(msg: Message, context: Context) -> Message:
     try:
         windows = reader.read_new()
         update = local_update(settings, device, instruction, windows, context)
-        if "chaos" in context.node_config:
-            corrupt(update, str(context.node_config["chaos"]))
         update.delivery_seconds = started - msg.metadata.created_at  # wall clocks: the server's and ours
         update.work_seconds = time.time() - started
-        reply = Message(update.to_record(), reply_to=msg)
+        content = update.to_record()
+        if "chaos" in context.node_config:
+            corrupt(content, str(context.node_config["chaos"]), context)
+        reply = Message(content, reply_to=msg)
         reader.commit()  # only now: a crash before this re-reads the windows
     finally:
         reader.close()
     return reply
 
 
-def corrupt(update: LocalUpdate, how: str) -> None:
-    """Failure testing only (SuperNode ``--node-config chaos=nan|shape``): send a broken update,
-    which the server must reject and record. Never set in a real deployment."""
-    if update.weights:
-        if how == "nan":
-            update.weights[0] = np.full_like(update.weights[0], np.nan)
-        elif how == "shape":
-            update.weights[0] = update.weights[0][:-1]
-    log.warning("chaos=%s: device %d sends a corrupted update", how, update.device_id)
+# Failure testing only (SuperNode ``--node-config chaos=<kind>``): how a rogue device breaks its reply.
+# Each must come back as a rejected or malformed update at the server, never stop it.
+CHAOS = {
+    "nan": lambda r: _set_weights(r, lambda w: np.full_like(w, np.nan)),  # finite check (strategy)
+    "shape": lambda r: _set_weights(r, lambda w: w[:-1], fix_layout=True),  # shapes check (strategy)
+    "bad-layout": lambda r: r.config_records[CONFIG].__setitem__("layout", [-1, 5]),  # looped forever once
+    "huge-layout": lambda r: r.config_records[CONFIG].__setitem__("layout", [8, *[2**30] * 8]),
+    "inf-examples": lambda r: r.metric_records[METRICS].__setitem__(NUM_EXAMPLES, math.inf),
+    "negative-examples": lambda r: r.metric_records[METRICS].__setitem__(NUM_EXAMPLES, -5),
+    "inf-round": lambda r: r.config_records[CONFIG].__setitem__("base-round", math.inf),
+    "string-round": lambda r: r.config_records[CONFIG].__setitem__("base-round", "7"),
+    "inf-device": lambda r: r.config_records[CONFIG].__setitem__("device-id", math.inf),
+    "huge-device": lambda r: r.config_records[CONFIG].__setitem__("device-id", 2**63),
+    "bool-device": lambda r: r.config_records[CONFIG].__setitem__("device-id", True),
+    "bad-window": lambda r: r.config_records[CONFIG].__setitem__("window-start", "yesterday-ish"),
+    "offset-window": lambda r: r.config_records[CONFIG].__setitem__("window-start", "0001-01-01T00:00:00+14:00"),
+    "nan-histogram": lambda r: r.metric_records[METRICS].__setitem__(HISTOGRAM, [math.nan] * 8),
+    "wrong-dtype": lambda r: _set_weights(r, lambda w: w.astype(np.int64)),
+}
+CYCLE = "cycle"  # every kind of CHAOS in turn, one per reply (the count kept in Context.state)
+
+
+def corrupt(content: RecordDict, how: str, context: Context) -> None:
+    """Break the reply ``content`` the way ``how`` names (a kind of :data:`CHAOS`, or ``cycle``). Never
+    set in a real deployment."""
+    if how == CYCLE:
+        sent = context.state.config_records.get("chaos", ConfigRecord({"sent": 0}))
+        how = sorted(CHAOS)[int(sent["sent"]) % len(CHAOS)]  # type: ignore[arg-type]
+        context.state["chaos"] = ConfigRecord({"sent": int(sent["sent"]) + 1})  # type: ignore[arg-type]
+    CHAOS[how](content)
+    log.warning("chaos=%s: this device sends a corrupted reply", how)
+
+
+def _set_weights(content: RecordDict, change: Callable[[np.ndarray], np.ndarray], fix_layout: bool = False) -> None:
+    """Replace the packed weights by ``change(flat)`` (a reply without weights stays as it is)."""
+    arrays = content.array_records[ARRAYS].to_numpy_ndarrays()
+    if arrays:
+        flat = change(arrays[0])
+        content[ARRAYS] = ArrayRecord([flat])
+        if fix_layout:  # the first array loses values: a layout that fits, with the wrong shapes
+            content.config_records[CONFIG]["layout"] = [1, flat.size]
 
 
 def local_update(settings: RunSettings, device: int, instruction: TrainInstruction, windows: list[dict],
@@ -91,4 +137,17 @@ def local_update(settings: RunSettings, device: int, instruction: TrainInstructi
         device_id=device, base_round=instruction.server_round, num_examples=len(readings),
         weights=model.get_weights(net),
         metrics={"loss": result.loss, "score-mean": result.score_mean}, histogram=histogram,
-        window_start=min(w["window_start"] for w in windows), window_end=max(w["window_end"] for w in windows))
+        window_start=min(_times(windows, "window_start"), default=None),
+        window_end=max(_times(windows, "window_end"), default=None))
+
+
+def _times(windows: list[dict], key: str) -> list[datetime]:
+    """The windows' times ``key`` in UTC; one the contract cannot carry is left out (and logged)."""
+    out = []
+    for w in windows:
+        try:
+            if (t := utc_time(w.get(key, ""), key)) is not None:
+                out.append(t)
+        except ValueError as exc:
+            log.warning("window of device %s: %s", w.get("device_id"), exc)
+    return out

@@ -28,7 +28,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, CollectionInvalid, DuplicateKeyError, OperationFailure, PyMongoError
 
 from fl_app.schemas import SENSOR_FIELDS
 
@@ -354,6 +354,18 @@ class Storage:
             self.local_models.insert_many([dict(d) for d in local_docs], ordered=True, session=session)
         self.fl_rounds.insert_one(dict(tick_doc), session=session)
 
+    def complete_round(self, global_doc: Mapping[str, Any] | None, local_docs: Sequence[Mapping[str, Any]],
+                       tick_doc: Mapping[str, Any]) -> None:
+        """Finish a :meth:`record_round` that failed, perhaps after the server had written all or part
+        of it: the documents carry the ``_id`` they were first sent with, and each one already there
+        is skipped, in the same order. A global round held by a document of another ``_id`` still
+        raises (a second writer, not our retry)."""
+        if global_doc is not None:
+            _insert_own(self.global_model, global_doc)
+        for doc in local_docs:
+            _insert_own(self.local_models, doc)
+        _insert_own(self.fl_rounds, tick_doc)
+
     def ensure_schema(self) -> list[str]:
         """Create missing collections; (re)apply validators and indexes. Returns names."""
         existing = set(self.db.list_collection_names())
@@ -418,6 +430,15 @@ def _insert_new(collection: Collection, docs: list[dict[str, Any]], what: str) -
             raise RuntimeError(f"MongoDB rejected {what}: {other[:3]}") from exc
         return len(docs) - len(errors), len(errors)
     return len(docs), 0
+
+
+def _insert_own(collection: Collection, doc: Mapping[str, Any]) -> None:
+    """Insert ``doc`` unless the document of its ``_id`` is there already."""
+    try:
+        collection.insert_one(dict(doc))
+    except DuplicateKeyError:
+        if collection.find_one({"_id": doc["_id"]}, {"_id": 1}) is None:
+            raise
 
 
 def encode_weights(arrays: Iterable[np.ndarray]) -> dict[str, Any]:

@@ -2,13 +2,19 @@
 
 On restart :func:`resume` continues from the newest ``global_model`` document,
 so round numbers go on and nothing is overwritten (``global_model.round`` is
-unique: a second writer of the same round fails instead of replacing it).
+unique: a second writer of the same round fails instead of replacing it). A
+tick's documents are made once (:func:`documents`) and written until they are
+in (:func:`write`): a tick retried after a lost connection is the same tick,
+never a second one.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from bson import ObjectId
 
 from fl_app.config import ModelConfig
 from fl_app.federation import LocalUpdate
@@ -32,35 +38,61 @@ def resume(store: Storage, spec: ModelConfig) -> GlobalState:
                        threshold=float(doc["threshold"]))
 
 
-def _time(text: str) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
 def local_doc(update: LocalUpdate, aggregated_into: int) -> dict[str, Any]:
-    return {"device_id": update.device_id, "round": update.base_round, "aggregated_into": aggregated_into,
-            "trained_at": update.received_at, "window_start": _time(update.window_start),
-            "window_end": _time(update.window_end), "num_examples": update.num_examples,
-            "metrics": dict(update.metrics), "weights": encode_weights(update.weights)}
+    return {"_id": ObjectId(), "device_id": update.device_id, "round": update.base_round,
+            "aggregated_into": aggregated_into, "trained_at": update.received_at,
+            "window_start": update.window_start, "window_end": update.window_end,
+            "num_examples": update.num_examples, "metrics": dict(update.metrics),
+            "weights": encode_weights(update.weights)}
 
 
-def record(store: Storage, outcome: RoundOutcome, transport: dict[str, Any] | None = None) -> None:
-    """Persist one tick: the global model and its local updates if it aggregated, the tick always
-    (with the message layer's numbers since the previous tick, ``transport``)."""
+@dataclass
+class TickDocuments:
+    """One tick's documents. Each carries the ``_id`` it is first sent with, so a retried write
+    (:func:`write`) recognises what an earlier attempt did write."""
+
+    global_doc: dict[str, Any] | None
+    local_docs: list[dict[str, Any]]
+    tick: dict[str, Any]
+
+
+def documents(outcome: RoundOutcome, transport: dict[str, Any] | None = None,
+              refused: Sequence[tuple[int, str]] = (), malformed: int = 0) -> TickDocuments:
+    """The documents of one tick: the global model and its local updates if it aggregated, the tick
+    always (with the message layer's numbers since the previous tick, ``transport``; the replies
+    refused as malformed, per device where it was known, ``refused``, and the others, ``malformed``)."""
     global_doc = None
     if outcome.status == AGGREGATED and outcome.state is not None:
         global_doc = {
-            "round": outcome.round, "created_at": outcome.at, "num_devices": len(outcome.accepted),
+            "_id": ObjectId(), "round": outcome.round, "created_at": outcome.at, "num_devices": len(outcome.accepted),
             "device_ids": outcome.device_ids, "num_examples": outcome.num_examples,
             "metrics": {**outcome.metrics, "mean_loss": outcome.metrics.get("loss", float("nan"))},
-            "rejected": len(outcome.rejected), "stale": len(outcome.stale),
+            "rejected": len(outcome.rejected) + len(refused), "stale": len(outcome.stale),
             "threshold": outcome.state.threshold,
             "weights": encode_weights(outcome.state.weights),
         }
     # Every valid update of the tick, the superseded ones too: their readings count in num_examples.
     local_docs = [local_doc(u, outcome.round) for u in outcome.accepted + outcome.superseded] if global_doc else []
-    tick = {"at": outcome.at, "status": outcome.status, "round": outcome.round, "reason": outcome.reason,
-            "accepted": outcome.device_ids,
-            "rejected": [{"device_id": u.device_id, "reason": why} for u, why in outcome.rejected],
+    rejected = [*((u.device_id, why) for u, why in outcome.rejected), *refused]
+    tick = {"_id": ObjectId(), "at": outcome.at, "status": outcome.status, "round": outcome.round,
+            "reason": outcome.reason, "accepted": outcome.device_ids,
+            "rejected": [{"device_id": device, "reason": why} for device, why in rejected],
             "stale": [u.device_id for u in outcome.stale], "idle": [u.device_id for u in outcome.idle],
-            **({"transport": transport} if transport is not None else {})}
-    store.record_round(global_doc, local_docs, tick)
+            "malformed": malformed, **({"transport": transport} if transport is not None else {})}
+    return TickDocuments(global_doc, local_docs, tick)
+
+
+def write(store: Storage, docs: TickDocuments, again: bool = False) -> None:
+    """Persist one tick (:meth:`Storage.record_round`). ``again``: an earlier attempt failed, perhaps
+    after the server had written all or part of it (the connection lost before the reply); then
+    only what is missing is written (:meth:`Storage.complete_round`), so a retry never duplicates a
+    document nor trips the unique global round."""
+    if again:
+        store.complete_round(docs.global_doc, docs.local_docs, docs.tick)
+    else:
+        store.record_round(docs.global_doc, docs.local_docs, docs.tick)
+
+
+def record(store: Storage, outcome: RoundOutcome, transport: dict[str, Any] | None = None) -> None:
+    """Persist one tick at once (:func:`documents`, :func:`write`)."""
+    write(store, documents(outcome, transport))

@@ -6,6 +6,9 @@ local clock, pulls replies as they come, keeps them until the next
 aggregation tick (late ones too), and lets :class:`server.strategy.TimedFedAvg`
 decide what counts. Every tick, aggregation and accepted update is persisted
 (``server/rounds.py``); on restart the round numbers continue from MongoDB.
+A reply is parsed totally (``LocalUpdate.from_record``): a malformed one is
+refused with its reason, recorded in the next tick. A MongoDB outage is
+waited out (:class:`TimedServer`), never a reason to stop.
 One line per tick and per aggregation goes to ``logs/global_server.log``.
 """
 
@@ -14,24 +17,33 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+import pymongo
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from fl_app import flower_backoff
-from fl_app.federation import LocalUpdate, RunSettings, ServerSettings, TrainInstruction
+from fl_app.federation import LocalUpdate, MalformedReply, RunSettings, ServerSettings, TrainInstruction
 from fl_app.storage import Storage
 from server import rounds
-from server.strategy import AGGREGATED, Clock, GlobalState, TimedFedAvg
+from server.strategy import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedFedAvg
 
 log = logging.getLogger("server.global")
 HOPS = ("delivery", "work", "return")  # of a message's way, measured per reply (Transport)
 POLL_SECONDS = 0.3  # between reply pulls: short, so replies are seen soon, long enough to stay cheap
 CONTROL_SECONDS = 1.0  # between reads of the operator's requests (fl_server "control")
+MONGO_TIMEOUT = 5.0  # seconds a read or a small write may take before MongoDB counts as unavailable
+ROUND_WRITE_TIMEOUT = 20.0  # seconds for a tick's documents (a loaded local server is slow)
+MAX_REFUSED = 1000  # refused replies recorded per tick (the rest counted): a tick document stays small
+MAX_REASON = 300  # characters of a refusal's reason
+T = TypeVar("T")
 
 app = ServerApp()
 
@@ -86,23 +98,78 @@ class Transport:
                 **{f"{hop}_p50": float(np.median(v)) if v else math.nan for hop, v in self.hops.items()}}
 
 
+class Backoff:
+    """When MongoDB may be tried again: after a failure in 1 s, doubling up to ``most``; a success resets it."""
+
+    def __init__(self, first: float = 1.0, most: float = 8.0) -> None:
+        self.first, self.most = first, most
+        self.delay, self.retry_at = 0.0, -math.inf
+        self.down_since: float | None = None
+
+    def ready(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def failed(self, now: float) -> float:
+        """Note a failure at ``now``; returns the seconds until the next try."""
+        self.delay = min(self.most, self.delay * 2 or self.first)
+        self.retry_at = now + self.delay
+        if self.down_since is None:
+            self.down_since = now
+        return self.delay
+
+    def succeeded(self, now: float) -> float | None:
+        """Note a success; returns how long MongoDB was unavailable (None if it was not)."""
+        down = None if self.down_since is None else now - self.down_since
+        self.delay, self.retry_at, self.down_since = 0.0, -math.inf, None
+        return down
+
+
+def transient(exc: PyMongoError) -> bool:
+    """A fault of the connection or the server's availability (worth retrying), not of the request."""
+    return (isinstance(exc, ConnectionFailure) or exc.timeout
+            or exc.has_error_label("TransientTransactionError") or exc.has_error_label("RetryableWriteError"))
+
+
+@dataclass
+class Unwritten:
+    """A tick made but not yet in MongoDB (its write is retried until it is)."""
+
+    outcome: RoundOutcome
+    docs: rounds.TickDocuments
+    attempts: int = 0
+
+
 class TimedServer:
-    """The loop of one run: push on the local clock, pull continuously, aggregate on the global clock."""
+    """The loop of one run: push on the local clock, pull continuously, aggregate on the global clock.
+
+    MongoDB may be unavailable at any moment: every call to it goes through :meth:`mongo`, which
+    bounds it in time and, on a fault of the connection, backs off instead of raising; the loop
+    keeps pulling replies meanwhile. A tick whose write failed is kept (:class:`Unwritten`) and
+    written again, as the same tick, before any other aggregation; its global model becomes the
+    current one only once it is written, so rounds stay consecutive and nothing pending is lost
+    while this process lives.
+    """
 
     def __init__(self, settings: RunSettings, grid: Grid, store: Storage) -> None:
         self.settings, self.grid, self.store = settings, grid, store
+        self.devices = set(settings.devices)
         self.strategy = TimedFedAvg(settings.min_devices, settings.max_staleness_rounds, settings.max_update_norm,
                                     settings.model_config().threshold_quantile)
-        self.state: GlobalState = rounds.resume(store, settings.model_config())
+        self.backoff = Backoff()
         self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included
-        self.malformed = 0
+        self.refused: list[tuple[int, str]] = []  # malformed replies of known devices since the last tick
+        self.malformed = 0  # malformed replies naming no valid device since the last tick
+        self.unwritten: Unwritten | None = None
+        self.state_dirty = False  # fl_server "state" is behind (its write failed or is due)
         self.transport = Transport()
         self.ttl = settings.message_ttl  # a message not answered in time is given up (the node gets a new one)
         self.clock = Clock(settings.train_every, settings.aggregate_every, start=time.monotonic())
+        self.state: GlobalState
         # Requests made before this ServerApp started were for an earlier one (its interval
         # override stays: a restarted ServerApp keeps what the operator set for the run).
-        self.control_seen = store.server_control().get("aggregate_now_requested_at")
+        self.control_seen, self.state = self.until_available("resume", lambda: (
+            store.server_control().get("aggregate_now_requested_at"), rounds.resume(store, settings.model_config())))
         self.control_checked = 0.0
         self.last_train = -math.inf
         self.early_devices = 0  # devices with data at the last early attempt (warm-up)
@@ -118,22 +185,62 @@ class TimedServer:
                      "an update", self.settings.warmup_train_every, self.settings.min_devices)
         while time.monotonic() < end:
             now = time.monotonic()
+            if self.unwritten is not None:
+                self.write_tick()
             if now - self.control_checked >= CONTROL_SECONDS:
                 self.apply_control(now)
             warm_train = self.warming_up() and now - self.last_train >= self.settings.warmup_train_every
             if clock.train_due(now) or warm_train:
                 self.send_train_messages(now)
                 self.last_train = now
-                self.save_state(now)
+                self.state_dirty = True
             self.collect_replies(now)
             if self.warming_up() and self.first_round_ready():
                 clock.aggregate_now(now)  # the first round now; the global interval counts from it
             if clock.aggregate_due(now):
                 self.aggregate()
+                self.state_dirty = True
+            if self.state_dirty:
                 self.save_state(now)
             time.sleep(POLL_SECONDS)
+        if self.unwritten is not None:  # the run ends: a last chance for the tick made last
+            self.until_available("the last tick", self.write_tick, deadline=time.monotonic() + 60)
         log.info("stop: global round %d after %.0fs", self.state.round, time.monotonic() - started)
 
+    # ------------------------------------------------------------- MongoDB
+    def mongo(self, what: str, call: Callable[[], T], timeout: float = MONGO_TIMEOUT) -> tuple[bool, T | None]:
+        """``(True, call())`` with ``call`` bounded by ``timeout`` seconds; ``(False, None)`` while MongoDB is
+        unavailable (a fault of the connection: logged, tried again after a backoff). Any other
+        database error raises: retrying a refused request would not change it."""
+        if not self.backoff.ready(time.monotonic()):
+            return False, None
+        try:
+            with pymongo.timeout(timeout):
+                result = call()
+        except PyMongoError as exc:
+            if not transient(exc):
+                raise
+            delay = self.backoff.failed(time.monotonic())
+            log.warning("MongoDB unavailable (%s: %s: %s); next try in %.0fs, %d updates kept%s", what,
+                        type(exc).__name__, str(exc)[:160], delay, len(self.pending),
+                        f", tick of round {self.unwritten.outcome.round} not yet written" if self.unwritten else "")
+            return False, None
+        down = self.backoff.succeeded(time.monotonic())
+        if down is not None:
+            log.info("MongoDB available again after %.0fs (%s)", down, what)
+        return True, result
+
+    def until_available(self, what: str, call: Callable[[], T], deadline: float = math.inf) -> T:
+        """:meth:`mongo`, tried until it succeeds (before the loop, or after it); raises after ``deadline``."""
+        while True:
+            ok, result = self.mongo(what, call)
+            if ok:
+                return result  # type: ignore[return-value]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"MongoDB unavailable: {what} failed until the deadline")
+            time.sleep(max(0.05, self.backoff.retry_at - time.monotonic()))
+
+    # ------------------------------------------------------------- the loop's steps
     def warming_up(self) -> bool:
         return self.state.round == 0 and self.settings.warmup_train_every > 0
 
@@ -148,27 +255,33 @@ class TimedServer:
     def apply_control(self, now: float) -> None:
         """The operator's requests (API admin actions): aggregate now; another aggregation interval."""
         self.control_checked = now
-        control = self.store.server_control()
+        ok, control = self.mongo("read of the operator's requests", self.store.server_control)
+        if not ok or control is None:
+            return
         requested = control.get("aggregate_now_requested_at")
-        if requested is not None and requested != self.control_seen:
+        if isinstance(requested, datetime) and requested != self.control_seen:
             self.control_seen = requested
             log.info("aggregation requested by an operator (at %s)", requested.isoformat())
             self.clock.aggregate_now(now)
-        every = control.get("aggregate_every_seconds") or self.settings.aggregate_every
+        override = control.get("aggregate_every_seconds")
+        every = (float(override) if isinstance(override, int | float) and not isinstance(override, bool)
+                 and 0 < override < math.inf else self.settings.aggregate_every)
         if every != self.clock.aggregate_every:
             log.info("aggregation interval %gs -> %gs%s", self.clock.aggregate_every, every,
-                     " (by an operator)" if control.get("aggregate_every_seconds") else " (back to the configured)")
-            self.clock.set_aggregate_every(float(every), now)
-            self.save_state(now)
+                     " (by an operator)" if override else " (back to the configured)")
+            self.clock.set_aggregate_every(every, now)
+            self.state_dirty = True
 
     def save_state(self, now: float) -> None:
-        """What the API's /api/status shows of the ServerApp: kept in fl_server "state"."""
+        """What the API's /api/status shows of the ServerApp: kept in fl_server "state" (rewritten
+        whole, so a write that failed is simply made again later)."""
         wall = datetime.now(UTC)
-        self.store.save_server_state({
+        ok, _ = self.mongo("write of the server state", lambda: self.store.save_server_state({
             "at": wall, "round": self.state.round, "online": self.transport.online, "pending": len(self.pending),
             "pending_devices": sorted({u.device_id for u in self.pending}), "outstanding": len(self.outstanding),
             "aggregate_every_seconds": self.clock.aggregate_every,
-            "next_aggregation_at": wall + timedelta(seconds=max(0.0, self.clock.next_aggregate - now))})
+            "next_aggregation_at": wall + timedelta(seconds=max(0.0, self.clock.next_aggregate - now))}))
+        self.state_dirty = not ok
 
     def send_train_messages(self, now: float) -> None:
         online = sorted(self.grid.get_node_ids())
@@ -205,34 +318,66 @@ class TimedServer:
         self.transport.expired += len(expired)
 
     def parse(self, reply: Message) -> LocalUpdate | None:
+        """The reply's update, or None: an error reply is logged; a malformed one is refused with its
+        reason (recorded in the next tick against its device where that is known, else counted)."""
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            log.warning("node %d replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
+            log.warning("node %d replied with an error: %s", node, reply.error.reason)
             return None
         try:
-            return LocalUpdate.from_record(reply.content)
-        except ValueError as exc:
-            self.malformed += 1
-            log.warning("node %d sent a malformed reply (%s); ignored", reply.metadata.src_node_id, exc)
+            update = LocalUpdate.from_record(reply.content)
+            if update.device_id not in self.devices:
+                raise MalformedReply(f"device {update.device_id} is not one of this federation's")
+            return update
+        except MalformedReply as exc:
+            if exc.device_id in self.devices and len(self.refused) < MAX_REFUSED:
+                self.refused.append((exc.device_id, exc.reason[:MAX_REASON]))
+            else:
+                self.malformed += 1
+            log.warning("node %d: %s; refused", node, str(exc)[:MAX_REASON])
             return None
 
     def aggregate(self) -> None:
+        """Decide the tick (:class:`TimedFedAvg`) and write it; while the tick before is not written
+        (MongoDB unavailable), wait: the updates stay pending for the next tick."""
+        if self.unwritten is not None:
+            log.warning("aggregation waits: the tick of round %d is not written yet (MongoDB unavailable); "
+                        "%d updates pending", self.unwritten.outcome.round, len(self.pending))
+            return
         outcome = self.strategy.aggregate_round(self.pending, self.state)
-        transport = self.transport.summary(len(self.outstanding))
-        rounds.record(self.store, outcome, transport)
-        self.transport = Transport(online=self.transport.online)
+        transport = {**self.transport.summary(len(self.outstanding)), "malformed": self.malformed}
+        self.unwritten = Unwritten(outcome, rounds.documents(outcome, transport, self.refused, self.malformed))
+        self.transport, self.refused, self.malformed = Transport(online=self.transport.online), [], 0
         self.pending = outcome.carried_over
         log.info("messages since the last tick: %d devices online, %d sent, %d replies (reply after p50 %.1fs, "
-                 "p99 %.1fs; p50 of delivery %.1fs, work %.1fs, return %.1fs), %d expired, %d still out",
-                 transport["online"], transport["sent"], transport["replies"], transport["latency_p50"],
-                 transport["latency_p99"], transport["delivery_p50"], transport["work_p50"], transport["return_p50"],
-                 transport["expired"], transport["outstanding"])
-        rejected = "; ".join(f"device {u.device_id}: {why}" for u, why in outcome.rejected)
+                 "p99 %.1fs; p50 of delivery %.1fs, work %.1fs, return %.1fs), %d expired, %d still out, "
+                 "%d malformed", transport["online"], transport["sent"], transport["replies"],
+                 transport["latency_p50"], transport["latency_p99"], transport["delivery_p50"], transport["work_p50"],
+                 transport["return_p50"], transport["expired"], transport["outstanding"], transport["malformed"])
+        self.write_tick()
+
+    def write_tick(self) -> None:
+        """Write the tick made last; once it is in, its global model is the current one."""
+        tick = self.unwritten
+        assert tick is not None
+
+        def attempt() -> None:
+            tick.attempts += 1
+            rounds.write(self.store, tick.docs, again=tick.attempts > 1)
+
+        ok, _ = self.mongo(f"write of the tick of round {tick.outcome.round}", attempt, ROUND_WRITE_TIMEOUT)
+        if not ok:
+            return
+        self.unwritten = None
+        outcome = tick.outcome
+        rejected = "; ".join(f"device {r['device_id']}: {r['reason']}" for r in tick.docs.tick["rejected"])
+        written = f" (written at attempt {tick.attempts})" if tick.attempts > 1 else ""
         if outcome.status == AGGREGATED and outcome.state is not None:
             self.state = outcome.state
             log.info("aggregated round %d: %d devices %s, %d readings, mean loss %.4f, threshold %.4f; "
-                     "%d stale, %d rejected%s", outcome.round, len(outcome.accepted), outcome.device_ids,
+                     "%d stale, %d rejected%s%s", outcome.round, len(outcome.accepted), outcome.device_ids,
                      outcome.num_examples, outcome.metrics.get("loss", float("nan")), self.state.threshold,
-                     len(outcome.stale), len(outcome.rejected), f" ({rejected})" if rejected else "")
+                     len(outcome.stale), len(tick.docs.tick["rejected"]), f" ({rejected})" if rejected else "", written)
         else:
-            log.info("skipped (round stays %d): %s%s", outcome.round, outcome.reason,
-                     f"; rejected: {rejected}" if rejected else "")
+            log.info("skipped (round stays %d): %s%s%s", outcome.round, outcome.reason,
+                     f"; rejected: {rejected}" if rejected else "", written)

@@ -9,8 +9,8 @@ the updates received since the last aggregation to
 1. drops *stale* updates, computed from a global model more than
    ``max_staleness_rounds`` behind (dropped, not down-weighted: a stale model
    pulls the average back towards an old state whatever its weight);
-2. *rejects* invalid ones with a reason: wrong shapes or dtypes, values that
-   are not finite, or an L2 distance to the current global model above
+2. *rejects* invalid ones with a reason: a base round ahead of the current
+   one, wrong shapes or dtypes, values that are not finite, or an L2 distance to the current global model above
    ``max_update_norm``; a rejected update never reaches the average;
 3. keeps each device's newest update (it was trained on the device's replay
    buffer, which holds the earlier windows too), weighted by all the new
@@ -138,6 +138,8 @@ class TimedFedAvg(FedAvg):
 
     def invalid(self, update: LocalUpdate, current: GlobalState) -> str:
         """Why ``update`` may not count ("" if it may)."""
+        if update.base_round > current.round:
+            return f"base round {update.base_round} is ahead of the current round {current.round}"
         if len(update.weights) != len(current.weights):
             return f"{len(update.weights)} weight arrays, expected {len(current.weights)}"
         for i, (got, want) in enumerate(zip(update.weights, current.weights, strict=True)):

@@ -323,7 +323,9 @@ def test_admin_bodies_take_edge_values_without_a_server_error(api: Api) -> None:
     for body in bodies:
         if run.send("PUT", "/api/admin/aggregation-interval", headers=headers, content=body.encode()) == 200:
             accepted.append(body)
-    report = run.report("admin bodies")
+    for key in [b"", b"a b", b"x" * 10_000, "é".encode("latin-1"), b"\xff\xfe", KEY.encode() + b"x"]:
+        assert run.send("POST", "/api/admin/aggregate", headers={"X-API-Key": key}) == 401
+    report = run.report("admin bodies and keys")
     assert not run.errors, report
     assert set(accepted) <= {'{"seconds": 1}', '{"seconds": 1.5}', '{"seconds": 1e3}', '{"seconds": 86400}',
                              '{"seconds": null}', '{"seconds": 15, "extra": 1}'}, accepted

@@ -24,10 +24,12 @@ model (:mod:`fl_app.model`, the devices' own model code) and writes one
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 log = logging.getLogger(__name__)
-COUNTS_SCHEMA = "stored long, existing long, invalid long"
+COUNTS_SCHEMA = "stored long, existing long, invalid long, reasons string"
 
 
 @dataclass(frozen=True)
@@ -72,54 +74,75 @@ class Sink:
     valid_ranges: dict[str, tuple[float, float]]
 
 
-def predictions(raw_values: list[Any], model: ScoringModel, sink: Sink) -> tuple[list[dict[str, Any]], int]:
-    """``(prediction documents, invalid records)`` for raw ``iot_stream`` values."""
+def predictions(raw_values: list[Any], model: ScoringModel, sink: Sink) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """``(prediction documents, records not scored per reason)`` for raw ``iot_stream`` values.
+
+    Never raises for a record: one the Flink job would dead-letter is counted
+    under its validation reason, one the model cannot score under "cannot score".
+    """
     from fl_app import model as task
     from fl_app.validation import validate
 
+    skipped: Counter[str] = Counter()
     readings = []
     for raw in raw_values:
         # An empty Kafka value arrives from Arrow as a missing value (NaN), not as None.
-        reading, _ = validate(raw if isinstance(raw, str) else None, sink.known_devices, sink.valid_ranges)
-        if reading is not None:
+        reading, reason = validate(raw if isinstance(raw, str) else None, sink.known_devices, sink.valid_ranges)
+        if reading is None:
+            skipped[reason] += 1
+        else:
             readings.append(reading)
     if not readings:
-        return [], len(raw_values)
+        return [], skipped
     spec = ModelConfig(**model.spec)
     net = task.build(spec)
     task.set_weights(net, model.weights)
-    predicted = task.predict(net, readings, spec)
+    try:
+        scored = [(readings, task.predict(net, readings, spec))]
+    except Exception:  # noqa: BLE001 - find the record(s) at fault, score the others
+        scored = []
+        for reading in readings:
+            try:
+                scored.append(([reading], task.predict(net, [reading], spec)))
+            except Exception as exc:  # noqa: BLE001 - a record the model cannot take is skipped, counted
+                skipped[f"cannot score: {type(exc).__name__}"] += 1
     now = datetime.now(UTC)
     docs = []
-    for i, reading in enumerate(readings):
-        score = float(predicted.scores[i])
-        docs.append({
-            "event_id": reading["event_id"], "device_id": int(reading["device_id"]),
-            "event_time": datetime.fromisoformat(reading["event_time"]),
-            "actual": {f: float(reading[f]) for f in predicted.fields},
-            "output": {f: float(v) for f, v in zip(predicted.fields, predicted.outputs[i], strict=True)},
-            "error": {f: float(v) for f, v in zip(predicted.fields, predicted.errors[i], strict=True)},
-            "score": score, "threshold": model.threshold, "is_anomaly": bool(score > model.threshold),
-            "model_round": model.round, "prediction_type": "streaming", "scored_at": now,
-        })
-    return docs, len(raw_values) - len(readings)
+    for group, predicted in scored:
+        for i, reading in enumerate(group):
+            score = float(predicted.scores[i])
+            docs.append({
+                "event_id": reading["event_id"], "device_id": int(reading["device_id"]),
+                "event_time": datetime.fromisoformat(reading["event_time"]),
+                "actual": {f: float(reading[f]) for f in predicted.fields},
+                "output": {f: float(v) for f, v in zip(predicted.fields, predicted.outputs[i], strict=True)},
+                "error": {f: float(v) for f, v in zip(predicted.fields, predicted.errors[i], strict=True)},
+                "score": score, "threshold": model.threshold, "is_anomaly": bool(score > model.threshold),
+                "model_round": model.round, "prediction_type": "streaming", "scored_at": now,
+            })
+    return docs, skipped
 
 
 def score_partitions(model: ScoringModel, sink: Sink) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The ``mapInPandas`` function: score and store each partition, yield its counts."""
+    """The ``mapInPandas`` function: score and store each partition, yield its counts (the records not
+    scored as a JSON object of reason -> count)."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
         from fl_app.storage import Storage
 
-        stored = existing = invalid = 0
+        stored = existing = 0
+        skipped: Counter[str] = Counter()
         with Storage(sink.mongo_uri, sink.mongo_database, sink.mongo_timeout_ms) as store:
             for batch in batches:
                 docs, bad = predictions(batch["value"].tolist(), model, sink)
-                new, seen = store.insert_predictions(docs)
-                stored, existing, invalid = stored + new, existing + seen, invalid + bad
-        yield pd.DataFrame({"stored": [stored], "existing": [existing], "invalid": [invalid]})
+                result = store.insert_predictions(docs)
+                stored, existing = stored + result.stored, existing + result.existing
+                skipped.update(bad)
+                skipped.update(reason.split(":")[0] for _, reason in result.rejected)  # "cannot encode", ...
+        yield pd.DataFrame({"stored": [stored], "existing": [existing], "invalid": [sum(skipped.values())],
+                            "reasons": [json.dumps(dict(skipped))]})
 
     return run
 
@@ -139,6 +162,7 @@ class Scorer:
                          frozenset(known_devices), ranges)  # type: ignore[arg-type]
         self.stop = threading.Event()
         self.totals = {"stored": 0, "existing": 0, "invalid": 0}
+        self.skipped: Counter[str] = Counter()  # records not scored, per reason, since the start
 
     def refresh_model(self) -> bool:
         """Load the newest global model if it is newer than ours; True if it changed."""
@@ -173,6 +197,12 @@ class Scorer:
         counts = {k: sum(int(r[k]) for r in rows) for k in self.totals}
         for k, v in counts.items():
             self.totals[k] += v
+        for row in rows:
+            for reason, n in json.loads(row["reasons"]).items():
+                if reason not in self.skipped:  # once per reason: a flood of bad records is one line
+                    log.warning("records not scored: %s (first seen in batch %d; counted from now on)", reason,
+                                batch_id)
+                self.skipped[reason] += n
         if any(counts.values()):
             log.info("batch %d: %d predictions stored (%d already there), %d invalid records not scored; round %d; "
                      "%.1fs", batch_id, counts["stored"], counts["existing"], counts["invalid"], self.model.round,
@@ -212,8 +242,9 @@ class Scorer:
                 except Exception as exc:  # stopping anyway: say so and go on
                     log.warning("stopping the %s: %s", what, str(exc).splitlines()[0] if str(exc) else exc)
             self.store.close()
-            log.info("stopped: %d predictions stored, %d already there, %d invalid records", self.totals["stored"],
-                     self.totals["existing"], self.totals["invalid"])
+            log.info("stopped: %d predictions stored, %d already there, %d records not scored%s",
+                     self.totals["stored"], self.totals["existing"], self.totals["invalid"],
+                     f" ({', '.join(f'{r}: {n}' for r, n in self.skipped.most_common())})" if self.skipped else "")
 
 
 def serve(cfg: AppConfig, known_devices: list[int]) -> None:

@@ -73,9 +73,12 @@ READING_FIELDS = tuple(Reading.__dataclass_fields__)
 assert READING_FIELDS[-len(SENSOR_FIELDS):] == SENSOR_FIELDS  # the sensor values close the record
 
 
+MAX_DEAD_LETTER_RAW = 16_384  # characters of the raw record kept: the letter must fit in a Kafka message
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """A record the pipeline rejected, kept with the reason."""
+    """A record the pipeline rejected, kept with the reason (``raw`` cut to :data:`MAX_DEAD_LETTER_RAW`)."""
 
     reason: str
     raw: str
@@ -83,6 +86,15 @@ class DeadLetter:
     partition: int
     offset: int
     seen_at: str
+
+    @classmethod
+    def of(cls, reason: str, raw: str | None, topic: str, partition: int, offset: int) -> DeadLetter:
+        """A letter seen now; a raw record past the limit keeps its start and says how long it was."""
+        raw = raw if raw is not None else ""
+        if len(raw) > MAX_DEAD_LETTER_RAW:
+            raw = f"{raw[:MAX_DEAD_LETTER_RAW]}...[{len(raw):,} characters in all]"
+        return cls(reason=reason, raw=raw, topic=topic, partition=int(partition), offset=int(offset),
+                   seen_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

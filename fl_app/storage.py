@@ -20,10 +20,12 @@ import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import bson
 import numpy as np
 from bson import Binary
+from bson.errors import BSONError
 from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
@@ -383,24 +385,31 @@ class Storage:
                 self.db[spec.name].create_indexes(list(spec.indexes))
         return [spec.name for spec in COLLECTIONS]
 
-    def insert_readings(self, readings: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-        """Store validated ``iot_stream`` readings; returns ``(stored, duplicates skipped)``.
+    def insert_readings(self, readings: Sequence[Mapping[str, Any]]) -> Inserted:
+        """Store validated ``iot_stream`` readings (ISO timestamps); see :class:`Inserted`.
 
         Unordered bulk insert: a reading whose ``event_id`` is already stored
-        (a replay after a crash) is skipped and counted, the rest go in; any
-        other write error raises, so the caller retries the whole bulk.
+        (a replay after a crash) is skipped and counted; one that cannot be
+        converted, encoded or stored is left out with its reason (the Flink job
+        dead-letters it), and the rest go in. Only a fault that is not one
+        document's (the server unreachable, a write concern error) raises, so
+        the caller retries the whole bulk.
         """
-        if not readings:
-            return 0, 0
         now = datetime.now(UTC)
-        docs = [{**r, "event_time": datetime.fromisoformat(r["event_time"]),
-                 "source_time": datetime.fromisoformat(r["source_time"]), "stored_at": now} for r in readings]
-        return _insert_new(self.device_data, docs, "readings")
+        docs: list[tuple[int, dict[str, Any]]] = []
+        rejected: list[tuple[int, str]] = []
+        for index, r in enumerate(readings):
+            try:
+                docs.append((index, {**r, "event_time": _utc(r["event_time"]), "source_time": _utc(r["source_time"]),
+                                     "stored_at": now}))
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                rejected.append((index, f"cannot convert: {_short(exc)}"))
+        return _insert_new(self.device_data, docs, rejected)
 
-    def insert_predictions(self, docs: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-        """Store predictions; returns ``(stored, already there)``. One per ``(event_id, model_round)``:
-        a batch scored again after a crash finds its documents there and changes nothing."""
-        return _insert_new(self.predictions, [dict(d) for d in docs], "predictions")
+    def insert_predictions(self, docs: Sequence[Mapping[str, Any]]) -> Inserted:
+        """Store predictions (see :class:`Inserted`). One per ``(event_id, model_round)``: a batch
+        scored again after a crash finds its documents there and changes nothing."""
+        return _insert_new(self.predictions, [(i, dict(d)) for i, d in enumerate(docs)], [])
 
     def counts(self) -> dict[str, int]:
         """Documents per collection (estimated: cheap on large collections)."""
@@ -416,20 +425,55 @@ class Storage:
         self.close()
 
 
-def _insert_new(collection: Collection, docs: list[dict[str, Any]], what: str) -> tuple[int, int]:
-    """Unordered bulk insert where a unique index makes a document already there a no-op:
-    ``(stored, already there)``; any other write error raises (the caller retries the whole bulk)."""
-    if not docs:
-        return 0, 0
+class Inserted(NamedTuple):
+    """What a bulk insert did: documents stored, already there (a replay), and left out, each as
+    ``(index in the input, reason)``."""
+
+    stored: int
+    existing: int
+    rejected: list[tuple[int, str]]
+
+
+def _utc(text: str) -> datetime:
+    stamp = datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return stamp.astimezone(UTC)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _insert_new(collection: Collection, docs: list[tuple[int, dict[str, Any]]],
+                rejected: list[tuple[int, str]]) -> Inserted:
+    """Unordered bulk insert of ``(index, document)`` where a unique index makes a document already
+    there a no-op. A document BSON cannot encode (an integer past int64, a lone surrogate) or the
+    server refuses (its validator) is added to ``rejected``; any other error raises."""
+    encodable = []
+    for index, doc in docs:
+        # Encoding first, one by one (~3 us a reading): one bad document in insert_many would fail
+        # the whole call after some of the bulk went in, and leave no way to tell which.
+        try:
+            bson.encode(doc)
+        except (BSONError, OverflowError, ValueError, TypeError) as exc:
+            rejected.append((index, f"cannot encode: {_short(exc)}"))
+        else:
+            encodable.append((index, doc))
+    if not encodable:
+        return Inserted(0, 0, rejected)
     try:
-        collection.insert_many(docs, ordered=False)
+        collection.insert_many([doc for _, doc in encodable], ordered=False)
     except BulkWriteError as exc:
+        if exc.details.get("writeConcernErrors"):
+            raise
         errors = exc.details.get("writeErrors", [])
-        other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-        if other:
-            raise RuntimeError(f"MongoDB rejected {what}: {other[:3]}") from exc
-        return len(docs) - len(errors), len(errors)
-    return len(docs), 0
+        existing = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
+        rejected.extend((encodable[e["index"]][0], f"refused by MongoDB: {str(e.get('errmsg', ''))[:200]}")
+                        for e in errors if e.get("code") != DUPLICATE_KEY)
+        return Inserted(len(encodable) - len(errors), existing, rejected)
+    return Inserted(len(encodable), 0, rejected)
 
 
 def _insert_own(collection: Collection, doc: Mapping[str, Any]) -> None:

@@ -29,8 +29,9 @@ def test_valid_readings_get_the_models_scores_and_invalid_records_none() -> None
     good = [reading(1), reading(2, device=2, temperature=35.0)]
     unknown_device = reading(3, device=99).to_json().decode()
     raw = [r.to_json().decode() for r in good] + ["{broken", None, float("nan"), unknown_device]
-    docs, invalid = predictions(raw, scoring, sink)
-    assert invalid == 4  # malformed, empty (None, or NaN as Arrow gives it), unknown device
+    docs, skipped = predictions(raw, scoring, sink)
+    # malformed, empty (None, or NaN as Arrow gives it), unknown device
+    assert skipped == {"bad json": 1, "empty record": 2, "unknown device": 1}
     assert [d["event_id"] for d in docs] == ["0-1", "0-2"]
     expected = model.predict(net, [vars(r) for r in good], spec)
     assert np.allclose([d["score"] for d in docs], expected.scores)
@@ -46,7 +47,24 @@ def test_a_batch_of_only_bad_records_scores_nothing() -> None:
     spec = load_config([]).fl.model
     scoring = ScoringModel(1, 0.3, model.get_weights(model.build(spec)), asdict(spec))
     sink = Sink("mongodb://unused", "db", 1000, frozenset({1}), {f: (-1e6, 1e6) for f in SENSOR_FIELDS})
-    assert predictions(["", "[]"], scoring, sink) == ([], 2)
+    assert predictions(["", "[]"], scoring, sink) == ([], {"empty record": 1, "not a json object": 1})
+
+
+def test_a_record_the_model_cannot_score_is_skipped_and_the_others_scored(monkeypatch) -> None:
+    spec = load_config([]).fl.model
+    scoring = ScoringModel(1, 0.3, model.get_weights(model.build(spec)), asdict(spec))
+    sink = Sink("mongodb://unused", "db", 1000, frozenset({1}), {f: (-1e6, 1e6) for f in SENSOR_FIELDS})
+    real = model.predict
+
+    def fussy(net, readings, spec):  # a model that chokes on one particular reading
+        if any(r["seq"] == 2 for r in readings):
+            raise FloatingPointError("boom")
+        return real(net, readings, spec)
+
+    monkeypatch.setattr(model, "predict", fussy)
+    docs, skipped = predictions([reading(i).to_json().decode() for i in (1, 2, 3)], scoring, sink)
+    assert [d["event_id"] for d in docs] == ["0-1", "0-3"]
+    assert skipped == {"cannot score: FloatingPointError": 1}
 
 
 def test_jar_names_without_versions() -> None:

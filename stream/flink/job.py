@@ -62,6 +62,14 @@ DEAD_LETTER = OutputTag("dead-letter", Types.STRING())
 WINDOW_ROW = Types.ROW([Types.INT(), Types.STRING(), Types.STRING()])  # partition, key, value
 
 
+def _json(value: object, strict: bool = True) -> str:
+    """Compact JSON. Strict (windows): what a consumer's parser takes, no NaN, raises on the rest;
+    else (a dead letter's raw) anything, unknown types as their repr."""
+    if strict:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return json.dumps(value, separators=(",", ":"), default=repr)
+
+
 def _iso_ms(millis: int) -> str:
     return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
@@ -91,15 +99,21 @@ class Validate(ProcessFunction):
 
     def process_element(self, row, ctx):
         raw, partition, offset = row[0], row[1], row[2]
-        reading, reason = validate(raw, self.known, self.ranges)
+        try:
+            reading, reason = validate(raw, self.known, self.ranges)
+        except Exception as exc:  # noqa: BLE001 - validate never raises; if it did, the record is dead, not the job
+            reading, reason = None, f"validation failed: {type(exc).__name__}"
         if reading is None:
             self._count(reason)
-            letter = DeadLetter(reason=reason, raw=raw if raw is not None else "", topic=self.topic,
-                                partition=int(partition), offset=int(offset),
-                                seen_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
-            yield DEAD_LETTER, letter.to_json().decode()
+            yield DEAD_LETTER, dead_letter(reason, raw, self.topic, partition, offset)
         else:
-            yield reading
+            # The source position travels with the reading: a later step that cannot store or
+            # send it dead-letters it with the same contract.
+            yield reading, int(partition), int(offset)
+
+
+def dead_letter(reason: str, raw: str | None, topic: str, partition: int, offset: int) -> str:
+    return DeadLetter.of(reason, raw, topic, partition, offset).to_json().decode()
 
 
 class BulkStore(KeyedProcessFunction):
@@ -109,9 +123,15 @@ class BulkStore(KeyedProcessFunction):
     after the first of them. The buffer is checkpointed state, so a crash
     never drops a reading that Kafka offsets already count as processed.
     Inserts are unordered and a duplicate ``event_id`` (a replay) is skipped.
+    A reading that cannot be stored (converted, encoded, accepted by the
+    collection's validator) is dead-lettered with the reason and the rest of
+    the bulk is stored: one record never restarts the job. Only a fault that
+    is no record's (MongoDB unreachable) raises, and the job restarts from its
+    last checkpoint with backoff.
     """
 
     def __init__(self, settings: JobSettings) -> None:
+        self.topic = settings.readings_topic
         self.uri, self.database = settings.mongo_uri, settings.mongo_database
         self.bulk_size, self.delay = settings.bulk_size, settings.bulk_max_delay_ms
         self.timeout_ms = settings.mongo_timeout_ms
@@ -123,12 +143,13 @@ class BulkStore(KeyedProcessFunction):
         group = runtime_context.get_metrics_group()
         self.stored = group.counter("stored")
         self.duplicates = group.counter("duplicates_skipped")
+        self.refused = group.counter("dead_lettered")
 
     def close(self) -> None:
         self.store.close()
 
-    def process_element(self, reading, ctx):
-        self.pending.add(reading)
+    def process_element(self, item, ctx):
+        self.pending.add(item)  # (reading, partition, offset)
         n = (self.count.value() or 0) + 1
         # A timer on the next multiple of the delay, registered for every element:
         # Flink keeps one timer per (key, time), so this costs little, and it needs
@@ -136,20 +157,23 @@ class BulkStore(KeyedProcessFunction):
         now = ctx.timer_service().current_processing_time()
         ctx.timer_service().register_processing_time_timer((now // self.delay + 1) * self.delay)
         if n >= self.bulk_size:
-            self._flush()
+            yield from self._flush()
         else:
             self.count.update(n)
-        return iter(())
 
     def on_timer(self, timestamp, ctx):
-        self._flush()
-        return iter(())
+        yield from self._flush()
 
-    def _flush(self) -> None:
-        # A write error other than a duplicate raises: the job restarts from the checkpoint.
-        stored, duplicates = self.store.insert_readings(list(self.pending.get() or []))
-        self.stored.inc(stored)
-        self.duplicates.inc(duplicates)
+    def _flush(self):
+        items = list(self.pending.get() or [])
+        result = self.store.insert_readings([reading for reading, _, _ in items])
+        self.stored.inc(result.stored)
+        self.duplicates.inc(result.existing)
+        self.refused.inc(len(result.rejected))
+        for index, reason in result.rejected:
+            reading, partition, offset = items[index]
+            log.warning("reading %r not stored (dead-lettered): %s", reading.get("event_id"), reason)
+            yield DEAD_LETTER, dead_letter(reason, _json(reading, strict=False), self.topic, partition, offset)
         self.pending.clear()
         self.count.clear()
 
@@ -170,6 +194,7 @@ class DeviceWindows(KeyedProcessFunction):
     """
 
     def __init__(self, settings: JobSettings) -> None:
+        self.topic = settings.readings_topic
         self.interval_ms = int(settings.window_seconds * 1000)
         self.partition = {int(k): v for k, v in settings.window_partition.items()}
         self.max_readings = settings.max_window_readings
@@ -187,13 +212,13 @@ class DeviceWindows(KeyedProcessFunction):
         self.seen = runtime_context.get_map_state(seen)
         self.duplicates = runtime_context.get_metrics_group().counter("duplicates_dropped")
 
-    def process_element(self, reading, ctx):
-        event = reading["event_id"]
+    def process_element(self, item, ctx):
+        event = item[0]["event_id"]
         if self.seen.contains(event):
             self.duplicates.inc()
             return iter(())
         self.seen.put(event, True)
-        self.pending.add(reading)
+        self.pending.add(item)  # (reading, partition, offset)
         # Register the boundary for every reading (Flink keeps one timer per
         # (key, time)). A "timer pending" flag in state instead was seen to go
         # stale after a restore from a checkpoint and silence a device for good.
@@ -202,18 +227,25 @@ class DeviceWindows(KeyedProcessFunction):
         return iter(())
 
     def on_timer(self, timestamp, ctx):
-        readings = list(self.pending.get() or [])
+        items = list(self.pending.get() or [])
         self.pending.clear()
-        if len(readings) > self.max_readings:
+        if len(items) > self.max_readings:
             # A backlog (after downtime) would make one record too big for Kafka:
             # send the oldest now, the rest in the next windows.
-            readings, rest = readings[:self.max_readings], readings[self.max_readings:]
+            items, rest = items[:self.max_readings], items[self.max_readings:]
             self.pending.add_all(rest)
             ctx.timer_service().register_processing_time_timer(timestamp + self.interval_ms)
-        if readings:
-            device = int(ctx.get_current_key())
-            value = window_record(device, _iso_ms(timestamp - self.interval_ms), _iso_ms(timestamp), readings)
-            yield Row(self.partition[device], str(device), json.dumps(value, separators=(",", ":")))
+        if not items:
+            return
+        device = int(ctx.get_current_key())
+        value = window_record(device, _iso_ms(timestamp - self.interval_ms), _iso_ms(timestamp),
+                              [reading for reading, _, _ in items])
+        try:
+            yield Row(self.partition[device], str(device), _json(value))
+        except (KeyError, TypeError, ValueError) as exc:  # validated readings always encode; if not: no restart
+            reason = f"cannot send window: {type(exc).__name__}"
+            for reading, partition, offset in items:
+                yield DEAD_LETTER, dead_letter(reason, _json(reading, strict=False), self.topic, partition, offset)
 
 
 def _environment(s: JobSettings) -> StreamExecutionEnvironment:
@@ -279,21 +311,24 @@ def build(s: JobSettings) -> StreamExecutionEnvironment:
     # Every operator below has a uid, so state restores into the same operator
     # even after the job's code changes.
 
+    # (reading, partition, offset) from here on; dead letters leave every step by one side output.
     validated = records.process(Validate(s), output_type=Types.PICKLED_BYTE_ARRAY()).name("validate").uid("validate")
-    dead_letters = validated.get_side_output(DEAD_LETTER)
-    dead_letters.sink_to(_kafka_sink(s, KafkaRecordSerializationSchema.builder()
-                                      .set_topic(s.dead_letter_topic)
-                                      .set_value_serialization_schema(SimpleStringSchema())
-                                      .build(), "dlq")).name("dead-letter topic").uid("dead-letter-sink")
 
     shards = s.parallelism
-    stored = (validated.key_by(lambda r: r["device_id"] % shards, key_type=Types.INT())
+    stored = (validated.key_by(lambda r: r[0]["device_id"] % shards, key_type=Types.INT())
               .process(BulkStore(s), output_type=Types.INT()).name("store device_data").uid("store-device-data"))
     jvm = get_gateway().jvm
     stored._j_data_stream.sinkTo(jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()).uid("stored")
 
-    windows = (validated.key_by(lambda r: r["device_id"], key_type=Types.INT())
+    windows = (validated.key_by(lambda r: r[0]["device_id"], key_type=Types.INT())
                .process(DeviceWindows(s), output_type=WINDOW_ROW).name("per-device windows").uid("device-windows"))
+
+    dead_letters = validated.get_side_output(DEAD_LETTER).union(stored.get_side_output(DEAD_LETTER),
+                                                                windows.get_side_output(DEAD_LETTER))
+    dead_letters.sink_to(_kafka_sink(s, KafkaRecordSerializationSchema.builder()
+                                      .set_topic(s.dead_letter_topic)
+                                      .set_value_serialization_schema(SimpleStringSchema())
+                                      .build(), "dlq")).name("dead-letter topic").uid("dead-letter-sink")
     # PyFlink has no Python hook for the key, the value or the partition of a
     # Kafka record; two tiny Java classes (stream/flink/java) pick row fields.
     serializer = KafkaRecordSerializationSchema.builder().set_topic(s.windows_topic)

@@ -23,11 +23,12 @@ from confluent_kafka import Producer
 
 from fl_app import flow, services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.schemas import window_partitions
+from fl_app.schemas import MAX_DEAD_LETTER_RAW, window_partitions
 from fl_app.services.runner import ManagedProcess
 from stream import data
 from stream.producer import ReplayProducer
 from tests.kafka_helpers import read_topic
+from tests.poison import GOOD, POISON
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -217,6 +218,80 @@ def test_malformed_records_go_to_the_dead_letter_topic(stored_run: tuple[AppConf
         wait_for("the valid record after the bad ones",
                  lambda: store.device_data.count_documents({"event_id": "9-1"}) == 1, timeout=30)
         assert store.device_data.count_documents({"loop": 9}) == 1  # none of the bad ones stored
+
+
+def test_poison_records_are_dead_lettered_and_ingest_goes_on(stored_run: tuple[AppConfig, int],
+                                                              flink_env: tuple[AppConfig, ManagedProcess]) -> None:
+    """Every kind in tests/poison.py, 25 valid readings after each, and 3 valid readings MongoDB's own
+    validator refuses (tightened for this test): each bad one is one dead letter with its reason, every
+    other reading is stored once, and the job never fails (no restart, no error in its log).
+    Lost: nothing. Duplicated: nothing."""
+    cfg, job = flink_env
+    pid, log_before = job.pid(), len(job.log_file.read_text())
+    dlq = cfg.kafka.topics.dead_letter
+    earlier = {(m.partition(), m.offset()) for m in read_committed(cfg, dlq.name, dlq.partitions, 2)}
+    with storage.Storage.from_config(cfg.mongo) as store:
+        # Readings of loop 8 pass validation, but the collection refuses them (as a stricter schema would).
+        schema = next(spec.schema for spec in storage.COLLECTIONS if spec.name == storage.DEVICE_DATA)
+        strict = {**schema, "properties": {**schema["properties"], "loop": {"bsonType": ["int", "long"],
+                                                                            "maximum": 7}}}
+        store.db.command("collMod", storage.DEVICE_DATA, validator={"$jsonSchema": strict})
+        try:
+            producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "acks": "all",
+                                 "message.max.bytes": 2_000_000})
+            valid, refused, seq = [], [], 0
+            for raw, _ in POISON.values():
+                producer.produce(cfg.kafka.topics.readings.name, key=b"1", value=raw)
+                for _ in range(25):
+                    seq += 1
+                    valid.append({**GOOD, "event_id": f"p-{seq}", "seq": seq, "device_id": 1 + seq % 3})
+                    producer.produce(cfg.kafka.topics.readings.name, key=b"1", value=json.dumps(valid[-1]).encode())
+            for i in range(3):
+                refused.append({**GOOD, "event_id": f"q-{i}", "loop": 8, "seq": i})
+                producer.produce(cfg.kafka.topics.readings.name, key=b"1", value=json.dumps(refused[-1]).encode())
+            assert producer.flush(30) == 0
+            wait_for(f"{len(valid)} valid readings among the poison",
+                     lambda: store.device_data.count_documents({"loop": 7}) >= len(valid), timeout=120, job=job)
+            letters: list = []
+
+            def all_lettered() -> bool:
+                letters[:] = [json.loads(m.value()) for m in read_committed(cfg, dlq.name, dlq.partitions, 2)
+                              if (m.partition(), m.offset()) not in earlier]
+                return len(letters) >= len(POISON) + len(refused)
+
+            wait_for("a dead letter for every poison record", all_lettered, timeout=120, job=job)
+            stored = store.device_data.count_documents({"event_id": {"$regex": "^[pq]-"}})
+            refused_stored = store.device_data.count_documents({"loop": 8})
+        finally:
+            store.ensure_schema()  # the collection's own validator again
+    assert stored == len(valid) and len(store_ids(cfg, "^p-")) == len(valid)  # each once
+    assert refused_stored == 0
+    time.sleep(3)
+    assert all_lettered() and len(letters) == len(POISON) + len(refused)  # one letter each, no more
+    assert Counter(x["reason"] for x in letters if not x["reason"].startswith("refused by MongoDB")) == Counter(
+        reason for _, reason in POISON.values())
+    by_raw = {x["raw"]: x for x in letters}
+    for name, (raw, reason) in POISON.items():
+        if raw is None or name == "not UTF-8":
+            continue
+        text = raw.decode()
+        if len(text) > MAX_DEAD_LETTER_RAW:  # cut, so the letter fits in a Kafka message
+            cut = [x for x in letters if x["reason"] == reason and x["raw"].startswith(text[:1000])]
+            assert cut and len(cut[0]["raw"]) < MAX_DEAD_LETTER_RAW + 64 and "characters in all" in cut[0]["raw"]
+        else:
+            assert by_raw[text]["reason"] == reason, name  # the original payload, with its reason
+    refusals = [x for x in letters if x["reason"].startswith("refused by MongoDB")]
+    assert sorted(json.loads(x["raw"])["event_id"] for x in refusals) == ["q-0", "q-1", "q-2"]
+    assert all(x["topic"] == cfg.kafka.topics.readings.name and x["offset"] >= 0 for x in refusals)
+    assert job.pid() == pid  # the same job process, never restarted by us ...
+    new_log = job.log_file.read_text()[log_before:]
+    for sign in ("Traceback", "OverflowError", "switched from RUNNING to FAILING", "Restarting"):
+        assert sign not in new_log, f"{sign!r} in the job's log:\n{new_log[-3000:]}"  # ... nor by Flink
+
+
+def store_ids(cfg: AppConfig, pattern: str) -> list[str]:
+    with storage.Storage.from_config(cfg.mongo) as store:
+        return list(store.device_data.distinct("event_id", {"event_id": {"$regex": pattern}}))
 
 
 def test_kill_9_and_restart_keeps_counts_exact(stack: AppConfig, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from pymongo.errors import DuplicateKeyError, WriteError
+from pymongo.errors import DuplicateKeyError, PyMongoError, WriteError
 
 from fl_app import storage
 from fl_app.config import AppConfig
@@ -75,22 +75,41 @@ def wire(**overrides: object) -> dict:
 def test_insert_readings_stores_a_replayed_bulk_once(store: storage.Storage) -> None:
     """The Flink job's write path: a bulk replayed after a crash overlaps what is stored."""
     first = [wire() for _ in range(5)]
-    assert store.insert_readings(first) == (5, 0)
+    assert store.insert_readings(first) == (5, 0, [])
     replay = first[2:] + [wire() for _ in range(4)]  # 3 already stored, 4 new
-    assert store.insert_readings(replay) == (4, 3)
+    assert store.insert_readings(replay) == (4, 3, [])
     ids = [r["event_id"] for r in first + replay]
     assert store.device_data.count_documents({"event_id": {"$in": ids}}) == 9
     stored = store.device_data.find_one({"event_id": first[0]["event_id"]})
     assert stored is not None
     assert isinstance(stored["event_time"], datetime) and isinstance(stored["stored_at"], datetime)
-    assert store.insert_readings([]) == (0, 0)
+    assert store.insert_readings([]) == (0, 0, [])
 
 
-def test_insert_readings_raises_on_anything_but_a_duplicate(store: storage.Storage) -> None:
-    good, bad = wire(), wire(temperature="hot")  # the validator refuses the second
-    with pytest.raises(RuntimeError, match="MongoDB rejected readings"):
-        store.insert_readings([good, bad])
-    assert store.device_data.count_documents({"event_id": good["event_id"]}) == 1  # unordered: the rest went in
+def test_insert_readings_leaves_out_what_cannot_be_stored_with_its_reason(store: storage.Storage) -> None:
+    """One bad reading never fails its bulk: the Flink job dead-letters the ones left out."""
+    good = [wire() for _ in range(3)]
+    bad = [
+        wire(temperature="hot"),  # the collection's validator refuses it
+        wire(seq=2**64),  # BSON has no integer that large
+        wire(event_id="\ud800"),  # a lone surrogate: not UTF-8
+        {**wire(), "event_time": "0001-01-01T00:00:00+14:00"},  # not a UTC date
+        {k: v for k, v in wire().items() if k != "source_time"},  # a field missing
+    ]
+    result = store.insert_readings([good[0], *bad, *good[1:]])
+    assert (result.stored, result.existing) == (3, 0)
+    reasons = dict(result.rejected)
+    assert sorted(reasons) == [1, 2, 3, 4, 5]  # the positions in the bulk
+    assert reasons[1].startswith("refused by MongoDB") and "cannot encode" in reasons[2]
+    assert "cannot encode" in reasons[3] and "cannot convert" in reasons[4] and "cannot convert" in reasons[5]
+    assert store.device_data.count_documents({"event_id": {"$in": [g["event_id"] for g in good]}}) == 3
+    assert store.insert_readings(good).existing == 3  # and a replay of them is still a no-op
+
+
+def test_insert_readings_raises_when_mongodb_is_unreachable() -> None:
+    """A fault that is no reading's: the caller (the Flink job) retries the whole bulk."""
+    with storage.Storage("mongodb://127.0.0.1:9", "nowhere", timeout_ms=300) as dead, pytest.raises(PyMongoError):
+        dead.insert_readings([wire()])
 
 
 @pytest.mark.parametrize(

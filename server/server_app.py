@@ -221,7 +221,7 @@ class TimedServer:
             if not transient(exc):
                 raise
             delay = self.backoff.failed(time.monotonic())
-            log.warning("MongoDB unavailable (%s: %s: %s); next try in %.0fs, %d updates kept%s", what,
+            log.warning("MongoDB unavailable (%s: %s: %s); next try in %.1fs, %d updates kept%s", what,
                         type(exc).__name__, str(exc)[:160], delay, len(self.pending),
                         f", tick of round {self.unwritten.outcome.round} not yet written" if self.unwritten else "")
             return False, None

@@ -3,7 +3,7 @@
 # Both install what is missing first (scripts/setup.sh, idempotent).
 # Pass Hydra overrides to run with ARGS, e.g. make run ARGS="profile=production".
 
-.PHONY: setup setup-test run stop status lint test test-fast bench
+.PHONY: setup setup-test run stop reset status lint test test-fast bench
 
 setup:
 	@scripts/setup.sh
@@ -13,6 +13,10 @@ run: setup
 
 stop:
 	.venv/bin/fl-app stop $(ARGS)
+
+# Stop, then delete what flowed (topics, collections, checkpoints, producer position); asks first.
+reset:
+	.venv/bin/fl-app reset $(ARGS)
 
 status:
 	.venv/bin/fl-app status $(ARGS)

@@ -165,33 +165,116 @@ def test_run_status_stop(tmp_path: Path) -> None:
     assert not live_processes_under(tmp_path), live_processes_under(tmp_path)  # nothing left running
 
 
-@pytest.mark.integration
-def test_run_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    """`fl-app run --follow` (what `make run` does in a terminal): progress lines, then Ctrl-C stops it all."""
-    overrides = [*private_overrides(tmp_path), "stream.dataset_records=2000", "fl.devices=3",
-                 "spark.scorer.enabled=false", "spark.batch.enabled=false", "superset.enabled=false"]
+FOREGROUND = ["stream.dataset_records=2000", "fl.devices=3", "spark.scorer.enabled=false", "spark.batch.enabled=false",
+              "superset.enabled=false"]
+
+
+def foreground_run(home: Path) -> tuple[subprocess.Popen, list[str], list[str]]:
+    """`fl-app run --follow` (what `make run` does in a terminal) on a private stack, once its first
+    progress line is out; the process, the lines so far and the overrides."""
+    overrides = [*private_overrides(home), *FOREGROUND]
     proc = subprocess.Popen([str(FL_APP), "run", "--follow", *overrides], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
                             env={**os.environ, "COLUMNS": "200"})
     lines: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if ("readings" in line and "global rounds" in line) or not line:  # the first progress line, or EOF
+            break
+    assert any("Ctrl-C stops everything" in line for line in lines), "".join(lines)
+    assert live_processes_under(home)
+    return proc, lines, overrides
+
+
+def assert_stopped_all(output: str) -> None:
+    """The stop line names every component (the supervisor first), then the services; a federation
+    stopped while it was still starting is killed, and what it left in between (fl_superlink ...)."""
+    assert re.search(r"stopped: supervisor, api, federation, kafka_producer, flink_job, (.*, )?mongo, kafka in "
+                     r"[\d.]+ s", output), output
+
+
+def cpu_burners(count: int = 3) -> list[subprocess.Popen]:
+    """A loaded machine: ``count`` processes spinning (more than its 2 cores)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def gone_within(home: Path, seconds: float) -> float:
+    """Seconds until nothing of the run under ``home`` is left; fails after ``seconds``."""
+    started = time.monotonic()
+    while live_processes_under(home) and time.monotonic() - started < seconds:
+        time.sleep(0.2)
+    assert not live_processes_under(home), live_processes_under(home)
+    return time.monotonic() - started
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("loaded", [False, True], ids=["idle", "loaded"])
+def test_run_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path, loaded: bool) -> None:
+    """Ctrl-C on a foreground run: everything is gone within 30 s, also with the CPU oversubscribed."""
+    proc, lines, _ = foreground_run(tmp_path)
+    burners = cpu_burners() if loaded else []
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "readings" in line and "global rounds" in line:  # the first progress line
-                break
-        assert any("Ctrl-C stops everything" in line for line in lines), "".join(lines)
-        assert live_processes_under(tmp_path)
+        time.sleep(5 if loaded else 0)  # let the load bite
+        sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=180)
+        rest, _ = proc.communicate(timeout=60)
+        exited = time.monotonic() - sent
+        gone = exited + gone_within(tmp_path, 30)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+        if proc.poll() is None:
+            proc.kill()
+    print(f"\nCtrl-C ({'loaded' if loaded else 'idle'}): exited after {exited:.1f} s, all gone after {gone:.1f} s")
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert_stopped_all(rest)
+    assert gone < 30, rest
+    assert "Traceback" not in rest, rest
+
+
+@pytest.mark.integration
+def test_a_second_ctrl_c_kills_everything_at_once(tmp_path: Path) -> None:
+    proc, lines, _ = foreground_run(tmp_path)
+    try:
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # stopping has begun (the federation takes longer than that)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        gone = time.monotonic() - sent + gone_within(tmp_path, 15)
     finally:
         if proc.poll() is None:
             proc.kill()
+    print(f"\nCtrl-C twice: all gone after {gone:.1f} s")
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "forced: killed" in rest and "Traceback" not in rest, rest
+    assert gone < 15, rest
+
+
+@pytest.mark.integration
+def test_fl_app_stop_from_another_terminal_ends_a_foreground_run(tmp_path: Path) -> None:
+    """`make stop` beside a foreground `make run`: the foreground says so in one line and exits 0."""
+    proc, lines, overrides = foreground_run(tmp_path)
+    try:
+        sent = time.monotonic()
+        stopper = subprocess.run([str(FL_APP), "stop", *overrides], capture_output=True, text=True, timeout=120,
+                                 cwd=PROJECT_ROOT, env={**os.environ, "COLUMNS": "200"})
+        rest, _ = proc.communicate(timeout=60)
+        gone = time.monotonic() - sent + gone_within(tmp_path, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"\n`fl-app stop` beside a foreground run: all gone after {gone:.1f} s")
     assert proc.returncode == 0, "".join(lines) + rest
-    assert "stopped: supervisor, api, federation, kafka_producer, flink_job, mongo, kafka" in rest, rest
-    assert not live_processes_under(tmp_path), live_processes_under(tmp_path)
+    assert "Traceback" not in rest, rest
+    assert rest.strip().splitlines()[-1] == "stopped by `fl-app stop`", rest
+    assert len(rest.strip().splitlines()) <= 3, rest  # at most a progress line or two before it
+    assert stopper.returncode == 0, stopper.stdout + stopper.stderr
+    assert_stopped_all(stopper.stdout)
 
 
 def live_processes_under(home: Path) -> list[str]:

@@ -326,10 +326,12 @@ def status(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG)
     table.add_column("count", justify="right")
     table.add_column("per second", justify="right")
     table.add_column("note")
-    for row in flow.snapshot(cfg):
+    rows = flow.snapshot(cfg)
+    for row in rows:
         table.add_row(row.where, f"{row.count:,}", "" if row.rate is None else f"{row.rate:,.1f}", row.note)
     console.print(table)
     down = [c.name for c in components if c.name in pipeline.expected(cfg) and c.state != State.RUNNING]
+    down += [f"{r.where} ({r.note})" for r in rows if r.down and "federation" in pipeline.expected(cfg)]
     if down:
         err.print(f"[bold red]down:[/] {', '.join(down)} (started by `fl-app run`; logs in {cfg.paths.logs_dir})")
         raise typer.Exit(4)

@@ -8,6 +8,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ class FlowRow:
     count: int
     note: str = ""
     rate: float | None = None  # per second, measured over snapshot()'s interval
+    down: bool = False  # what this row describes has stopped working (`fl-app status` says so)
 
 
 def topic_message_counts(cfg: AppConfig, timeout: float = 5.0) -> dict[str, int]:
@@ -193,15 +195,19 @@ def snapshot(cfg: AppConfig, rate_seconds: float = 2.0) -> list[FlowRow]:
             rows.append(FlowRow("  dead letters", count, reason))
         for name, count in later_documents.items():
             rows.append(FlowRow(f"mongo {name}", count, rate=rate(documents, later_documents, name)))
-        rows += federation_rows(store)
+        rows += federation_rows(store, cfg.fl.global_update_interval_minutes * 60)
     return rows
 
 
-def federation_rows(store: storage.Storage) -> list[FlowRow]:
+def federation_rows(store: storage.Storage, aggregate_every: float) -> list[FlowRow]:
     """The FL layer: its last aggregation tick (round, devices online, replies, message-to-reply latency),
-    the last aggregation, the updates the ServerApp holds for its next one."""
+    the last aggregation, the updates the ServerApp holds for its next one; and whether the federation
+    is down (:func:`federation_down`; ``aggregate_every``: the configured global interval, seconds)."""
     tick = store.fl_rounds.find_one(sort=[("at", -1)])
     state = store.server_state()
+    silent = federation_down(tick, state, aggregate_every)
+    health = ([FlowRow("fl federation", int(silent), f"down: no aggregation tick for {silent:.0f}s (more than two "
+                       "global intervals)", down=True)] if silent is not None else [])
     pending = ([FlowRow("fl updates pending", int(state["pending"]),
                         f"for the aggregation at {state['next_aggregation_at']:%H:%M:%S} UTC, from devices "
                         + (", ".join(map(str, state.get("pending_devices", []))) or "none"))]
@@ -210,7 +216,7 @@ def federation_rows(store: storage.Storage) -> list[FlowRow]:
     last = [FlowRow("fl last aggregation", int(latest["round"]), f"round made {latest['created_at']:%H:%M:%S} UTC")
             ] if latest else []
     if tick is None:
-        return [FlowRow("fl round", 0, "no aggregation tick yet"), *last, *pending]
+        return [*health, FlowRow("fl round", 0, "no aggregation tick yet"), *last, *pending]
     when = f"{tick['at']:%H:%M:%S}"
     rows = [FlowRow("fl round", int(tick["round"]), f"last tick {when} UTC: {tick['status']}"
                     + (f" ({tick['reason']})" if tick.get("reason") else f", {len(tick.get('accepted', []))} devices"))]
@@ -224,7 +230,20 @@ def federation_rows(store: storage.Storage) -> list[FlowRow]:
                 latency += (f" (p50 of delivery {t['delivery_p50']:.1f}s, work {t['work_p50']:.1f}s, "
                             f"return {t['return_p50']:.1f}s)")
             rows.append(FlowRow("fl message -> reply", int(t["replies"]), latency))
-    return [*rows, *last, *pending]
+    return [*health, *rows, *last, *pending]
+
+
+def federation_down(tick: dict[str, Any] | None, state: dict[str, Any] | None, aggregate_every: float,
+                    now: datetime | None = None) -> float | None:
+    """Seconds without an aggregation tick if that is more than two global intervals (the operator's
+    interval where the ServerApp reported one), else None. Before the first tick, counted from the
+    ServerApp's last report (fl_server "state"); with neither, nothing is known (None)."""
+    every = (state or {}).get("aggregate_every_seconds") or aggregate_every
+    since = tick["at"] if tick else (state or {}).get("at")
+    if not isinstance(since, datetime):
+        return None
+    silent = ((now or datetime.now(UTC)) - since.astimezone(UTC)).total_seconds()
+    return silent if silent > 2 * float(every) else None
 
 
 # What `fl-app view` shows of each collection: its newest documents, these fields, newest first by this key.

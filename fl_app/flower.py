@@ -10,9 +10,12 @@ one source of truth. The server-only settings (MongoDB, log folder) go to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -255,16 +258,19 @@ def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
     return submit(cfg)
 
 
-def submit(cfg: AppConfig) -> str:
-    """``flwr run`` the project's app against our SuperLink with the run config from Hydra."""
+def submit(cfg: AppConfig, fresh: bool = True) -> str:
+    """``flwr run`` the project's app against our SuperLink with the run config from Hydra. ``fresh``:
+    a new run starts from the configuration (the operator's requests to an earlier one are cleared);
+    a run resubmitted after its ServerApp died keeps them."""
     import subprocess
 
     from fl_app.storage import Storage
 
     settings = run_settings(cfg)
     write_flwr_config(cfg)
-    with Storage.from_config(cfg.mongo) as store:
-        store.clear_server_control()  # a new run starts from the configuration
+    if fresh:
+        with Storage.from_config(cfg.mongo) as store:
+            store.clear_server_control()
     run_config = Path(cfg.paths.run_dir) / "fl_run_config.toml"
     # A JSON string literal is a valid TOML basic string.
     run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.to_run_config().items()))
@@ -326,9 +332,9 @@ def _kill_strays(home: Path, timeout: float = 5.0) -> list[str]:
 
 
 def serve(cfg: AppConfig) -> None:
-    """Run the federation until SIGTERM/SIGINT (or the ServerApp's duration), then stop it all."""
+    """Run the federation until SIGTERM/SIGINT (or the ServerApp's duration), then stop it all; a
+    ServerApp that dies meanwhile is replaced (:func:`watch`)."""
     import signal
-    import threading
 
     if cfg.fl.runtime == "simulation":
         simulate(cfg)
@@ -337,10 +343,88 @@ def serve(cfg: AppConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        log.info("federation run %s submitted", up(cfg))
-        stop.wait(cfg.fl.duration_seconds + 30 if cfg.fl.duration_seconds else None)
+        run_id = up(cfg)
+        log.info("federation run %s submitted", run_id)
+        watch(cfg, run_id, stop)
     finally:
         log.info("stopping the federation: %s", ", ".join(down(cfg)))
+
+
+WATCH_SECONDS = 5.0  # at most, between two looks at the ServerApp (and at least one a local interval)
+STARTUP_GRACE = 90.0  # seconds a submitted run may take to start its ServerApp (a loaded machine)
+
+
+def watch(cfg: AppConfig, run_id: str, stop: threading.Event) -> None:
+    """Keep one ServerApp alive until ``stop`` is set or the run completes (its duration is over).
+
+    Every few seconds: is a ``flwr-serverapp`` process of our FLWR_HOME there? If not, the run's
+    status (``flwr ls``) tells a completed run (the end) from a dead one: finished otherwise, or
+    still "running" without its process at two looks in a row (a SIGKILL leaves the status for a
+    while; before its process was first seen, only after :data:`STARTUP_GRACE`). A dead run is
+    stopped and submitted again (:func:`resubmit`): the new ServerApp resumes from the newest
+    global model. Restarts back off (5 s doubling to 80 s) while runs keep dying soon.
+    """
+    import time
+
+    every = min(WATCH_SECONDS, cfg.fl.local_training_interval_seconds)
+    submitted, seen, misses, quick_deaths = time.monotonic(), False, 0, 0
+    end = submitted + cfg.fl.duration_seconds + 30 if cfg.fl.duration_seconds else math.inf
+    while not stop.wait(every) and time.monotonic() < end:
+        if flwr_processes(flwr_home(cfg), ("flwr-serverapp",)):
+            seen, misses = True, 0
+            continue
+        status = run_status(cfg, run_id)
+        if status == "finished:completed":
+            log.info("federation run %s completed", run_id)
+            return
+        misses += 1
+        finished = status is not None and status.startswith("finished")
+        if not finished and (misses < 2 or not seen and time.monotonic() - submitted < STARTUP_GRACE):
+            continue
+        quick_deaths = quick_deaths + 1 if time.monotonic() - submitted < 10 * STARTUP_GRACE else 0
+        pause = min(80.0, 5.0 * 2 ** (quick_deaths - 1)) if quick_deaths > 1 else 0.0
+        log.error("the ServerApp of run %s is gone (run status %s); a new run in %.0fs resumes from the newest "
+                  "global model", run_id, status or "unknown", pause)
+        if stop.wait(pause):
+            return
+        run_id = resubmit(cfg, run_id)
+        submitted, seen, misses = time.monotonic(), False, 0
+        log.info("federation run %s submitted (replaces the dead one)", run_id)
+
+
+def run_status(cfg: AppConfig, run_id: str) -> str | None:
+    """The run's status as ``flwr ls`` reports it (``running``, ``finished:failed``, ...); None if it
+    cannot be read."""
+    import subprocess
+
+    try:
+        proc = subprocess.run([_bin("flwr"), "ls", FEDERATION, "--run-id", str(run_id), "--format", "json"],
+                              capture_output=True, text=True, env={**os.environ, **_env(cfg)}, timeout=60)
+        runs = json.loads(proc.stdout)["runs"]
+        return str(runs[0]["status"]) if runs else None
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def resubmit(cfg: AppConfig, run_id: str) -> str:
+    """Stop run ``run_id`` (``flwr stop``) and kill any ServerApp process left of it, so at most one
+    ServerApp writes the rounds; then submit a new run (the operator's requests kept)."""
+    import signal
+    import subprocess
+    import time
+
+    try:
+        subprocess.run([_bin("flwr"), "stop", str(run_id), FEDERATION, "--format", "json"], capture_output=True,
+                       text=True, env={**os.environ, **_env(cfg)}, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("flwr stop %s failed: %s", run_id, exc)
+    for pid, _ in flwr_processes(flwr_home(cfg), ("flwr-serverapp",)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while flwr_processes(flwr_home(cfg), ("flwr-serverapp",)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return submit(cfg, fresh=False)
 
 
 # ----------------------------------------------------------------- evaluation

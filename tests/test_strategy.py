@@ -360,3 +360,15 @@ def test_the_loop_keeps_pulling_replies_through_an_outage_and_writes_every_tick_
     assert [t["round"] for t in store.ticks if t["status"] == AGGREGATED] == made[1:]
     # Every reply's readings are in a stored local update, or still pending when the run ended.
     assert sum(d["num_examples"] for d in store.locals) + sum(u.num_examples for u in app.pending) == 4 * grid.replied
+
+
+def test_status_calls_the_federation_down_after_two_global_intervals_without_a_tick() -> None:
+    from fl_app.flow import federation_down
+
+    now = T0 + timedelta(seconds=500)
+    assert federation_down({"at": T0 + timedelta(seconds=390)}, None, 60.0, now) is None  # 110 s: up
+    assert federation_down({"at": T0 + timedelta(seconds=370)}, None, 60.0, now) == 130.0  # 130 s: down
+    state = {"at": T0 + timedelta(seconds=495), "aggregate_every_seconds": 100.0}  # an operator's interval
+    assert federation_down({"at": T0 + timedelta(seconds=370)}, state, 60.0, now) is None
+    assert federation_down(None, {"at": T0}, 60.0, now) == 500.0  # no tick ever: since its last report
+    assert federation_down(None, None, 60.0, now) is None  # nothing known

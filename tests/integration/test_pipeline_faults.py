@@ -91,8 +91,12 @@ def test_kill_9_of_each_component_under_fl_app_run(tmp_path: Path) -> None:
             assert old is not None, name
             os.kill(old, signal.SIGKILL)  # the component's own process only, as `kill -9 <pid>`
             killed_at = time.monotonic()
-            back = wait_until(lambda n=name, o=old: pid_from_file(run_dir / f"{n}.pid") not in (None, o),
-                              RESTART_BUDGET_SECONDS)
+            pid_file = run_dir / f"{name}.pid"
+
+            def restarted(pid_file: Path = pid_file, old: int = old) -> bool:
+                return pid_from_file(pid_file) not in (None, old)
+
+            back = wait_until(restarted, RESTART_BUDGET_SECONDS)
             assert back, f"{name} not back within {RESTART_BUDGET_SECONDS:.0f}s:\n{log.read_text()[-3000:]}"
             recovered[name] = time.monotonic() - killed_at
             time.sleep(5)  # and it stays up (does not crash at once on what its predecessor left)

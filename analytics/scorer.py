@@ -86,8 +86,7 @@ def predictions(raw_values: list[Any], model: ScoringModel, sink: Sink) -> tuple
     skipped: Counter[str] = Counter()
     readings = []
     for raw in raw_values:
-        # An empty Kafka value arrives from Arrow as a missing value (NaN), not as None.
-        reading, reason = validate(raw if isinstance(raw, str) else None, sink.known_devices, sink.valid_ranges)
+        reading, reason = validate(_text(raw), sink.known_devices, sink.valid_ranges)
         if reading is None:
             skipped[reason] += 1
         else:
@@ -121,6 +120,15 @@ def predictions(raw_values: list[Any], model: ScoringModel, sink: Sink) -> tuple
                 "model_round": model.round, "prediction_type": "streaming", "scored_at": now,
             })
     return docs, skipped
+
+
+def _text(raw: object) -> str | None:
+    """A Kafka value as text, decoded as the Flink job's Java side does (bad UTF-8 replaced). Spark's
+    ``CAST(value AS STRING)`` does not check the bytes, and Arrow then fails the whole batch on them;
+    an empty value arrives from Arrow as a missing one (NaN or None)."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw).decode("utf-8", "replace")
+    return raw if isinstance(raw, str) else None
 
 
 def score_partitions(model: ScoringModel, sink: Sink) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -192,7 +200,7 @@ class Scorer:
         self.refresh_model()
         assert self.model is not None
         started = time.monotonic()
-        rows = (batch.selectExpr("CAST(value AS STRING) AS value")
+        rows = (batch.select("value")  # bytes: decoded per record on the executors (_text)
                 .mapInPandas(score_partitions(self.model, self.sink), COUNTS_SCHEMA).collect())
         counts = {k: sum(int(r[k]) for r in rows) for k in self.totals}
         for k, v in counts.items():

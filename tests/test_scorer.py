@@ -28,7 +28,7 @@ def test_valid_readings_get_the_models_scores_and_invalid_records_none() -> None
                 {f: (-1e6, 1e6) for f in SENSOR_FIELDS})
     good = [reading(1), reading(2, device=2, temperature=35.0)]
     unknown_device = reading(3, device=99).to_json().decode()
-    raw = [r.to_json().decode() for r in good] + ["{broken", None, float("nan"), unknown_device]
+    raw = [good[0].to_json().decode(), good[1].to_json()] + [b"\xff{broken", None, float("nan"), unknown_device]
     docs, skipped = predictions(raw, scoring, sink)
     # malformed, empty (None, or NaN as Arrow gives it), unknown device
     assert skipped == {"bad json": 1, "empty record": 2, "unknown device": 1}

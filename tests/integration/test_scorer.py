@@ -4,6 +4,7 @@ real Spark (local mode, Spark's own Kafka source)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import uuid
@@ -19,6 +20,7 @@ from fl_app import model, services, storage
 from fl_app.config import PROJECT_ROOT, AppConfig, load_config
 from fl_app.schemas import Reading, iso
 from fl_app.services.runner import ManagedProcess
+from tests.poison import POISON
 
 pytestmark = pytest.mark.integration
 FL_APP = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "fl-app"
@@ -74,7 +76,9 @@ def test_every_valid_reading_scored_once_per_round_across_a_new_round_and_a_kill
     try:
         # Readings before any model, and records the Flink job would dead-letter.
         first = readings(0, 200, devices)
-        bad: list[bytes | None] = [b"not json", b'{"event_id": "x"}', None]
+        # Every kind of tests/poison.py, twice: each is skipped and counted, its reason logged once.
+        bad: list[bytes | None] = [b"not json", b'{"event_id": "x"}', None,
+                                   *(raw for raw, _ in POISON.values()), *(raw for raw, _ in POISON.values())]
         send(cfg, [r.to_json() for r in first] + bad)
         scorer.start()
         wait_for(lambda: "waiting for the first global model" in log.read_text(), 120, "the wait for a model", log)
@@ -84,6 +88,14 @@ def test_every_valid_reading_scored_once_per_round_across_a_new_round_and_a_kill
         wait_for(lambda: store.predictions.count_documents({}) == len(first), 240, "round-1 predictions", log)
         docs = {d["event_id"]: d for d in store.predictions.find({})}
         assert set(docs) == {r.event_id for r in first}  # none skipped, the bad records not scored
+        reasons = {reason for _, reason in POISON.values()}
+        # The executors store first; the driver logs the batch's counts after.
+        wait_for(lambda: all(f"records not scored: {r} (" in log.read_text() for r in reasons), 60,
+                 "a log line for each reason", log)
+        text = log.read_text()
+        for reason in reasons:
+            assert text.count(f"records not scored: {reason} (") == 1, reason  # once per reason, not per record
+        assert sum(int(n) for n in re.findall(r"(\d+) invalid records not scored", text)) == len(bad)  # all counted
         assert {d["model_round"] for d in docs.values()} == {1}
         # The scores are the model's: computed here from the same weights.
         net = model.build(cfg.fl.model)

@@ -17,7 +17,8 @@ an error further down (one such error used to halt the Flink job for good):
   (a record, and its dead letter, below the broker's message size);
 - timestamps: converted to UTC on the way in (an offset can push a year-1
   or year-9999 time out of Python's range) and inside pandas'
-  ``datetime64[ns]`` range, which the batch analytics read them into.
+  ``datetime64[ns]`` range: Superset's pandas 2.1 reads the serving tables
+  the batch analytics derive from them (minutes of ``event_time``).
 
 A valid reading's timestamps come out in the one wire format
 (:func:`fl_app.schemas.iso`, UTC), so every consumer parses the same form.

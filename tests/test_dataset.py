@@ -231,3 +231,52 @@ def test_csv_numeric_timestamps_and_unmapped_columns(tmp_path: Path) -> None:
 def test_a_csv_mapping_without_any_sensor_field_is_refused() -> None:
     with pytest.raises(ConfigError, match="stream.csv.fields"):
         load_config([f"stream.csv.fields.{f}=null" for f in ("temperature", "humidity", "light", "voltage")])
+
+
+def test_the_real_format_loader_survives_hostile_rows(tmp_path: Path) -> None:
+    """Rows the pipeline could not store or chart are skipped with a reason; the rest are kept."""
+    path = tmp_path / "data.txt"
+    path.write_bytes(
+        b"2004-03-01 10:00:00.1 1 1 19.0 38.0 45.0 2.6\n"
+        b"0001-01-01 00:00:00 2 1 19.0 38.0 45.0 2.6\n"  # before pandas' datetime64[ns] range
+        b"9999-12-31 23:59:59 3 1 19.0 38.0 45.0 2.6\n"  # after it
+        b"2004-03-01 10:00:01 4 2 1e400 38.0 45.0 2.6\n"  # infinity
+        b"2004-03-01 10:00:02 5 99999999999999999999999 19 38 45 2.6\n"  # an id past int64
+        b"\xff\xfe\x00garbage\x00 \x01\n"  # binary noise: a short row
+        b"2004-03-01 10:00:03.123456789 6 3 19.0 38.0 45.0 2.6 extra fields are ignored\n"
+    )
+    frame, report = load_intel_lab(path)
+    assert report.rows_read == 7 and report.rows_kept == 2 == len(frame)
+    assert report.skipped == {"bad timestamp": 2, "non-numeric value": 1, "bad device id": 1,
+                              "short row (2 of 8 fields)": 1}
+    assert frame["device_id"].tolist() == [1, 3]
+
+
+def test_a_csv_file_survives_hostile_rows(tmp_path: Path) -> None:
+    path = tmp_path / "readings.csv"
+    path.write_bytes(
+        b"site,ts,temp_c,rh,is_anomaly\n"
+        b"3,2004-03-01T00:00:00Z,20.0,38.0,0\n"
+        b"3,0001-01-01T00:00:00+14:00,20.0,38.0,0\n"  # year 0 in UTC
+        b"3,9999-12-31T23:59:59-14:00,20.0,38.0,0\n"  # year 10000 in UTC
+        b"1e30,2004-03-01T00:00:30Z,20.0,38.0,0\n"  # an id no int64 holds
+        b"-4,2004-03-01T00:00:30Z,20.0,38.0,0\n"  # a negative id
+        b"3,2004-03-01T00:01:00Z,20.0,38.0,0,one field too many\n"  # read by its mapped columns
+        b"3,2004-03-01T00:01:10Z,20.0\n"  # too few: the missing ones are empty
+        b"3,2004-03-01T00:01:30Z,\xff\xfe,38.0,0\n"  # not UTF-8: replaced, then not a number
+        b"7,2004-03-01T00:02:00Z,19.0,40.0,1\n"
+    )
+    cfg = load_config([f"stream.dataset_path={path}", *CSV_MAPPING])
+    frame, report = csv_file.load_csv(path, cfg.stream.csv)
+    assert report.rows_read == 9 and report.rows_kept == 3
+    assert report.skipped == {"bad timestamp": 2, "bad device id": 2, "non-numeric value": 2}
+    assert frame["device_id"].tolist() == [3, 3, 7]
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", b"\x00\x01\x02"])
+def test_a_file_that_is_no_csv_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "readings.csv"
+    path.write_bytes(content)
+    cfg = load_config([f"stream.dataset_path={path}", *CSV_MAPPING])
+    with pytest.raises(ValueError, match="readings.csv"):
+        csv_file.load_csv(path, cfg.stream.csv)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from fl_app.config import CsvColumns
 from fl_app.schemas import SENSOR_FIELDS
+from fl_app.validation import EARLIEST, LATEST
 from stream.data.table import LABELLED, NORMAL, LoadReport, finish
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,17 @@ def load_csv(path: str | Path, columns: CsvColumns, limit: int | None = None) ->
               **{f"stream.csv.fields.{f}": c for f, c in mapped.items()}}
     if columns.label:
         wanted["stream.csv.label"] = columns.label
-    header = pd.read_csv(path, nrows=0).columns
+    try:
+        header = pd.read_csv(path, nrows=0, encoding_errors="replace").columns
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeError) as exc:
+        raise ValueError(f"{path}: not a CSV file with a header ({exc})") from exc
     missing = [f"{key}={column!r}" for key, column in wanted.items() if column not in header]
     if missing:
         raise ValueError(f"{path}: no column {', '.join(missing)} (the file has: {', '.join(map(str, header))})")
-    raw = pd.read_csv(path, usecols=list(set(wanted.values())), dtype=str, keep_default_na=False)
+    # Bytes that are not UTF-8 are replaced (as Kafka's consumers do), then fail the checks below.
+    # With usecols, a row of the wrong width is read by its mapped columns (missing ones empty).
+    raw = pd.read_csv(path, usecols=list(set(wanted.values())), dtype=str, keep_default_na=False,
+                      encoding_errors="replace")
     report = LoadReport(rows_read=len(raw))
     keep = pd.Series(True, index=raw.index)
 
@@ -49,9 +56,10 @@ def load_csv(path: str | Path, columns: CsvColumns, limit: int | None = None) ->
         keep &= ~bad
 
     device = pd.to_numeric(raw[columns.device_id], errors="coerce")
-    reject(device.isna() | (device != device.round()), "bad device id")
+    # Whole numbers a float holds exactly (the column is read as one), never negative (as validation wants).
+    reject(device.isna() | (device != device.round()) | (device < 0) | (device > 2**53), "bad device id")
     stamps = _timestamps(raw[columns.timestamp])
-    reject(stamps.isna(), "bad timestamp")
+    reject(stamps.isna() | (stamps < pd.Timestamp(EARLIEST)) | (stamps >= pd.Timestamp(LATEST)), "bad timestamp")
     frame = pd.DataFrame({"device_id": device, "source_time": stamps})
     for name in SENSOR_FIELDS:
         if name in mapped:

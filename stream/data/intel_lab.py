@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fl_app.schemas import SENSOR_FIELDS
+from fl_app.validation import EARLIEST, LATEST
 from stream.data.table import NORMAL, LoadReport, finish
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ def load_intel_lab(path: str | Path, limit: int | None = None) -> tuple[pd.DataF
             try:
                 ts = _parse_timestamp(parts[0], parts[1])
             except ValueError:
+                report.skipped["bad timestamp"] += 1
+                continue
+            if not EARLIEST <= ts < LATEST:  # what the pipeline can store and chart (fl_app.validation)
                 report.skipped["bad timestamp"] += 1
                 continue
             try:

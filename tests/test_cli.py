@@ -277,6 +277,47 @@ def test_fl_app_stop_from_another_terminal_ends_a_foreground_run(tmp_path: Path)
     assert_stopped_all(stopper.stdout)
 
 
+@pytest.mark.integration
+def test_a_foreground_run_survives_mongodb_being_unreachable(tmp_path: Path) -> None:
+    """MongoDB paused (SIGSTOP) for a while: the progress line says so, then counts again; no traceback."""
+    proc, lines, _ = foreground_run(tmp_path)
+    mongo = pid_from_file(tmp_path / ".run" / "mongo.pid")
+    assert mongo is not None and proc.stdout is not None
+    try:
+        os.kill(mongo, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "MongoDB unreachable" not in lines[-1]:
+                lines.append(proc.stdout.readline())
+        finally:
+            os.kill(mongo, signal.SIGCONT)
+        assert "MongoDB unreachable" in lines[-1], "".join(lines)
+        deadline = time.monotonic() + 60
+        lines.append(proc.stdout.readline())
+        while time.monotonic() < deadline and not re.search(r"readings [\d,]+ ", lines[-1]):
+            lines.append(proc.stdout.readline())
+        assert re.search(r"readings [\d,]+ ", lines[-1]), "".join(lines)  # counting again
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in "".join(lines) + rest, "".join(lines) + rest
+    gone_within(tmp_path, 30)
+
+
+def test_the_progress_line_says_mongodb_is_unreachable(tmp_path: Path) -> None:
+    """A MongoDB that does not answer: the line says so within the client's short timeout, no exception."""
+    from fl_app.cli import _progress
+    from fl_app.services.runner import free_port
+
+    cfg = load_config([f"paths.home={tmp_path}"])
+    with Storage(f"mongodb://127.0.0.1:{free_port()}", "x", timeout_ms=300) as store:
+        started = time.monotonic()
+        line = _progress(cfg, store)
+    assert "MongoDB unreachable" in line and time.monotonic() - started < 10
+
+
 def live_processes_under(home: Path) -> list[str]:
     """Command lines of live (not zombie) processes that mention ``home``: what a run of ours left."""
     found = []

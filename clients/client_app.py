@@ -55,7 +55,7 @@ def train(msg: Message, context: Context) -> Message:
     device = settings.device_of(context.node_config)
     instruction = TrainInstruction.from_record(msg.content)
     reader = WindowReader(settings.kafka_bootstrap, settings.windows_topic, settings.partition_of(device),
-                          f"{settings.group_prefix}-{device}")
+                          f"{settings.group_prefix}-{device}", device)
     try:
         windows = reader.read_new()
         update = local_update(settings, device, instruction, windows, context)

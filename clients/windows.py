@@ -5,18 +5,66 @@ group ``<prefix>-<device>`` remembers the position, and the position is
 committed only by :meth:`WindowReader.commit`, which the ClientApp calls once
 its reply is built. A crash before that re-reads the same windows next time;
 nothing is ever skipped.
+
+A window record is checked before it is used (:func:`parse_window`): one
+that is not a window of this device, or a reading in it that the model
+cannot take, is left out and logged, and the position moves past it. A
+record that failed every time would otherwise stop the device for good
+(its windows never committed, the same record read again at every message).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from fl_app.schemas import SENSOR_FIELDS
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def parse_window(value: bytes | None, device: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """``(window, problems)``: the record with only the readings the model can take (finite sensor
+    values, a ``source_time`` with a zone), or None if it is no window of ``device``; each reading
+    or record left out gives one line in ``problems``."""
+    try:
+        window = json.loads(value or b"")
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None, ["a window record that is not JSON"]
+    if not isinstance(window, dict) or not isinstance(window.get("readings"), list):
+        return None, ["a window record without a list of readings"]
+    if window.get("device_id") != device or isinstance(window.get("device_id"), bool):
+        return None, [f"a window record of device {str(window.get('device_id'))[:40]!r} in this device's partition"]
+    readings, problems = [], []
+    for reading in window["readings"]:
+        problem = _reading_problem(reading, device)
+        if problem:
+            problems.append(problem)
+        else:
+            readings.append(reading)
+    return {**window, "readings": readings}, problems
+
+
+def _reading_problem(reading: object, device: int) -> str:
+    if not isinstance(reading, dict) or reading.get("device_id") != device:
+        return "a reading of another device (or none)"
+    for name in SENSOR_FIELDS:
+        value = reading.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"a reading whose {name} is not a finite number"
+    try:
+        stamp = datetime.fromisoformat(str(reading.get("source_time")))
+    except ValueError:
+        stamp = None
+    return "" if stamp is not None and stamp.tzinfo is not None else "a reading without a zoned source_time"
 
 
 def _retry(call: Callable[[], T], attempts: int = 12) -> T:
@@ -34,8 +82,8 @@ def _retry(call: Callable[[], T], attempts: int = 12) -> T:
 class WindowReader:
     """Reads the new window records of one device's partition."""
 
-    def __init__(self, bootstrap: str, topic: str, partition: int, group: str) -> None:
-        self.topic, self.partition = topic, partition
+    def __init__(self, bootstrap: str, topic: str, partition: int, group: str, device: int) -> None:
+        self.topic, self.partition, self.device = topic, partition, device
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
             "isolation.level": "read_committed",  # only windows of committed Flink checkpoints
@@ -74,7 +122,12 @@ class WindowReader:
                         at_end = True
                         continue
                     raise KafkaException(error)
-                windows.append(json.loads(message.value() or b"{}"))
+                window, problems = parse_window(message.value(), self.device)
+                if problems:
+                    log.warning("device %d, offset %s: left out %d: %s", self.device, message.offset(),
+                                len(problems), "; ".join(sorted(set(problems))))
+                if window is not None:
+                    windows.append(window)
                 self.next_offset = (message.offset() or 0) + 1
                 last_new = time.monotonic()
             if at_end or (self.next_offset is not None and self.next_offset >= high):

@@ -1,0 +1,75 @@
+"""A device's window reader on the real broker: a window record it cannot use never stops the device.
+
+Before the reader checked records, one that was not JSON (or carried a reading
+without its fields) failed every train message of that device: the reply was
+an error, the position was never committed, and the same record came back
+next time. Lost: nothing but the bad record and bad readings. Duplicated: nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaException, Producer
+
+from clients.windows import WindowReader
+from fl_app import services
+from fl_app.config import AppConfig, load_config
+from fl_app.schemas import window_record
+from tests.poison import GOOD
+
+pytestmark = pytest.mark.integration
+
+
+def read_once_the_coordinator_is_up(reader: WindowReader, timeout: float = 90) -> list:
+    """A broker started for this session creates its offsets topic on the first group's request."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return reader.read_new(max_seconds=20)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_bad_window_records_are_left_out_and_the_position_moves_past_them(stack: AppConfig, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    cfg = load_config(services.tenant_overrides(stack, tmp_path, tag))
+    services.provision(cfg)
+    topic, device, partition = cfg.kafka.topics.windows.name, 2, 1
+    good = [{**GOOD, "device_id": device, "event_id": f"w-{i}", "seq": i} for i in range(4)]
+    records: list[bytes | None] = [
+        json.dumps(window_record(device, "a", "b", good[:2])).encode(),
+        b"\xff not json",
+        None,
+        json.dumps({"device_id": device}).encode(),  # no readings
+        json.dumps(window_record(7, "a", "b", good[:1])).encode(),  # another device's window here
+        json.dumps(window_record(device, "a", "b", [
+            {**good[2], "temperature": "hot"}, {**good[2], "source_time": "noon"},
+            {k: v for k, v in good[2].items() if k != "voltage"}, "not a reading", good[2]])).encode(),
+        b"[" * 5000 + b"]" * 5000,
+        json.dumps(window_record(device, "a", "b", good[3:])).encode(),
+    ]
+    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for value in records:
+        producer.produce(topic, value=value, key=str(device).encode(), partition=partition)
+    assert producer.flush(20) == 0
+    group = f"fl-device-test-{tag}"
+    reader = WindowReader(cfg.kafka.bootstrap_servers, topic, partition, group, device)
+    try:
+        windows = read_once_the_coordinator_is_up(reader)
+        reader.commit()
+    finally:
+        reader.close()
+    got = [r["event_id"] for w in windows for r in w["readings"]]
+    assert got == ["w-0", "w-1", "w-2", "w-3"]  # every good reading once, the bad ones left out
+    again = WindowReader(cfg.kafka.bootstrap_servers, topic, partition, group, device)
+    try:
+        assert again.read_new(max_seconds=5) == []  # committed past the bad records: they never come back
+    finally:
+        again.close()

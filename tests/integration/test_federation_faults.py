@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,9 @@ class Windows:
         """One more window of readings for each device."""
         for device in devices:
             sent = self.sizes.setdefault(device, [])
-            rows = self.frame[self.frame["device_id"] == device].iloc[
-                len(sent) * READINGS_PER_WINDOW:(len(sent) + 1) * READINGS_PER_WINDOW]
+            mine = self.frame[self.frame["device_id"] == device]
+            # Round and round the device's readings: a long test never runs out of data.
+            rows = mine.iloc[[(len(sent) * READINGS_PER_WINDOW + i) % len(mine) for i in range(READINGS_PER_WINDOW)]]
             readings = [{"event_id": f"0-{r['seq']}", "device_id": device, "event_time": "2026-11-28T00:00:00+00:00",
                          "source_time": r["source_time"].isoformat(), "loop": 0, "seq": r["seq"],
                          **{k: r[k] for k in ("temperature", "humidity", "light", "voltage")}}
@@ -180,6 +182,7 @@ def test_a_rogue_device_sends_every_malformed_reply_and_a_dead_serverapp_is_repl
         # The ServerApp dies: the watch of `fl serve` stops the run and submits a new one.
         watcher = threading.Thread(target=flower.watch, args=(cfg, run_id, stop_watch), daemon=True)
         watcher.start()
+        time.sleep(3 * cfg.fl.local_training_interval_seconds)  # it has seen the ServerApp alive
         newest = store.latest_global_model({"round": 1})
         assert newest is not None
         last = int(newest["round"])
@@ -282,3 +285,36 @@ def test_a_mongodb_pause_of_15s_across_ticks_loses_no_committed_window(
           "duplicated 0; ServerApp deaths 0")
     assert stored == published
     assert not flower.flwr_processes(flower.flwr_home(cfg))
+
+
+def test_a_tick_completed_after_a_lost_reply_is_never_written_twice(stack: AppConfig, tmp_path: Path) -> None:
+    """Storage.complete_round on the real server: after a write that went in whole or in part, the
+    same documents (same _ids) complete it without a duplicate; another document of the same round
+    (a second ServerApp) is still refused."""
+    from bson import ObjectId
+    from pymongo.errors import DuplicateKeyError
+
+    cfg = load_config(overrides_for(stack, tmp_path, 4))
+    services.provision(cfg)
+    weights = storage.encode_weights([])
+
+    def docs(round_: int) -> tuple[dict, list[dict], dict]:
+        now = datetime.now(UTC)
+        return ({"_id": ObjectId(), "round": round_, "created_at": now, "num_devices": 2, "threshold": 1.0,
+                 "weights": weights},
+                [{"_id": ObjectId(), "device_id": d, "round": round_ - 1, "aggregated_into": round_, "trained_at": now,
+                  "num_examples": 8, "weights": weights} for d in (1, 2)],
+                {"_id": ObjectId(), "at": now, "status": "aggregated", "round": round_})
+
+    with storage.Storage.from_config(cfg.mongo) as store:
+        whole = docs(1)
+        store.record_round(*whole)
+        store.complete_round(*whole)  # the reply was lost after the write: nothing is added
+        part = docs(2)
+        store.global_model.insert_one(dict(part[0]))  # only the global model went in before the drop
+        store.complete_round(*part)
+        assert [g["round"] for g in store.global_model.find({}, sort=[("round", 1)])] == [1, 2]
+        assert store.local_models.count_documents({}) == 4 and store.fl_rounds.count_documents({}) == 2
+        with pytest.raises(DuplicateKeyError):
+            store.complete_round(*docs(2))  # another writer's round 2: refused, not merged
+        assert store.global_model.count_documents({}) == 2

@@ -320,6 +320,11 @@ def _delete_remote(cfg: AppConfig) -> list[str]:
             for name, future in admin.delete_topics([n for n in names if n in existing], operation_timeout=30).items():
                 future.result()
                 done.append(f"Kafka topic {name} at {cfg.kafka.bootstrap_servers}")
+            # Deletion completes asynchronously: wait until the metadata no longer lists them, so the
+            # next `run` creates them afresh instead of meeting "marked for deletion".
+            deadline = time.monotonic() + 30
+            while set(names) & set(admin.list_topics(timeout=10).topics) and time.monotonic() < deadline:
+                time.sleep(0.2)
         except Exception as exc:  # confluent_kafka raises KafkaException
             raise ServiceError(f"cannot delete the topics at {cfg.kafka.bootstrap_servers}: {exc}") from exc
     if not mongo.runs_locally(cfg):

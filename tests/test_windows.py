@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from clients.windows import parse_window
 from fl_app.schemas import window_record
@@ -23,7 +24,7 @@ def test_records_that_are_no_window_of_this_device_are_refused() -> None:
 
 
 def test_readings_the_model_cannot_take_are_left_out() -> None:
-    bad = [{**GOOD, "humidity": None}, {**GOOD, "light": True}, {**GOOD, "voltage": "2.7"},
+    bad: list[Any] = [{**GOOD, "humidity": None}, {**GOOD, "light": True}, {**GOOD, "voltage": "2.7"},
            {**GOOD, "source_time": "2004-02-28T01:00:00"}, {**GOOD, "source_time": 5}, {**GOOD, "device_id": 2},
            {k: v for k, v in GOOD.items() if k != "temperature"}, [1, 2], "x"]
     value = json.dumps(window_record(1, "s", "e", [*bad, GOOD])).replace('"voltage": 2.7}]', '"voltage": NaN}]')

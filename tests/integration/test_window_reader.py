@@ -51,7 +51,7 @@ def test_bad_window_records_are_left_out_and_the_position_moves_past_them(stack:
         json.dumps(window_record(7, "a", "b", good[:1])).encode(),  # another device's window here
         json.dumps(window_record(device, "a", "b", [
             {**good[2], "temperature": "hot"}, {**good[2], "source_time": "noon"},
-            {k: v for k, v in good[2].items() if k != "voltage"}, "not a reading", good[2]])).encode(),
+            {k: v for k, v in good[2].items() if k != "voltage"}, "not a reading", good[2]])).encode(),  # type: ignore[list-item]
         b"[" * 5000 + b"]" * 5000,
         json.dumps(window_record(device, "a", "b", good[3:])).encode(),
     ]

@@ -7,6 +7,7 @@ test starts its own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import threading
@@ -337,6 +338,11 @@ def test_kill_9_and_restart_keeps_counts_exact(stack: AppConfig, tmp_path: Path)
     assert max(events.values()) == 1  # ... exactly once, across the crash
 
 
+def sent_since_start(producer: ManagedProcess, starts: int) -> bool:
+    """The producer's ``starts``-th start has begun sending (its log says so once per start)."""
+    return producer.log_file.read_text().count("producing to") >= starts
+
+
 def test_producer_kill_9_never_puts_a_reading_in_two_windows(stack: AppConfig, tmp_path: Path) -> None:
     """A crashed producer re-sends what it sent after its last saved position: Kafka then holds
     some readings twice, device_data stores them once and no committed window carries one twice.
@@ -353,9 +359,10 @@ def test_producer_kill_9_never_puts_a_reading_in_two_windows(stack: AppConfig, t
         duplicates = 0
         for attempt in range(3):  # a kill right after a position save may re-send nothing: try again
             producer.start()
-            if attempt == 0:  # in process mode the operators open with the first record
-                assert_operators_use_only_the_flink_environment(cfg, job)
-            time.sleep(2 + attempt)
+            # Kill it a little while after it began sending (its start-up takes seconds under load).
+            starts = attempt + 1
+            wait_for("the producer to send", functools.partial(sent_since_start, producer, starts), timeout=60)
+            time.sleep(1.5 + attempt)
             producer.kill()  # kill -9: no flush, no final save of the position
             sent = [m.value() for m in read_topic(cfg.kafka.bootstrap_servers, readings_topic.name,
                                                    readings_topic.partitions, idle=1.0)]
@@ -364,6 +371,9 @@ def test_producer_kill_9_never_puts_a_reading_in_two_windows(stack: AppConfig, t
             if duplicates:
                 break
         assert duplicates > 0, "the producer's restarts re-sent nothing, so the test proved nothing"
+        # In process mode the operators open with the first record; checked only now, because waiting
+        # for them (~20 s) before the first kill let the producer finish its 20 s of data unkilled.
+        assert_operators_use_only_the_flink_environment(cfg, job)
         producer.start()  # runs to the end of the data set (loop_dataset=false) and exits
         wait_for("the producer to finish the data set", lambda: producer.pid() is None, timeout=120)
         with storage.Storage.from_config(cfg.mongo) as store:

@@ -11,6 +11,7 @@ Every command takes trailing Hydra overrides (``key=value`` words), e.g.::
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -127,6 +128,9 @@ def run(overrides: list[str] | None = OVERRIDES, follow: bool | None = FOLLOW, p
     from fl_app import pipeline
 
     follow = sys.stdin.isatty() and sys.stdout.isatty() if follow is None else follow
+    # A shell starts a background job (`... &` without job control, as CI runners do) with SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: Ctrl-C stops `run`, whatever it inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     already = [s.name for s in pipeline.status(cfg) if s.state == State.RUNNING]
     if pipeline.expected(cfg) and already:
         console.print(f"[bold]already running[/] ({', '.join(already)}); nothing changed. "

@@ -169,13 +169,19 @@ FOREGROUND = ["stream.dataset_records=2000", "fl.devices=3", "spark.scorer.enabl
               "superset.enabled=false"]
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def foreground_run(home: Path) -> tuple[subprocess.Popen, list[str], list[str]]:
     """`fl-app run --follow` (what `make run` does in a terminal) on a private stack, once its first
     progress line is out; the process, the lines so far and the overrides."""
     overrides = [*private_overrides(home), *FOREGROUND]
+    # Started with SIGINT ignored, as a shell starts a background job (CI runners do): the run must
+    # honour Ctrl-C anyway. Once it did not, and the first clean-clone run of this stop went red.
     proc = subprocess.Popen([str(FL_APP), "run", "--follow", *overrides], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"}, preexec_fn=ignore_sigint)
     lines: list[str] = []
     assert proc.stdout is not None
     deadline = time.monotonic() + 300

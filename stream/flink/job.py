@@ -157,30 +157,25 @@ class BulkStore(KeyedProcessFunction):
         now = ctx.timer_service().current_processing_time()
         ctx.timer_service().register_processing_time_timer((now // self.delay + 1) * self.delay)
         if n >= self.bulk_size:
-            return self._flush()
-        self.count.update(n)
-        return ()
+            yield from self._flush()
+        else:
+            self.count.update(n)
 
     def on_timer(self, timestamp, ctx):
-        return self._flush()
+        yield from self._flush()
 
-    def _flush(self) -> list:
-        """Write the buffer; the dead letters of what was left out. Eager, not a generator: the state
-        calls must run while Flink has this key current."""
+    def _flush(self):
         items = list(self.pending.get() or [])
         result = self.store.insert_readings([reading for reading, _, _ in items])
         self.stored.inc(result.stored)
         self.duplicates.inc(result.existing)
         self.refused.inc(len(result.rejected))
-        letters = []
         for index, reason in result.rejected:
             reading, partition, offset = items[index]
             log.warning("reading %r not stored (dead-lettered): %s", reading.get("event_id"), reason)
-            letters.append((DEAD_LETTER, dead_letter(reason, _json(reading, strict=False), self.topic, partition,
-                                                     offset)))
+            yield DEAD_LETTER, dead_letter(reason, _json(reading, strict=False), self.topic, partition, offset)
         self.pending.clear()
         self.count.clear()
-        return letters
 
 
 class DeviceWindows(KeyedProcessFunction):
@@ -241,16 +236,16 @@ class DeviceWindows(KeyedProcessFunction):
             self.pending.add_all(rest)
             ctx.timer_service().register_processing_time_timer(timestamp + self.interval_ms)
         if not items:
-            return ()
+            return
         device = int(ctx.get_current_key())
         value = window_record(device, _iso_ms(timestamp - self.interval_ms), _iso_ms(timestamp),
                               [reading for reading, _, _ in items])
         try:
-            return [Row(self.partition[device], str(device), _json(value))]
+            yield Row(self.partition[device], str(device), _json(value))
         except (KeyError, TypeError, ValueError) as exc:  # validated readings always encode; if not: no restart
             reason = f"cannot send window: {type(exc).__name__}"
-            return [(DEAD_LETTER, dead_letter(reason, _json(reading, strict=False), self.topic, partition, offset))
-                    for reading, partition, offset in items]
+            for reading, partition, offset in items:
+                yield DEAD_LETTER, dead_letter(reason, _json(reading, strict=False), self.topic, partition, offset)
 
 
 def _environment(s: JobSettings) -> StreamExecutionEnvironment:

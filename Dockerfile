@@ -17,4 +17,4 @@ RUN uv sync --frozen --no-dev --no-install-project \
  && uv pip sync --python .venv-superset/bin/python analytics/superset/requirements.lock
 COPY . .
 RUN uv sync --frozen --no-dev \
- && .venv/bin/python -c 'from fl_app.config import load_config; from stream.flink import launch; from fl_app.services import jars; cfg = load_config(); jars.resolve("kafka-broker", jars.default_cache_dir()); jars.resolve("spark-kafka", jars.default_cache_dir()); launch.job_jars(cfg)'
+ && .venv/bin/python -c 'from core.config import load_config; from stream.flink import launch; from core.services import jars; cfg = load_config(); jars.resolve("kafka-broker", jars.default_cache_dir()); jars.resolve("spark-kafka", jars.default_cache_dir()); launch.job_jars(cfg)'

@@ -37,14 +37,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from analytics import mongo_reader
-from fl_app.config import AppConfig
-from fl_app.schemas import SENSOR_FIELDS
+from core.config import AppConfig
+from core.records import SENSOR_FIELDS
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
-    from fl_app.storage import Storage
+    from core.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def run(cfg: AppConfig, labels: pd.DataFrame | None, dead_letters: Mapping[str, 
     """One batch run: compute and write. ``labels``: see :func:`prediction_quality` (None: no labels);
     ``dead_letters``: see :func:`compute`."""
     from analytics.session import spark_session
-    from fl_app.storage import Storage
+    from core.storage import Storage
 
     spark = spark_session(cfg, "fl-iot-batch")
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fl_app.component import Component
+from core.component import Component
 
 # After the federation: it scores with the global models the federation makes.
 SCORER = Component(name="spark_scorer", command=("spark", "stream"), stop_timeout=60.0)

@@ -2,7 +2,7 @@
 
 MongoDB's Spark connector for this Spark line (``mongo-spark-connector_2.13``)
 is not served here (see ``../shared/notes/stack.md``), so the driver reads
-with pymongo through :class:`fl_app.storage.Storage`, in batches, into one
+with pymongo through :class:`core.storage.Storage`, in batches, into one
 pandas frame that Spark takes over with Arrow. Fine for the pipeline's sizes
 (the batch benchmark reads 1.5M readings); a connector would let the workers
 read in parallel instead.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from fl_app.storage import Storage
+    from core.storage import Storage
 
 
 def read(spark: SparkSession, store: Storage, collection: str, fields: Mapping[str, str],

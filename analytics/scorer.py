@@ -1,9 +1,9 @@
 """Streaming anomaly scoring with Spark Structured Streaming (``fl-app spark stream``).
 
 Reads ``iot_stream`` through Spark's own Kafka source, validates each record
-as the Flink job does (:func:`fl_app.validation.validate`: a record the job
+as the Flink job does (:func:`core.validation.validate`: a record the job
 dead-letters is not scored), scores the valid readings with the newest global
-model (:mod:`fl_app.model`, the devices' own model code) and writes one
+model (:mod:`core.model`, the devices' own model code) and writes one
 ``predictions`` document per reading and model round.
 
 - **No reading skipped for want of a model**: the query starts only once a
@@ -16,7 +16,7 @@ model (:mod:`fl_app.model`, the devices' own model code) and writes one
   query's checkpoint (``spark.scorer.checkpoint_dir``) records the offsets
   done; a micro-batch replayed after a crash writes the same
   ``(event_id, model_round)`` documents again, which the unique index turns
-  into no-ops (:meth:`fl_app.storage.Storage.insert_predictions`).
+  into no-ops (:meth:`core.storage.Storage.insert_predictions`).
 - **Work on the executors**: validation, scoring and the MongoDB writes run
   per partition (``mapInPandas``); the driver plans and logs. On a cluster
   (``spark.master``) they spread over it.
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fl_app.config import AppConfig, ModelConfig
+from core.config import AppConfig, ModelConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +58,7 @@ class ScoringModel:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any], spec: ModelConfig) -> ScoringModel:
-        from fl_app.storage import decode_weights
+        from core.storage import decode_weights
 
         return cls(int(doc["round"]), float(doc["threshold"]), decode_weights(doc["weights"]), asdict(spec))
 
@@ -80,8 +80,8 @@ def predictions(raw_values: list[Any], model: ScoringModel, sink: Sink) -> tuple
     Never raises for a record: one the Flink job would dead-letter is counted
     under its validation reason, one the model cannot score under "cannot score".
     """
-    from fl_app import model as task
-    from fl_app.validation import validate
+    from core import model as task
+    from core.validation import validate
 
     skipped: Counter[str] = Counter()
     readings = []
@@ -138,7 +138,7 @@ def score_partitions(model: ScoringModel, sink: Sink) -> Callable[[Iterator[pd.D
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
-        from fl_app.storage import Storage
+        from core.storage import Storage
 
         stored = existing = 0
         skipped: Counter[str] = Counter()
@@ -159,8 +159,8 @@ class Scorer:
     """The driver side: waits for a model, runs the query, swaps the model between micro-batches."""
 
     def __init__(self, cfg: AppConfig, known_devices: list[int]) -> None:
-        from fl_app.schemas import SENSOR_FIELDS
-        from fl_app.storage import Storage
+        from core.records import SENSOR_FIELDS
+        from core.storage import Storage
 
         self.cfg = cfg
         self.store = Storage.from_config(cfg.mongo)

@@ -4,7 +4,7 @@
 process's JVM, or a cluster's master URL. The Python workers run this
 project's interpreter (``PYSPARK_PYTHON``) with the project on their path, so
 they import ``fl_app`` and ``analytics`` like the driver. Jars that pyspark
-lacks (the Kafka source) come from ``fl_app.services.jars``, resolved once
+lacks (the Kafka source) come from ``core.services.jars``, resolved once
 from Maven Central; those pyspark already ships are left out, so its own
 versions stay the only ones on the classpath.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fl_app.config import PROJECT_ROOT, AppConfig
+from core.config import PROJECT_ROOT, AppConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def extra_jars(cfg: AppConfig, names: Sequence[str]) -> list[str]:
-    """The jars of the pom sets ``names`` (``fl_app/services/poms``) that pyspark does not ship."""
+    """The jars of the pom sets ``names`` (``core/services/poms``) that pyspark does not ship."""
     import pyspark
 
-    from fl_app.services import jars
+    from core.services import jars
 
     shipped = {_artifact(j.name) for j in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
     found = []

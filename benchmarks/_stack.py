@@ -7,12 +7,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fl_app import services
-from fl_app.config import AppConfig
+from core.config import AppConfig
+from tests.support import stack
 
 
 @contextlib.contextmanager
 def private_stack(extra: list[str] | None = None) -> Iterator[AppConfig]:
     with tempfile.TemporaryDirectory(prefix="fl-bench-") as home, \
-            services.private_stack(Path(home), extra or []) as cfg:
+            stack.private_stack(Path(home), extra or []) as cfg:
         yield cfg

@@ -34,10 +34,10 @@ from rich.table import Table
 
 from benchmarks._stack import private_stack
 from benchmarks.baselines import kafka_consume, kafka_produce, mongo_docs, reading
-from fl_app import model, services, storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.services.runner import ManagedProcess
-from stream import data
+from core import dataset, model, services, storage
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.services.runner import ManagedProcess
+from tests.support.stack import tenant_overrides
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -81,14 +81,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results: dict[str, float] = {}
     with private_stack() as stack:
         home = Path(stack.paths.home) / "analytics"
-        overrides = [*services.tenant_overrides(stack, home, uuid.uuid4().hex[:8]),
+        overrides = [*tenant_overrides(stack, home, uuid.uuid4().hex[:8]),
                      "spark.scorer.trigger_seconds=1", "spark.scorer.max_offsets_per_trigger=50000"]
         cfg = load_config(overrides)
         services.provision(cfg)
         store = storage.Storage.from_config(cfg.mongo)
         console.print(f"producing {args.records:,} readings ...")
         kafka_produce(cfg, args.records)
-        known = set(data.device_ids(cfg.stream, cfg.paths.cache_dir))  # the others are invalid: not scored
+        known = set(dataset.device_ids(cfg.stream, cfg.paths.cache_dir))  # the others are invalid: not scored
         valid = sum(1 for i in range(args.records) if reading(i)["device_id"] in known)
         consume = kafka_consume(cfg, args.records)
         results["raw_consume_per_s"] = consume.per_second

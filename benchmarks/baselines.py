@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._stack import private_stack
-from fl_app import storage
-from fl_app.config import AppConfig
+from core import storage
+from core.config import AppConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()

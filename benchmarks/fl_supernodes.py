@@ -44,9 +44,11 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._stack import private_stack
-from fl_app import flower, services, storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.services.runner import ManagedProcess, free_port, free_port_block
+from core import services, storage
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.services.runner import ManagedProcess, free_port, free_port_block
+from fl_app.federation import deployment
+from tests.support.stack import tenant_overrides
 
 console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -142,7 +144,7 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
     home = Path(stack.paths.home) / f"fl-{isolation}"
     tag = uuid.uuid4().hex[:8]
     overrides = [
-        *services.tenant_overrides(stack, home, tag), f"fl.devices={devices}", f"fl.isolation={isolation}",
+        *tenant_overrides(stack, home, tag), f"fl.devices={devices}", f"fl.isolation={isolation}",
         f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}",
     ]
     cfg = load_config(overrides)
@@ -166,7 +168,7 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         console.print(f"[bold]{isolation}[/]: starting {devices} SuperNodes ...")
         error = ""
         try:
-            flower.up(cfg)
+            deployment.up(cfg)
             console.print(f"  submitted after {time.monotonic() - started:.0f}s; running {minutes:g} min")
         except Exception as exc:  # noqa: BLE001 - a failed start is a result too (stock isolation)
             error = f"start failed after {time.monotonic() - started:.0f}s: {str(exc)[-300:]}"
@@ -185,7 +187,7 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
         load = os.getloadavg()[0]
         busy1, total1 = cpu_times()
         stop.set()
-        flower.down(cfg)
+        deployment.down(cfg)
         producer.stop()
         job.stop()
         # The run's logs (ServerApp ticks, executor, SuperNodes) outlive the temporary home.

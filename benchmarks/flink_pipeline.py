@@ -30,11 +30,12 @@ from rich.table import Table
 
 from benchmarks._stack import private_stack
 from benchmarks.baselines import kafka_produce, mongo_insert
-from fl_app import services, storage
-from fl_app.config import AppConfig, load_config
-from fl_app.services.runner import ManagedProcess
-from stream.data import synthetic
+from core import services, storage
+from core.config import AppConfig, load_config
+from core.dataset import synthetic
+from core.services.runner import ManagedProcess
 from stream.producer import ReplayProducer
+from tests.support.stack import tenant_overrides
 
 console = Console()
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["raw_kafka"] = kafka_produce(base, 50_000).per_second
         results["raw_mongo"] = mongo_insert(base, 20_000).per_second
         tag = uuid.uuid4().hex[:8]
-        overrides = [*services.tenant_overrides(base, Path(home), tag), f"stream.dataset_records={len(frame)}",
+        overrides = [*tenant_overrides(base, Path(home), tag), f"stream.dataset_records={len(frame)}",
                      *args.overrides]
         cfg = load_config(overrides)
         services.provision(cfg)

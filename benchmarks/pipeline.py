@@ -39,9 +39,11 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.fl_supernodes import cpu_times, pss_mb
-from fl_app import flow, services, storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.services.runner import pid_from_file
+from core import storage
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.services.runner import pid_from_file
+from fl_app import flow
+from tests.support.stack import private_overrides
 
 console = Console(width=None if sys.stdout.isatty() else 180)
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -119,7 +121,7 @@ def run_one(rate: float, minutes: float, counts_after: float) -> Result:
     result = Result(rate=rate)
     with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
         home = Path(tmp)
-        overrides = [*services.private_overrides(home), f"stream.records_per_second={rate}",
+        overrides = [*private_overrides(home), f"stream.records_per_second={rate}",
                      f"stream.batch_size={max(10, int(rate // 10))}"]
         cfg = load_config(overrides)
         console.print(f"[bold]{rate:g} readings/s[/]: fl-app run --detach (home {home})")

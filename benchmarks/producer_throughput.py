@@ -23,7 +23,7 @@ from rich.table import Table
 
 from benchmarks._stack import private_stack
 from benchmarks.baselines import kafka_produce
-from stream.data import synthetic
+from core.dataset import synthetic
 from stream.producer import ReplayProducer
 
 console = Console()

@@ -1,6 +1,6 @@
 """The device's Flower ClientApp: train the global model on the device's own new windows.
 
-On each train message (contract: ``fl_app/federation.py``) the device
+On each train message (contract: ``core/messages.py``) the device
 
 1. reads the window records that arrived in its own partition of the window
    topic since its last reply (:class:`clients.windows.WindowReader`);
@@ -29,8 +29,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.windows import WindowReader
-from fl_app import model
-from fl_app.federation import (
+from core import model
+from core.messages import (
     ARRAYS,
     CONFIG,
     HISTOGRAM,

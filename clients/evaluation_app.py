@@ -1,9 +1,9 @@
 """The ClientApp of `fl-app evaluate`: one device trains on its own training rows (simulation runtime).
 
-Same training as the live ClientApp (``fl_app.model.train`` from the global
-weights it is sent, same message contract, ``fl_app/federation.py``), but
+Same training as the live ClientApp (``core.model.train`` from the global
+weights it is sent, same message contract, ``core/messages.py``), but
 its data is the device's fixed training partition
-(``fl_app.quality.save_partitions``) instead of a window stream, so
+(``core.quality.save_partitions``) instead of a window stream, so
 federated, central and local training see the same rows.
 
 - train message: score histogram of the received model on the rows, then
@@ -16,8 +16,8 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fl_app import model, quality
-from fl_app.federation import LocalUpdate, TrainInstruction
+from core import model, quality
+from core.messages import LocalUpdate, TrainInstruction
 
 app = ClientApp()
 

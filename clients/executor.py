@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
 
-from fl_app import flower_backoff
+from core import fetch_backoff
 
 log = logging.getLogger("clients.executor")
 
@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
     started = time.monotonic()
     loaded = warm_up([m for m in args.preload.split(",") if m])
-    flower_backoff.shorten(flower_backoff.CLIENTAPP_FETCH)  # the children inherit it
+    fetch_backoff.shorten(fetch_backoff.CLIENTAPP_FETCH)  # the children inherit it
     log.info("warm in %.1fs (%s); serving %d SuperNodes, capacity %d", time.monotonic() - started,
              ", ".join(loaded), len(args.runtime_api), args.capacity)
     stop = Event()

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from fl_app.schemas import SENSOR_FIELDS
+from core.records import SENSOR_FIELDS
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

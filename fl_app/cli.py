@@ -20,15 +20,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fl_app.config import AppConfig, ConfigError, load_config, to_yaml
-from fl_app.services.runner import ServiceError, State, Status
+from core.config import AppConfig, ConfigError, load_config, to_yaml
+from core.services.runner import ServiceError, State, Status
 
 if TYPE_CHECKING:
     from analytics.batch import BatchResult
+    from core.dataset.summary import Summary
+    from core.services import Readiness
+    from core.storage import Storage
     from fl_app.pipeline import Stopped
-    from fl_app.services import Readiness
-    from fl_app.storage import Storage
-    from stream.data.summary import Summary
 
 app = typer.Typer(
     add_completion=False,
@@ -64,7 +64,7 @@ def _load(overrides: list[str] | None, print_cfg: bool, log_name: str) -> AppCon
     if print_cfg:
         console.print(to_yaml(cfg), highlight=False, markup=False)
         raise typer.Exit(0)
-    from fl_app.logs import setup_logging
+    from core.logs import setup_logging
 
     # On a terminal, log lines show there too; in the background (fl-app run)
     # stdout is already the log file, so only the file handler writes.
@@ -182,8 +182,8 @@ def _follow(cfg: AppConfig) -> None:
     import signal
     import time as clock
 
+    from core.storage import Storage
     from fl_app import pipeline
-    from fl_app.storage import Storage
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt
@@ -316,7 +316,8 @@ def status(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG)
     Exit code 3 when a service is unreachable, 4 when a component that `fl-app run` started is down.
     """
     cfg = _load(overrides, print_cfg, "fl_app")
-    from fl_app import flow, pipeline, services
+    from core import services
+    from fl_app import flow, pipeline
 
     service_states = services.status(cfg)
     _print_status(service_states)
@@ -357,8 +358,8 @@ def view(overrides: list[str] | None = OVERRIDES, watch: bool = WATCH, every: fl
     from rich.console import Group
     from rich.live import Live
 
+    from core.storage import Storage
     from fl_app import flow
-    from fl_app.storage import Storage
 
     previous: dict[str, int] = {}
 
@@ -412,7 +413,7 @@ def show_config(overrides: list[str] | None = OVERRIDES) -> None:
 def services_up(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Start the local servers (idempotent), create topics and collections."""
     cfg = _load(overrides, print_cfg, "services")
-    from fl_app import services
+    from core import services
 
     try:
         ready = services.up(cfg)
@@ -425,7 +426,7 @@ def services_up(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT
 def services_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Stop the local servers (data stays on disk)."""
     cfg = _load(overrides, print_cfg, "services")
-    from fl_app import services
+    from core import services
 
     stopped = services.down(cfg)
     _print_stopped(stopped)
@@ -435,7 +436,7 @@ def services_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRI
 def services_status(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Show whether each service runs and answers."""
     cfg = _load(overrides, print_cfg, "services")
-    from fl_app import services
+    from core import services
 
     statuses = services.status(cfg)
     _print_status(statuses)
@@ -449,17 +450,17 @@ def data_generate(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRI
     """Prepare the data set the producer replays and summarise it: the file at
     stream.dataset_path if set, else the generated stand-in (cached as Parquet)."""
     cfg = _load(overrides, print_cfg, "data")
-    from stream import data
-    from stream.data.summary import summarize
+    from core import dataset
+    from core.dataset.summary import summarize
 
     if force and not cfg.stream.dataset_path:
-        data.cached_path(cfg.paths.cache_dir, cfg.stream.dataset_records, cfg.stream.num_devices,
+        dataset.cached_path(cfg.paths.cache_dir, cfg.stream.dataset_records, cfg.stream.num_devices,
                          cfg.stream.seed).unlink(missing_ok=True)
     try:
-        frame = data.load(cfg.stream, cfg.paths.cache_dir)
+        frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
     except USER_ERRORS as exc:
         _fail(exc)
-    console.print(f"data set: {data.source(cfg.stream, cfg.paths.cache_dir)}")
+    console.print(f"data set: {dataset.source(cfg.stream, cfg.paths.cache_dir)}")
     _print_summary(summarize(frame))
 
 
@@ -473,11 +474,11 @@ def data_inspect(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRIN
     cfg = _load(overrides, print_cfg, "data")
     from pathlib import Path
 
-    from stream import data
-    from stream.data.summary import plot_devices, summarize
+    from core import dataset
+    from core.dataset.summary import plot_devices, summarize
 
     try:
-        frame = data.load(cfg.stream, cfg.paths.cache_dir)
+        frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
     except USER_ERRORS as exc:
         _fail(exc)
     _print_summary(summarize(frame))
@@ -504,12 +505,12 @@ def produce(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG
 
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-    from stream import data
+    from core import dataset
     from stream.producer import Position, ProduceStats, ReplayProducer
 
     try:
-        frame = data.load(cfg.stream, cfg.paths.cache_dir)
-        producer = ReplayProducer(cfg, frame, data.dataset_id(cfg.stream))
+        frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
+        producer = ReplayProducer(cfg, frame, dataset.dataset_id(cfg.stream))
     except USER_ERRORS as exc:
         _fail(exc)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -562,10 +563,10 @@ def spark_stream(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRIN
     (Spark Structured Streaming; predictions in MongoDB). Waits for the first global model."""
     cfg = _load(overrides, print_cfg, "spark_scorer")
     from analytics import scorer
-    from stream import data
+    from core import dataset
 
     try:
-        known = data.device_ids(cfg.stream, cfg.paths.cache_dir)
+        known = dataset.device_ids(cfg.stream, cfg.paths.cache_dir)
         scorer.serve(cfg, known)
     except USER_ERRORS as exc:
         _fail(exc)
@@ -574,11 +575,11 @@ def spark_stream(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRIN
 def _run_batch(cfg: AppConfig) -> BatchResult:
     """One batch analytics run, with the data set's labels and the dead letters so far."""
     from analytics import batch
+    from core import dataset
     from fl_app.flow import dead_letter_reasons
-    from stream import data
 
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
-    labels = frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
+    frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
+    labels = frame[["seq"]].assign(label=(frame["anomaly"] != dataset.NORMAL).to_numpy())
     return batch.run(cfg, labels, dead_letter_reasons(cfg))
 
 
@@ -623,11 +624,11 @@ def supervise(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_C
 def api(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Serve the API (api.host:api.port; OpenAPI at /docs) and the live page (/) in the foreground."""
     cfg = _load(overrides, print_cfg, "api")
+    from core import dataset
     from fl_app.api.app import serve
-    from stream import data
 
     try:
-        serve(cfg, data.device_ids(cfg.stream, cfg.paths.cache_dir))
+        serve(cfg, dataset.device_ids(cfg.stream, cfg.paths.cache_dir))
     except USER_ERRORS as exc:
         _fail(exc)
 
@@ -711,12 +712,12 @@ def fl_simulate(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT
     """Run the ServerApp and a ClientApp per device (fl.devices) on Flower's simulation runtime,
     in the foreground, until fl.duration_seconds (or Ctrl-C)."""
     cfg = _load(overrides, print_cfg, "fl_simulation")
-    from fl_app import flower
+    from fl_app.federation import simulation
 
     console.print(f"simulating {cfg.fl.devices or 'all'} devices; rounds in MongoDB {cfg.mongo.database}, "
                   f"log {cfg.paths.logs_dir}/global_server.log")
     try:
-        flower.simulate(cfg)
+        simulation.simulate(cfg)
     except USER_ERRORS as exc:
         _fail(exc)
 
@@ -726,13 +727,13 @@ def fl_up(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) 
     """Start flower-superlink and one flower-supernode per device (fl.devices), then submit the
     run (`flwr run`, run config from Hydra). Returns once submitted; `fl-app fl down` stops it all."""
     cfg = _load(overrides, print_cfg, "fl_launcher")
-    from fl_app import flower
+    from fl_app.federation import deployment
 
     try:
-        run_id = flower.up(cfg)
+        run_id = deployment.up(cfg)
     except USER_ERRORS as exc:
         _fail(exc)
-    _print_status([p.status() for p in flower.processes(cfg)], title="Federation")
+    _print_status([p.status() for p in deployment.processes(cfg)], title="Federation")
     console.print(f"[bold green]run {run_id} submitted.[/] Rounds: {cfg.paths.logs_dir}/global_server.log")
 
 
@@ -754,12 +755,12 @@ def evaluate(overrides: list[str] | None = OVERRIDES, rounds: int = EVAL_ROUNDS,
     import json
     from dataclasses import asdict
 
-    from fl_app import flower
+    from fl_app.federation import evaluate as evaluation
 
     console.print(f"[bold]learning quality[/]: {rounds} rounds x {local_epochs} epoch(s); the first "
                   f"{train_fraction:.0%} of each device's series trains, the rest is held out")
     try:
-        result = flower.evaluate(cfg, rounds, local_epochs, train_fraction)
+        result = evaluation.evaluate(cfg, rounds, local_epochs, train_fraction)
     except USER_ERRORS as exc:
         _fail(exc)
     from rich import box
@@ -791,12 +792,12 @@ def fl_certs(overrides: list[str] | None = OVERRIDES, force: bool = typer.Option
     fl.security.certs_dir: a CA, the SuperLink certificate for fl.security.hostnames, one key pair
     per device. Keeps what exists. Copy ca.crt and device-<id>.key to a device's machine."""
     cfg = _load(overrides, print_cfg, "fl_launcher")
-    from fl_app import flower
+    from fl_app.federation import security
 
     if not cfg.fl.security.supernode_auth:
         console.print("fl.security.supernode_auth is off: no SuperNode keys made")
     try:
-        written = flower.ensure_certificates(cfg, force=force)
+        written = security.ensure_certificates(cfg, force=force)
     except USER_ERRORS as exc:
         _fail(exc)
     console.print(f"{len(written)} files written under {cfg.fl.security.certs_dir}" if written
@@ -807,9 +808,9 @@ def fl_certs(overrides: list[str] | None = OVERRIDES, force: bool = typer.Option
 def fl_down(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Stop the SuperNodes, the SuperLink and the ServerApp/ClientApp processes they left."""
     cfg = _load(overrides, print_cfg, "fl_launcher")
-    from fl_app import flower
+    from fl_app.federation import deployment
 
-    stopped = flower.down(cfg)
+    stopped = deployment.down(cfg)
     _print_stopped(stopped)
 
 
@@ -818,10 +819,10 @@ def fl_serve(overrides: list[str] | None = OVERRIDES, print_cfg: bool = PRINT_CF
     """The federation as one foreground process (what `fl-app run` starts): up, wait, down on SIGTERM.
     With fl.runtime=simulation, the simulation runtime instead."""
     cfg = _load(overrides, print_cfg, "fl_launcher")
-    from fl_app import flower
+    from fl_app.federation import deployment
 
     try:
-        flower.serve(cfg)
+        deployment.serve(cfg)
     except USER_ERRORS as exc:
         _fail(exc)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from fl_app import storage, topics
-from fl_app.config import AppConfig
+from core import storage, topics
+from core.config import AppConfig
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The orchestration of `fl-app run`: services, then every component, in the background.
 
-Each component (:class:`fl_app.component.Component`, declared by its own
+Each component (:class:`core.component.Component`, declared by its own
 package) runs as its own ``fl-app <command>`` process under the one
 service-runner (pid file, log in ``logs/``, clean stop), composed from the
 same Hydra overrides the user gave, so every process sees one configuration.
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analytics.component import COMPONENTS as ANALYTICS
-from fl_app import services
+from core import services
+from core.atomic import read_json, write_json
+from core.component import Component
+from core.config import AppConfig, TopicConfig
+from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, ServiceError, State, Status
 from fl_app.api.component import COMPONENTS as API
-from fl_app.atomic import read_json, write_json
-from fl_app.component import Component
-from fl_app.config import AppConfig, TopicConfig
-from fl_app.services.runner import KILL_WAIT_SECONDS, ManagedProcess, ServiceError, State, Status
-from server.component import COMPONENTS as FEDERATION
+from fl_app.federation.component import COMPONENTS as FEDERATION
 from stream.component import COMPONENTS as STREAM
 
 # Last: it restarts the others when they crash (fl_app/supervisor.py); stopped first.
@@ -153,20 +153,20 @@ def leftovers(cfg: AppConfig) -> list[str]:
     import os
     import signal
 
-    from fl_app import flower
+    from fl_app.federation import deployment
 
-    # By their pid files (fl_app.flower names them all fl_*), not flower.processes(cfg): that needs
+    # By their pid files (the deployment names them all fl_*), not deployment.processes(cfg): that needs
     # the data set's device list, and a stop must not depend on reading a data set.
     run_dir, logs_dir = Path(cfg.paths.run_dir), Path(cfg.paths.logs_dir)
     killed = _kill_all([ManagedProcess(name=pid_file.stem, argv=[], run_dir=run_dir, logs_dir=logs_dir)
                         for pid_file in sorted(run_dir.glob("fl_*.pid"))])
-    strays = flower.flwr_processes(flower.flwr_home(cfg))
+    strays = deployment.flwr_processes(deployment.flwr_home(cfg))
     for pid, name in strays:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
             killed.append(name)
     deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while strays and flower.flwr_processes(flower.flwr_home(cfg)) and time.monotonic() < deadline:
+    while strays and deployment.flwr_processes(deployment.flwr_home(cfg)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return sorted(set(killed), key=killed.index)
 
@@ -245,7 +245,7 @@ def reset_plan(cfg: AppConfig) -> ResetPlan:
     """The paths a reset removes: every record of what has flowed, so the next `run` starts afresh.
     Kept: what is slow to make again or is a credential (caches, data set, certificates, Superset's
     secret, credentials and metadata) and the logs."""
-    from fl_app.services import kafka, mongo
+    from core.services import kafka, mongo
 
     plan = ResetPlan()
     if kafka.runs_locally(cfg):
@@ -301,16 +301,16 @@ def reset(cfg: AppConfig, include_remote: bool = False) -> tuple[Stopped, list[s
 
 
 def _topics(cfg: AppConfig) -> list[TopicConfig]:
-    from fl_app import topics
+    from core import topics
 
     return topics.topic_configs(cfg.kafka)
 
 
 def _delete_remote(cfg: AppConfig) -> list[str]:
     """Delete the configured topics on a remote Kafka and drop the configured database on a remote MongoDB."""
-    from fl_app import topics
-    from fl_app.services import kafka, mongo
-    from fl_app.storage import Storage
+    from core import topics
+    from core.services import kafka, mongo
+    from core.storage import Storage
 
     done = []
     if not kafka.runs_locally(cfg):

@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fl_app.atomic import read_json, write_json
-from fl_app.config import AppConfig
-from fl_app.services.runner import ManagedProcess, ServiceError
+from core.atomic import read_json, write_json
+from core.config import AppConfig
+from core.services.runner import ManagedProcess, ServiceError
 
 log = logging.getLogger(__name__)
 

@@ -70,8 +70,8 @@ say "Superset environment (.venv-superset) from analytics/superset/requirements.
 
 say "Kafka broker, Flink and Spark Kafka connector jars (.cache/jars)"
 .venv/bin/python -c '
-from fl_app.config import load_config
-from fl_app.services import jars
+from core.config import load_config
+from core.services import jars
 from stream.flink import launch
 cfg = load_config()
 jars.resolve("kafka-broker", jars.default_cache_dir())

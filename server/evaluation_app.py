@@ -20,8 +20,8 @@ import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl_app import model, quality
-from fl_app.federation import LocalUpdate, TrainInstruction
+from core import model, quality
+from core.messages import LocalUpdate, TrainInstruction
 from server.strategy import GlobalState, TimedFedAvg
 
 log = logging.getLogger("server.evaluation")

@@ -1,4 +1,4 @@
-"""The ServerApp's memory in MongoDB: every tick, global model and accepted update (through ``fl_app.storage``).
+"""The ServerApp's memory in MongoDB: every tick, global model and accepted update (through ``core.storage``).
 
 On restart :func:`resume` continues from the newest ``global_model`` document,
 so round numbers go on and nothing is overwritten (``global_model.round`` is
@@ -16,15 +16,15 @@ from typing import Any
 
 from bson import ObjectId
 
-from fl_app.config import ModelConfig
-from fl_app.federation import LocalUpdate
-from fl_app.storage import Storage, decode_weights, encode_weights
+from core.config import ModelConfig
+from core.messages import LocalUpdate
+from core.storage import Storage, decode_weights, encode_weights
 from server.strategy import AGGREGATED, GlobalState, RoundOutcome
 
 
 def initial_state(spec: ModelConfig) -> GlobalState:
     """Round 0: the seeded initial weights, and no threshold yet (infinity: nothing is an anomaly)."""
-    from fl_app import model
+    from core import model
 
     return GlobalState(round=0, weights=model.get_weights(model.build(spec)), threshold=float("inf"))
 

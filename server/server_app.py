@@ -29,9 +29,9 @@ from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from fl_app import flower_backoff
-from fl_app.federation import LocalUpdate, MalformedReply, RunSettings, ServerSettings, TrainInstruction
-from fl_app.storage import Storage
+from core import fetch_backoff
+from core.messages import LocalUpdate, MalformedReply, RunSettings, ServerSettings, TrainInstruction
+from core.storage import Storage
 from server import rounds
 from server.strategy import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedFedAvg
 
@@ -53,7 +53,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_context(context.run_config)
     server = ServerSettings.load(settings.server_settings)
     _log_to(Path(server.logs_dir) / "global_server.log")
-    flower_backoff.shorten(flower_backoff.SERVERAPP_FETCH)  # replies' data arrives just after them
+    fetch_backoff.shorten(fetch_backoff.SERVERAPP_FETCH)  # replies' data arrives just after them
     try:
         with Storage(server.mongo_uri, server.mongo_database, server.mongo_timeout_ms) as store:
             TimedServer(settings, grid, store).run()

@@ -20,7 +20,7 @@ the updates received since the last aggregation to
    and hands the valid updates to the next tick (:attr:`RoundOutcome.carried_over`).
 
 The global anomaly threshold is the ``threshold_quantile`` of the devices'
-score histograms added up (``fl_app.model.histogram_quantile``): the pooled
+score histograms added up (``core.model.histogram_quantile``): the pooled
 quantile, computed for the global model the devices received (so the
 threshold lags the weights by one round).
 """
@@ -35,8 +35,8 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from fl_app.federation import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate
-from fl_app.model import HISTOGRAM_EDGES, histogram_quantile
+from core.messages import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate
+from core.model import HISTOGRAM_EDGES, histogram_quantile
 
 AGGREGATED, SKIPPED = "aggregated", "skipped"
 

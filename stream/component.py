@@ -6,14 +6,14 @@ A module of its own, not the package's ``__init__``: the Flink job imports
 
 from __future__ import annotations
 
-from fl_app.component import Component
-from fl_app.config import AppConfig
+from core.component import Component
+from core.config import AppConfig
 
 
 def _cache_dataset(cfg: AppConfig) -> str:
-    from stream import data
+    from core import dataset
 
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
+    frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
     return f"data set: {len(frame):,} readings from {frame['device_id'].nunique()} devices"
 
 

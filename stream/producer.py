@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import KafkaError, Message, Producer
 
-from fl_app.atomic import write_json
-from fl_app.config import AppConfig
-from fl_app.schemas import SENSOR_FIELDS, Reading, event_id, iso
+from core.atomic import write_json
+from core.config import AppConfig
+from core.records import SENSOR_FIELDS, Reading, event_id, iso
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class ReplayProducer:
     cfg
         The whole config (``kafka`` for the broker and topic, ``stream`` for pacing).
     frame
-        The data set (``stream.data.load``), in replay order.
+        The data set (``core.dataset.load``), in replay order.
     dataset_id
         Names the data set in the saved state, so a different one starts at 0.
     """

@@ -27,9 +27,9 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from fl_app.atomic import write_text
-from fl_app.config import PROJECT_ROOT, AppConfig
-from fl_app.services.runner import ManagedProcess, ServiceError, port_is_open
+from core.atomic import write_text
+from core.config import PROJECT_ROOT, AppConfig
+from core.services.runner import ManagedProcess, ServiceError, port_is_open
 
 log = logging.getLogger(__name__)
 

@@ -8,5 +8,5 @@
 - :mod:`fl_app.api.routers`: one router per resource (status, history, models, devices,
   predictions, admin, live).
 
-Every MongoDB read goes through :class:`fl_app.storage.Storage`.
+Every MongoDB read goes through :class:`core.storage.Storage`.
 """

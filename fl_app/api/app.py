@@ -12,12 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
+from core.config import AppConfig
+from core.storage import Storage
 from fl_app.api.deps import Services
 from fl_app.api.routers import admin, devices, history, live, models, predictions, status
 from fl_app.api.sampler import Sampler
 from fl_app.api.values import json_safe
-from fl_app.config import AppConfig
-from fl_app.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fl_app.component import Component
+from core.component import Component
 
 API = Component(name="api", command=("api",), stop_timeout=15.0)
 COMPONENTS = (API,)

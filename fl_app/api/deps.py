@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
+from core.config import AppConfig
+from core.storage import Storage
+from core.validation import INT64_MAX
 from fl_app.api.sampler import Sampler
-from fl_app.config import AppConfig
-from fl_app.storage import Storage
-from fl_app.validation import INT64_MAX
 
 
 @dataclass

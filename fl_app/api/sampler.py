@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fl_app.config import AppConfig
-from fl_app.storage import Storage
+from core.config import AppConfig
+from core.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Snapshot:
     collections: dict[str, tuple[int, float | None]] = field(default_factory=dict)  # documents, per minute
     topics: dict[str, tuple[int, float | None]] = field(default_factory=dict)  # messages, per second
     newest_messages: list[dict[str, Any]] = field(default_factory=list)
-    components: list[Any] = field(default_factory=list)  # fl_app.services.runner.Status
+    components: list[Any] = field(default_factory=list)  # core.services.runner.Status
     dead_letters: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int | None] = field(default_factory=lambda: {"flink_job": None, "spark_scorer": None})
     anomalies_per_minute: list[tuple[datetime, int]] = field(default_factory=list)
@@ -72,7 +72,8 @@ class Sampler:
             self.stop_event.wait(max(0.0, self.cfg.api.sample_seconds - (time.monotonic() - started)))
 
     def sample_once(self, now: float | None = None) -> None:
-        from fl_app import flow, pipeline, services
+        from core import services
+        from fl_app import flow, pipeline
 
         now = time.monotonic() if now is None else now
         snap = self.snapshot

@@ -17,7 +17,7 @@ from annotated_types import Ge, Le
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
-from fl_app.validation import INT64_MAX
+from core.validation import INT64_MAX
 
 
 def utc_time(value: datetime) -> datetime:

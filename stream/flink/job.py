@@ -46,17 +46,17 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, St
 from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
-from fl_app.atomic import write_json
-from fl_app.schemas import DeadLetter, window_record
-from fl_app.storage import Storage
-from fl_app.validation import validate
+from core.atomic import write_json
+from core.records import DeadLetter, window_record
+from core.storage import Storage
+from core.validation import validate
 from stream.flink import interpreter
 from stream.flink.settings import JobSettings
 
 log = logging.getLogger("stream.flink.job")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-OWN_PACKAGES = (PROJECT_ROOT / "fl_app", PROJECT_ROOT / "stream")  # the only modules imported from the repo
+OWN_PACKAGES = (PROJECT_ROOT / "core", PROJECT_ROOT / "stream")  # the only modules imported from the repo
 
 DEAD_LETTER = OutputTag("dead-letter", Types.STRING())
 WINDOW_ROW = Types.ROW([Types.INT(), Types.STRING(), Types.STRING()])  # partition, key, value

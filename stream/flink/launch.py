@@ -2,8 +2,8 @@
 
 Runs in the main environment (``fl-app flink``); the job itself runs in
 ``.venv-flink`` with the project root on ``PYTHONPATH`` so it can import the
-shared, standard-library-only contracts (``fl_app.schemas``,
-``stream.flink.settings``, ``fl_app.validation``).
+shared, standard-library-only contracts (``core.records``,
+``stream.flink.settings``, ``core.validation``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fl_app.config import PROJECT_ROOT, AppConfig, ConfigError
-from fl_app.schemas import SENSOR_FIELDS, window_partitions
-from fl_app.services import jars
-from fl_app.services.runner import ServiceError
-from stream import data
+from core import dataset
+from core.config import PROJECT_ROOT, AppConfig, ConfigError
+from core.records import SENSOR_FIELDS, window_partitions
+from core.services import jars
+from core.services.runner import ServiceError
 from stream.flink.settings import JobSettings, latest_checkpoint
 
 JAVA_SOURCES = Path(__file__).resolve().parent / "java"
@@ -44,7 +44,7 @@ def job_jars(cfg: AppConfig) -> list[Path]:
 
 
 def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
-    devices = data.device_ids(cfg.stream, cfg.paths.cache_dir)  # the only ones the job accepts
+    devices = dataset.device_ids(cfg.stream, cfg.paths.cache_dir)  # the only ones the job accepts
     if cfg.kafka.topics.windows.partitions < len(devices):
         raise ConfigError(f"kafka.topics.windows.partitions ({cfg.kafka.topics.windows.partitions}) must be at "
                           f"least the number of devices ({len(devices)}): each device has its own partition")
@@ -100,7 +100,7 @@ def prepare(cfg: AppConfig) -> tuple[list[str], dict[str, str]]:
     job_settings.save(path)
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")},
-        # The project only (fl_app.schemas, stream.flink); never a user's own PYTHONPATH.
+        # The project only (core.records, stream.flink); never a user's own PYTHONPATH.
         "PYTHONPATH": str(PROJECT_ROOT),
         # Thread mode embeds CPython in the JVM; it finds its prefix by looking up `python3` on
         # PATH. With the Flink env's bin first it is that virtualenv (its site-packages, and not

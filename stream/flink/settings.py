@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fl_app.atomic import write_json
+from core.atomic import write_json
 
 
 @dataclass

@@ -22,12 +22,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from fl_app import services, storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.services.runner import ManagedProcess, free_port
-from tests.integration.browser import launch
-from tests.integration.schemathesis_hooks import EDGE_DATETIMES, EDGE_VALUES
+from core import services, storage
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.services.runner import ManagedProcess, free_port
 from tests.integration.test_batch import seed_run
+from tests.support.browser import launch
+from tests.support.schemathesis_hooks import EDGE_DATETIMES, EDGE_VALUES
+from tests.support.stack import tenant_overrides
 
 pytestmark = pytest.mark.integration
 BIN = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin"
@@ -36,7 +37,7 @@ ARTIFACTS = PROJECT_ROOT / "logs" / "test-artifacts" / "live"
 # JSON numbers (and Python's NaN/Infinity extensions, which FastAPI's JSON parser accepts) for bodies.
 EDGE_NUMBERS_JSON = ["0", "-0", "1", "-1", "1.5", "1e3", "86400", "86400.000001", "5e-324", "1e308", "1e309",
                      "-1e309", str(2**63), "1" + "0" * 400, "NaN", "Infinity", "-Infinity", "true", "null"]
-HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+HOOKS = Path(__file__).parents[1] / "support" / "schemathesis_hooks.py"
 INT64_MAX = 2**63 - 1
 
 
@@ -79,7 +80,7 @@ def seed_rounds(store: storage.Storage) -> list[dict[str, Any]]:
 def api(stack: AppConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     home = tmp_path_factory.mktemp("api")
     tag = uuid.uuid4().hex[:8]
-    overrides = [*services.tenant_overrides(stack, home, tag), "stream.dataset_records=3000",
+    overrides = [*tenant_overrides(stack, home, tag), "stream.dataset_records=3000",
                  f"api.port={free_port()}", "api.sample_seconds=1", "stream.records_per_second=40",
                  f"spark.scorer.checkpoint_dir={home / 'no-scorer'}"]
     cfg = load_config(overrides)

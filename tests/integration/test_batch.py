@@ -17,9 +17,10 @@ import pytest
 from confluent_kafka import Producer
 from sqlalchemy import create_engine
 
-from fl_app import services, storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.schemas import SENSOR_FIELDS, Reading, iso
+from core import services, storage
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.records import SENSOR_FIELDS, Reading, iso
+from tests.support.stack import tenant_overrides
 
 pytestmark = pytest.mark.integration
 FL_APP = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "fl-app"
@@ -62,10 +63,10 @@ def seed(store: storage.Storage, labels: pd.DataFrame) -> dict[str, pd.DataFrame
 
 def labels_of(cfg: AppConfig) -> pd.DataFrame:
     """The data set's ground truth: ``seq``, ``label`` (True: an anomaly)."""
-    from stream import data
+    from core import dataset
 
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
-    return frame[["seq"]].assign(label=(frame["anomaly"] != data.NORMAL).to_numpy())
+    frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
+    return frame[["seq"]].assign(label=(frame["anomaly"] != dataset.NORMAL).to_numpy())
 
 
 def seed_run(cfg: AppConfig, dead_letters: Sequence[str]) -> dict[str, pd.DataFrame]:
@@ -82,7 +83,7 @@ def seed_run(cfg: AppConfig, dead_letters: Sequence[str]) -> dict[str, pd.DataFr
 def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     db = tmp_path / "serving.db"
-    overrides = [*services.tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
+    overrides = [*tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
                  f"spark.batch.store_url=sqlite:///{db}"]
     cfg = load_config(overrides)
     services.provision(cfg)

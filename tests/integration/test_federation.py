@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from fl_app import services, storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.schemas import window_partitions, window_record
-from stream import data
+from core import dataset, services, storage
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.records import window_partitions, window_record
+from tests.support.stack import tenant_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -29,14 +29,14 @@ READINGS_PER_WINDOW = 8
 
 
 def fl_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
-    return [*services.tenant_overrides(stack, home, tag), "stream.dataset_records=20000"]
+    return [*tenant_overrides(stack, home, tag), "stream.dataset_records=20000"]
 
 
 def publish_windows(cfg: AppConfig, devices: list[int], per_device: int, skip: int = 0) -> int:
     """Window records as the Flink job writes them, ``per_device`` for each device, in its partition,
     from each device's ``skip``-th window of readings on."""
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
-    partition = window_partitions(data.device_ids(cfg.stream, cfg.paths.cache_dir))
+    frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
+    partition = window_partitions(dataset.device_ids(cfg.stream, cfg.paths.cache_dir))
     producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
     total = 0
     for device in devices:
@@ -62,7 +62,7 @@ def test_simulation_runtime_with_53_devices(stack: AppConfig, tmp_path: Path) ->
                  "fl.duration_seconds=100"]
     cfg = load_config(overrides)
     services.provision(cfg)
-    devices = data.device_ids(cfg.stream, cfg.paths.cache_dir)
+    devices = dataset.device_ids(cfg.stream, cfg.paths.cache_dir)
     assert len(devices) == 53
     published = publish_windows(cfg, devices, per_device=2)
     proc = subprocess.Popen([str(FL_APP), "fl", "simulate", *overrides], stdout=subprocess.PIPE,
@@ -119,8 +119,8 @@ def check_consistent(store: storage.Storage) -> list[dict]:
 def test_deployment_with_flink_and_6_supernodes(stack: AppConfig, tmp_path: Path) -> None:
     """Real Kafka, MongoDB-wire server, Flink job, SuperLink and 6 SuperNodes (one of them sends NaN
     weights), second-scale intervals; then a SuperNode is killed, then the ServerApp."""
-    from fl_app import flower
-    from fl_app.services.runner import ManagedProcess, free_port, free_port_block
+    from core.services.runner import ManagedProcess, free_port, free_port_block
+    from fl_app.federation import deployment, settings
 
     # 6 devices: after the NaN device and the killed one, 4 remain for rounds of >= 3. With 3, one
     # device's gap in the data set (up to 2 min of replay) stalled the rounds once.
@@ -130,7 +130,7 @@ def test_deployment_with_flink_and_6_supernodes(stack: AppConfig, tmp_path: Path
                  f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
     cfg = load_config(overrides)
     services.provision(cfg)
-    devices = flower.devices(cfg)
+    devices = settings.devices(cfg)
     chaos_device = devices[-1]
 
     def component(name: str, *command: str) -> ManagedProcess:
@@ -138,8 +138,8 @@ def test_deployment_with_flink_and_6_supernodes(stack: AppConfig, tmp_path: Path
                               logs_dir=tmp_path / "logs", startup_timeout=5, stop_timeout=20)
 
     job, producer = component("flink_job", "flink"), component("kafka_producer", "produce")
-    superlink = flower.superlink_process(cfg)
-    nodes = {d: flower.supernode_process(cfg, i, d, "chaos=nan" if d == chaos_device else "")
+    superlink = deployment.superlink_process(cfg)
+    nodes = {d: deployment.supernode_process(cfg, i, d, "chaos=nan" if d == chaos_device else "")
              for i, d in enumerate(devices)}
     store = storage.Storage.from_config(cfg.mongo)
 
@@ -159,8 +159,8 @@ def test_deployment_with_flink_and_6_supernodes(stack: AppConfig, tmp_path: Path
         for node in nodes.values():
             node.start()
             time.sleep(0.5)
-        flower.executor_process(cfg).start()  # fl.isolation=warm: it runs the SuperNodes' ClientApps
-        flower.submit(cfg)
+        deployment.executor_process(cfg).start()  # fl.isolation=warm: it runs the SuperNodes' ClientApps
+        deployment.submit(cfg)
         # No stream yet: the devices have nothing to train on, so ticks are skipped (and recorded).
         deadline = time.monotonic() + 120
         while not store.fl_rounds.find_one({"status": "skipped"}):
@@ -177,18 +177,18 @@ def test_deployment_with_flink_and_6_supernodes(stack: AppConfig, tmp_path: Path
         late = [g for g in after_kill if g["created_at"] > killed_at + timedelta(seconds=10)]
         assert late and all(devices[0] not in g["device_ids"] for g in late)
 
-        serverapps = flower.flwr_processes(flower.flwr_home(cfg), ("flwr-serverapp",))
+        serverapps = deployment.flwr_processes(deployment.flwr_home(cfg), ("flwr-serverapp",))
         assert len(serverapps) == 1
         os.kill(serverapps[0][0], signal.SIGKILL)  # the ServerApp dies mid-run
         last = max(g["round"] for g in after_kill)
-        flower.submit(cfg)  # a new run: its ServerApp resumes from MongoDB
+        deployment.submit(cfg)  # a new run: its ServerApp resumes from MongoDB
         resumed = wait_for_rounds(len(after_kill) + 1)
         assert [g["round"] for g in resumed] == list(range(1, len(resumed) + 1))  # continued, none overwritten
         assert max(g["round"] for g in resumed) > last
         assert "start: global round " + str(last) in (tmp_path / "logs" / "global_server.log").read_text()
 
     finally:
-        flower.down(cfg)
+        deployment.down(cfg)
         producer.stop()
         job.stop()
 
@@ -201,7 +201,7 @@ def test_deployment_with_flink_and_6_supernodes(stack: AppConfig, tmp_path: Path
     assert all("not finite" in r["reason"] for r in rejected)
     skipped = [t for t in ticks if t["status"] == "skipped"]
     assert skipped and all("need 3" in t["reason"] for t in skipped)  # recorded, with the reason
-    assert not flower.flwr_processes(flower.flwr_home(cfg))  # nothing of Flower left running
+    assert not deployment.flwr_processes(deployment.flwr_home(cfg))  # nothing of Flower left running
 
 
 def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> None:
@@ -210,8 +210,9 @@ def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> N
     import http.client
     import ssl
 
-    from fl_app import certs, flower
-    from fl_app.services.runner import free_port, free_port_block
+    from core import certs
+    from core.services.runner import free_port, free_port_block
+    from fl_app.federation import deployment, settings
 
     overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=3",
                  "fl.security.tls=true", "fl.security.supernode_auth=true",
@@ -220,12 +221,12 @@ def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> N
                  f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
     cfg = load_config(overrides)
     services.provision(cfg)
-    devices = flower.devices(cfg)
+    devices = settings.devices(cfg)
     publish_windows(cfg, devices, per_device=2)
     host, port = cfg.fl.superlink_address.split(":")
     paths = certs.CertPaths(tmp_path / "certs")
     try:
-        flower.up(cfg, stagger_seconds=0.2)
+        deployment.up(cfg, stagger_seconds=0.2)
         for private in (paths.ca_key, paths.superlink_key, paths.supernode_key(devices[0])):
             assert private.stat().st_mode & 0o077 == 0, private  # nobody else may read a private key
 
@@ -244,11 +245,11 @@ def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> N
         rogue_log = tmp_path / "rogue.log"
         with rogue_log.open("w") as out:  # a file, not a pipe: the SuperNode's detached SuperExec keeps it open
             rogue = subprocess.Popen(
-                [flower._bin("flower-supernode"), "--root-certificates", str(paths.ca_cert),
+                [deployment._bin("flower-supernode"), "--root-certificates", str(paths.ca_cert),
                  "--auth-supernode-private-key", str(certs.CertPaths(tmp_path / "rogue").supernode_key(devices[0])),
                  "--superlink", cfg.fl.superlink_address, "--host", "127.0.0.1", "--port", str(free_port()),
                  "--node-config", f"device-id={devices[0]}", "--max-retries", "2"],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **flower._env(cfg)})
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **deployment._env(cfg)})
             assert rogue.wait(timeout=120) != 0
         assert "Failed to activate SuperNode" in rogue_log.read_text()
 
@@ -259,20 +260,20 @@ def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> N
             first = store.global_model.find_one({}, {"weights": 0})
         assert first is not None, (tmp_path / "logs" / "global_server.log").read_text()[-3000:]
         assert first["device_ids"] == devices  # all three registered devices trained, over TLS
-        listed = subprocess.run([flower._bin("flwr"), "supernode", "ls", flower.FEDERATION, "--format", "json"],
-                                capture_output=True, text=True, timeout=60, env={**os.environ, **flower._env(cfg)})
+        listed = subprocess.run([deployment._bin("flwr"), "supernode", "ls", deployment.FEDERATION, "--format", "json"],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, **deployment._env(cfg)})
         assert [n["status"] for n in json.loads(listed.stdout)["nodes"]] == ["online"] * 3, listed.stdout
     finally:
-        flower.down(cfg)
-    assert not flower.flwr_processes(flower.flwr_home(cfg))
+        deployment.down(cfg)
+    assert not deployment.flwr_processes(deployment.flwr_home(cfg))
 
 
 def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Path) -> None:
     """fl.isolation=warm (the default): 10 SuperNodes forked from one launcher, with --isolation process,
     one executor forking their ClientApps. Every device's readings reach a global model; the executor is killed and
     restarted mid-run (pending tasks wait for it, nothing hangs); nothing is left running at the end."""
-    from fl_app import flower
-    from fl_app.services.runner import free_port, free_port_block
+    from core.services.runner import free_port, free_port_block
+    from fl_app.federation import deployment, settings
 
     # min 1 device: the last devices' updates after the restart must not wait for two more devices.
     # TTL 20 s: a message held by a ClientApp that died with the executor is re-sent after 20 s, not 120.
@@ -282,9 +283,9 @@ def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Pa
                  f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
     cfg = load_config(overrides)
     services.provision(cfg)
-    devices = flower.devices(cfg)
+    devices = settings.devices(cfg)
     published = publish_windows(cfg, devices, per_device=2)
-    executor = next(p for p in flower.processes(cfg) if p.name == "fl_executor")
+    executor = next(p for p in deployment.processes(cfg) if p.name == "fl_executor")
     store = storage.Storage.from_config(cfg.mongo)
 
     def trained_readings(timeout: float) -> int:
@@ -298,7 +299,7 @@ def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Pa
         return total
 
     try:
-        flower.up(cfg, stagger_seconds=0.2)
+        deployment.up(cfg, stagger_seconds=0.2)
         assert trained_readings(180) == published, (tmp_path / "logs" / "global_server.log").read_text()[-3000:]
         devices_seen = {d for g in store.global_model.find({}) for d in g["device_ids"]}
         assert devices_seen == set(devices)
@@ -312,7 +313,7 @@ def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Pa
         executor.start()  # a new executor picks up the tasks the SuperNodes still hold
         assert trained_readings(180) == published, (tmp_path / "logs" / "global_server.log").read_text()[-3000:]
     finally:
-        flower.down(cfg)
+        deployment.down(cfg)
     check_consistent(store)
     store.close()
     log = (tmp_path / "logs" / "fl_executor.log").read_text()
@@ -321,5 +322,5 @@ def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Pa
     assert "10 SuperNodes forked" in launcher_log and "stopped" in launcher_log, launcher_log[-2000:]
     assert all("SuperNode ID" in (tmp_path / "logs" / "supernodes" / f"fl_supernode_{d}.log").read_text()
                for d in devices)  # each forked SuperNode registered, in its own log
-    assert not flower.flwr_processes(flower.flwr_home(cfg),
-                                     (*flower.FLWR_PROCESSES, "clients.executor", "clients.supernodes"))
+    assert not deployment.flwr_processes(deployment.flwr_home(cfg),
+                                     (*deployment.FLWR_PROCESSES, "clients.executor", "clients.supernodes"))

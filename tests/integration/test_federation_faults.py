@@ -19,12 +19,12 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from clients import client_app
-from fl_app import flower, services, storage
-from fl_app.config import AppConfig, load_config
-from fl_app.schemas import window_partitions, window_record
-from fl_app.services import mongo
-from fl_app.services.runner import ManagedProcess, free_port, free_port_block
-from stream import data
+from core import dataset, services, storage
+from core.config import AppConfig, load_config
+from core.records import window_partitions, window_record
+from core.services import mongo
+from core.services.runner import ManagedProcess, free_port, free_port_block
+from fl_app.federation import deployment, settings
 from tests.integration.test_federation import check_consistent, fl_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,8 +51,8 @@ class Windows:
     how many readings each record holds, to tell what a device's committed offset covers."""
 
     def __init__(self, cfg: AppConfig) -> None:
-        self.cfg, self.frame = cfg, data.load(cfg.stream, cfg.paths.cache_dir)
-        self.partition = window_partitions(data.device_ids(cfg.stream, cfg.paths.cache_dir))
+        self.cfg, self.frame = cfg, dataset.load(cfg.stream, cfg.paths.cache_dir)
+        self.partition = window_partitions(dataset.device_ids(cfg.stream, cfg.paths.cache_dir))
         self.sizes: dict[int, list[int]] = {}
         self.producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
 
@@ -91,10 +91,11 @@ class Federation:
 
     def __init__(self, cfg: AppConfig, node_config: dict[int, str]) -> None:
         self.cfg = cfg
-        self.devices = flower.devices(cfg)
-        self.superlink = flower.superlink_process(cfg)
-        self.nodes = [flower.supernode_process(cfg, i, d, node_config.get(d, "")) for i, d in enumerate(self.devices)]
-        self.executor = flower.executor_process(cfg)
+        self.devices = settings.devices(cfg)
+        self.superlink = deployment.superlink_process(cfg)
+        self.nodes = [deployment.supernode_process(cfg, i, d, node_config.get(d, ""))
+                      for i, d in enumerate(self.devices)]
+        self.executor = deployment.executor_process(cfg)
 
     def start(self) -> str:
         self.superlink.start()
@@ -102,10 +103,10 @@ class Federation:
             node.start()
             time.sleep(0.3)
         self.executor.start()
-        return flower.submit(self.cfg)
+        return deployment.submit(self.cfg)
 
     def serverapps(self) -> list[int]:
-        return [pid for pid, _ in flower.flwr_processes(flower.flwr_home(self.cfg), ("flwr-serverapp",))]
+        return [pid for pid, _ in deployment.flwr_processes(deployment.flwr_home(self.cfg), ("flwr-serverapp",))]
 
     def log(self) -> str:
         path = Path(self.cfg.paths.logs_dir) / "global_server.log"
@@ -145,7 +146,7 @@ def test_a_rogue_device_sends_every_malformed_reply_and_a_dead_serverapp_is_repl
     assert set(REJECTED) | set(UNATTRIBUTED) == set(client_app.CHAOS)  # a new kind needs its expectation
     cfg = load_config(overrides_for(stack, tmp_path, 5, "fl.global_update_interval_minutes=0.1"))
     services.provision(cfg)
-    rogue = flower.devices(cfg)[-1]
+    rogue = settings.devices(cfg)[-1]
     fed = Federation(cfg, {rogue: 'chaos="cycle"'})  # a string in TOML: Flower parses --node-config so
     windows, stop_publishing, stop_watch = Windows(cfg), threading.Event(), threading.Event()
     store = storage.Storage.from_config(cfg.mongo)
@@ -180,7 +181,7 @@ def test_a_rogue_device_sends_every_malformed_reply_and_a_dead_serverapp_is_repl
               "ServerApp deaths 0")
 
         # The ServerApp dies: the watch of `fl serve` stops the run and submits a new one.
-        watcher = threading.Thread(target=flower.watch, args=(cfg, run_id, stop_watch), daemon=True)
+        watcher = threading.Thread(target=deployment.watch, args=(cfg, run_id, stop_watch), daemon=True)
         watcher.start()
         time.sleep(3 * cfg.fl.local_training_interval_seconds)  # it has seen the ServerApp alive
         newest = store.latest_global_model({"round": 1})
@@ -198,11 +199,11 @@ def test_a_rogue_device_sends_every_malformed_reply_and_a_dead_serverapp_is_repl
     finally:
         stop_publishing.set()
         stop_watch.set()
-        flower.down(cfg)
+        deployment.down(cfg)
     made = check_consistent(store)
     assert [g["round"] for g in made] == list(range(1, len(made) + 1))
     store.close()
-    assert not flower.flwr_processes(flower.flwr_home(cfg))
+    assert not deployment.flwr_processes(deployment.flwr_home(cfg))
 
 
 @pytest.fixture
@@ -270,7 +271,7 @@ def test_a_mongodb_pause_of_15s_across_ticks_loses_no_committed_window(
         assert "the ServerApp stops on an error" not in log
     finally:
         stop_publishing.set()
-        flower.down(cfg)
+        deployment.down(cfg)
     made = check_consistent(store)
     ticks = list(store.fl_rounds.find({"status": "aggregated"}, {"round": 1}))
     store.close()
@@ -284,7 +285,7 @@ def test_a_mongodb_pause_of_15s_across_ticks_loses_no_committed_window(
           f"{waits} tick(s) waited; readings committed {published}, stored {stored}: lost {published - stored}, "
           "duplicated 0; ServerApp deaths 0")
     assert stored == published
-    assert not flower.flwr_processes(flower.flwr_home(cfg))
+    assert not deployment.flwr_processes(deployment.flwr_home(cfg))
 
 
 def test_a_tick_completed_after_a_lost_reply_is_never_written_twice(stack: AppConfig, tmp_path: Path) -> None:

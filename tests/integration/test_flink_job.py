@@ -22,14 +22,15 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from fl_app import flow, services, storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.schemas import MAX_DEAD_LETTER_RAW, window_partitions
-from fl_app.services.runner import ManagedProcess
-from stream import data
+from core import dataset, services, storage
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.records import MAX_DEAD_LETTER_RAW, window_partitions
+from core.services.runner import ManagedProcess
+from fl_app import flow
 from stream.producer import ReplayProducer
-from tests.kafka_helpers import read_topic
-from tests.poison import GOOD, POISON
+from tests.support.kafka import read_topic
+from tests.support.poison import GOOD, POISON
+from tests.support.stack import tenant_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -41,7 +42,7 @@ RECORDS = 5000  # data set size for these tests
 def job_overrides(stack: AppConfig, home: Path, tag: str) -> list[str]:
     """Topics, database, consumer group and checkpoints of this test's own."""
     return [
-        *services.tenant_overrides(stack, home, tag),
+        *tenant_overrides(stack, home, tag),
         f"fl.local_training_interval_seconds={WINDOW_SECONDS}", "flink.checkpoint_interval_ms=1000",
         f"stream.dataset_records={RECORDS}", f"stream.state_file={home}/producer_state.json",
         f"flink.max_window_readings={MAX_WINDOW}",
@@ -89,7 +90,7 @@ def windowed_events(cfg: AppConfig) -> set[str]:
 
 def produce(cfg: AppConfig, **stream: Any) -> int:
     run = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, **stream))
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
+    frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
     return ReplayProducer(run, frame, "flink-test").run().delivered
 
 
@@ -134,7 +135,7 @@ def test_windows_go_to_each_devices_own_partition_at_the_interval(stored_run: tu
     cfg, sent = stored_run
     time.sleep(2 * WINDOW_SECONDS + 2)  # the last windows (and the spill-over ones) close and commit
     windows = read_committed(cfg, cfg.kafka.topics.windows.name, cfg.kafka.topics.windows.partitions)
-    devices = data.device_ids(cfg.stream, cfg.paths.cache_dir)
+    devices = dataset.device_ids(cfg.stream, cfg.paths.cache_dir)
     partition_of = window_partitions(devices)
     seen_events: Counter = Counter()
     per_device = defaultdict(list)
@@ -301,7 +302,7 @@ def test_kill_9_and_restart_keeps_counts_exact(stack: AppConfig, tmp_path: Path)
     result: dict = {}
     paced = dataclasses.replace(cfg, stream=dataclasses.replace(
         cfg.stream, records_per_second=150, batch_size=15, max_records=total - first))
-    frame = data.load(cfg.stream, cfg.paths.cache_dir)
+    frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
     producer = ReplayProducer(paced, frame, "flink-test")
     producing = threading.Thread(target=lambda: result.setdefault("sent", producer.run().delivered), daemon=True)
     try:

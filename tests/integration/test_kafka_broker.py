@@ -9,8 +9,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from fl_app import topics
-from fl_app.config import AppConfig
+from core import topics
+from core.config import AppConfig
 
 pytestmark = pytest.mark.integration
 

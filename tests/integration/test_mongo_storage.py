@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pymongo.errors import DuplicateKeyError, PyMongoError, WriteError
 
-from fl_app import storage
-from fl_app.config import AppConfig
+from core import storage
+from core.config import AppConfig
 
 pytestmark = pytest.mark.integration
 

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from fl_app import flower, supervisor
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.services import private_overrides
-from fl_app.services.runner import ManagedProcess, pid_from_file
-from fl_app.storage import Storage
-from tests.kafka_helpers import read_topic
-from tests.test_cli import live_processes_under
-from tests.waiting import wait_until
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.services.runner import ManagedProcess, pid_from_file
+from core.storage import Storage
+from fl_app import supervisor
+from fl_app.federation import deployment
+from tests.support.kafka import read_topic
+from tests.support.processes import live_processes_under
+from tests.support.stack import private_overrides
+from tests.support.waiting import wait_until
 
 FL_APP = Path(sys.executable).parent / "fl-app"
 # In kill order: the federation last (it takes longest to come back: SuperLink, SuperNodes, a new run).
@@ -108,7 +109,7 @@ def test_kill_9_of_each_component_under_fl_app_run(tmp_path: Path) -> None:
         # The federation is back for real: a new round, from exactly one ServerApp.
         rounds = counts(cfg)["global_model"]
         assert wait_until(lambda: counts(cfg)["global_model"] > rounds, 240), (counts(cfg), log.read_text()[-2000:])
-        serverapps = flower.flwr_processes(flower.flwr_home(cfg), ("flwr-serverapp",))
+        serverapps = deployment.flwr_processes(deployment.flwr_home(cfg), ("flwr-serverapp",))
         assert len(serverapps) == 1, serverapps
         # No orphaned JVM: each of ours belongs to a running component's or service's process group.
         jvms = processes_with(tag, "java")

@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from fl_app import services, topics
-from fl_app.config import PROJECT_ROOT, AppConfig
-from fl_app.schemas import SENSOR_FIELDS, Reading
-from stream.data import synthetic
+from core import services, topics
+from core.config import PROJECT_ROOT, AppConfig
+from core.dataset import synthetic
+from core.records import SENSOR_FIELDS, Reading
 from stream.producer import ReplayProducer
-from tests.kafka_helpers import read_topic
+from tests.support.kafka import read_topic
 
 pytestmark = pytest.mark.integration
 FL_APP = Path(sys.executable).parent / "fl-app"

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from fl_app import model, services, storage
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.schemas import Reading, iso
-from fl_app.services.runner import ManagedProcess
-from tests.poison import POISON
+from core import model, services, storage
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.records import Reading, iso
+from core.services.runner import ManagedProcess
+from tests.support.poison import POISON
+from tests.support.stack import tenant_overrides
 
 pytestmark = pytest.mark.integration
 FL_APP = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "fl-app"
@@ -64,7 +65,7 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path) ->
 def test_every_valid_reading_scored_once_per_round_across_a_new_round_and_a_kill(stack: AppConfig,
                                                                                   tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
-    overrides = [*services.tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
+    overrides = [*tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
                  "spark.scorer.trigger_seconds=1", "spark.scorer.model_poll_seconds=1"]
     cfg = load_config(overrides)
     services.provision(cfg)

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fl_app import services, storage
-from fl_app.config import AppConfig, load_config
-from fl_app.services import ServiceError, State, jars, private_overrides
+from core import services, storage
+from core.config import AppConfig, load_config
+from core.services import ServiceError, State, jars
+from tests.support.stack import private_overrides
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fl_app import services
-from fl_app.config import PROJECT_ROOT, AppConfig, load_config
-from fl_app.services.runner import free_port
-from tests.integration.browser import launch
+from core import services
+from core.config import PROJECT_ROOT, AppConfig, load_config
+from core.services.runner import free_port
 from tests.integration.test_batch import seed_run
+from tests.support.browser import launch
+from tests.support.stack import tenant_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "fl-app"
@@ -49,7 +50,7 @@ def test_dashboards_render_with_data_in_a_real_browser(stack: AppConfig, tmp_pat
     tag = uuid.uuid4().hex[:8]
     password = secrets.token_urlsafe(12)
     port = free_port()
-    overrides = [*services.tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
+    overrides = [*tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
                  f"spark.batch.store_url=sqlite:///{tmp_path / 'serving.db'}", f"superset.port={port}"]
     cfg = load_config(overrides)
     services.provision(cfg)

@@ -17,10 +17,11 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 
 from clients.windows import WindowReader
-from fl_app import services
-from fl_app.config import AppConfig, load_config
-from fl_app.schemas import window_record
-from tests.poison import GOOD
+from core import services
+from core.config import AppConfig, load_config
+from core.records import window_record
+from tests.support.poison import GOOD
+from tests.support.stack import tenant_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def read_once_the_coordinator_is_up(reader: WindowReader, timeout: float = 90) -
 
 def test_bad_window_records_are_left_out_and_the_position_moves_past_them(stack: AppConfig, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
-    cfg = load_config(services.tenant_overrides(stack, tmp_path, tag))
+    cfg = load_config(tenant_overrides(stack, tmp_path, tag))
     services.provision(cfg)
     topic, device, partition = cfg.kafka.topics.windows.name, 2, 1
     good = [{**GOOD, "device_id": device, "event_id": f"w-{i}", "seq": i} for i in range(4)]

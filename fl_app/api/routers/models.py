@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
+from core.storage import decode_weights
 from fl_app.api.deps import ServicesDep
 from fl_app.api.schemas import ModelResponse, Weights
 from fl_app.api.values import Round, finite
-from fl_app.storage import decode_weights
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 

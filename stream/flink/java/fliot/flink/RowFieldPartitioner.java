@@ -7,7 +7,7 @@ import org.apache.flink.types.Row;
  * Sends each record to the Kafka partition named by one integer field of the row.
  *
  * <p>The PyFlink job computes a device's window partition from the shared
- * contract (fl_app.schemas.window_partition), so this class holds no mapping
+ * contract (core.records.window_partition), so this class holds no mapping
  * of its own. PyFlink has no Python API for a sink partitioner; this is the
  * smallest Java piece that gives one.
  */

@@ -1,0 +1,580 @@
+"""The one configuration object, composed by Hydra from ``conf/``.
+
+The dataclasses below are the schema: every key, its type, its default and,
+beside it, the checks its value must pass (``checked(default, positive)``).
+``conf/`` picks variants (``kafka=local|remote``, ``profile=testing|production``)
+and the command line overrides single values. :func:`load_config` composes all
+three, checks types (Hydra/OmegaConf) and then every field's declared checks
+(:func:`validate`, which walks the schema, so a new field is checked the
+moment it declares a check), and returns a typed :class:`AppConfig`. A bad
+key or value raises :class:`ConfigError` whose message names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from core.records import SENSOR_FIELDS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+# ------------------------------------------------------------------ checks
+# A check takes the value and the whole config and returns what is wrong
+# ("must be > 0") or None. Declared beside each field with `checked`.
+Check = Callable[[Any, "AppConfig"], "str | None"]
+
+
+def checked(default: Any = MISSING, *checks: Check, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field whose value must pass ``checks`` (see :func:`validate`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"checks": checks})
+    return field(default=default, metadata={"checks": checks})
+
+
+def positive(value: float, _: AppConfig) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value: float, _: AppConfig) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def positive_or_null(value: float | None, _: AppConfig) -> str | None:
+    return None if value is None or value > 0 else "must be > 0 or null"
+
+
+def tcp_port(value: int, _: AppConfig) -> str | None:
+    return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
+
+
+def _split_address(value: str) -> tuple[str, int] | None:
+    host, sep, port = value.split(",")[0].strip().rpartition(":")
+    ok = sep and host and port.isdigit() and 0 < int(port) < 65536
+    return (host, int(port)) if ok else None
+
+
+def address(value: str, _: AppConfig) -> str | None:
+    """``host:port`` (the first of a comma-separated list)."""
+    return None if _split_address(value) else "must look like host:port"
+
+
+def mongo_uri(value: str, _: AppConfig) -> str | None:
+    return None if value.startswith(("mongodb://", "mongodb+srv://")) else "must start with mongodb:// or mongodb+srv://"
+
+
+def low_high(value: list[float], _: AppConfig) -> str | None:
+    return None if len(value) == 2 and value[0] < value[1] else "must be [low, high] with low < high"
+
+
+def fraction(value: float, _: AppConfig) -> str | None:
+    return None if 0 < value < 1 else "must be between 0 and 1"
+
+
+def all_positive(value: list[int], _: AppConfig) -> str | None:
+    return None if value and all(v > 0 for v in value) else "must be a non-empty list of positive numbers"
+
+
+def sensor_fields(value: list[str], _: AppConfig) -> str | None:
+    unknown = [v for v in value if v not in SENSOR_FIELDS]
+    if not value or unknown or len(set(value)) != len(value):
+        return f"must be distinct names from {', '.join(SENSOR_FIELDS)}"
+    return None
+
+
+def centre_scale(value: dict[str, list[float]], _: AppConfig) -> str | None:
+    for name in SENSOR_FIELDS:
+        pair = value.get(name)
+        if pair is None or len(pair) != 2 or pair[1] <= 0:
+            return f"must give [centre, scale > 0] for each of {', '.join(SENSOR_FIELDS)}"
+    return None
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: str, _: AppConfig) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
+def at_most(key: str) -> Check:
+    """No more than the value of another key (dotted path)."""
+    def check(value: float | None, app: AppConfig) -> str | None:
+        limit = lookup(app, key)
+        return None if value is None or value <= limit else f"must be <= {key} ({limit})"
+    return check
+
+
+def at_least(key: str) -> Check:
+    """No less than the value of another key (dotted path)."""
+    def check(value: float, app: AppConfig) -> str | None:
+        limit = lookup(app, key)
+        return None if value >= limit else f"must be >= {key} ({limit})"
+    return check
+
+
+def longer_than_ms(key: str) -> Check:
+    """Seconds that must exceed another key's milliseconds."""
+    def check(value: float, app: AppConfig) -> str | None:
+        limit_ms = lookup(app, key)
+        return None if value * 1000 > limit_ms else f"must exceed {key} ({limit_ms} ms)"
+    return check
+
+
+def lookup(app: Any, key: str) -> Any:
+    for part in key.split("."):
+        app = getattr(app, part)
+    return app
+
+
+# --------------------------------------------------------------------- paths
+@dataclass
+class PathsConfig:
+    """Where the project keeps state on disk (all derived from ``home``)."""
+
+    home: str = MISSING  # set by load_config: $FL_APP_HOME or the project root
+    data_dir: str = "${paths.home}/.data"  # Kafka log dirs, Mongo files, data set
+    logs_dir: str = "${paths.home}/logs"
+    cache_dir: str = "${paths.home}/.cache"  # resolved jars, generated data
+    run_dir: str = "${paths.home}/.run"  # pid files, generated service configs
+
+
+# --------------------------------------------------------------------- kafka
+@dataclass
+class TopicConfig:
+    """One Kafka topic, created with these explicit settings."""
+
+    name: str = MISSING
+    partitions: int = checked(1, positive)
+    retention_ms: int = checked(7 * 24 * 3600 * 1000, positive)
+    replication_factor: int = checked(1, positive)
+
+
+@dataclass
+class TopicsConfig:
+    """The three topics of the pipeline."""
+
+    # Raw readings, keyed by device id so one device's readings stay ordered.
+    readings: TopicConfig = field(
+        default_factory=lambda: TopicConfig(name="iot_stream", partitions=6)
+    )
+    # One window record per device and interval; one partition per device.
+    windows: TopicConfig = field(
+        default_factory=lambda: TopicConfig(
+            name="device_windows", partitions=53, retention_ms=24 * 3600 * 1000
+        )
+    )
+    # Malformed records with the reason they were rejected.
+    dead_letter: TopicConfig = field(
+        default_factory=lambda: TopicConfig(
+            name="iot_stream_dlq", partitions=1, retention_ms=30 * 24 * 3600 * 1000
+        )
+    )
+
+
+@dataclass
+class LocalBrokerConfig:
+    """The single-node KRaft broker that ``fl-app services up`` starts."""
+
+    enabled: bool = True
+    controller_port: int = checked(19093, tcp_port)
+    heap: str = "512m"
+    startup_timeout_seconds: float = checked(90.0, positive)
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str = checked("127.0.0.1:9092", address)
+    local_broker: LocalBrokerConfig = field(default_factory=LocalBrokerConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+
+
+# --------------------------------------------------------------------- mongo
+@dataclass
+class LocalMongoConfig:
+    """The local MongoDB-wire server (SecantusDB) that ``services up`` starts."""
+
+    enabled: bool = True
+    cache_size: str = "256M"
+    startup_timeout_seconds: float = checked(30.0, positive)
+
+
+@dataclass
+class MongoConfig:
+    uri: str = checked("mongodb://127.0.0.1:27017", mongo_uri)
+    database: str = "iot_analytics"
+    server_selection_timeout_ms: int = checked(5000, positive)
+    local_server: LocalMongoConfig = field(default_factory=LocalMongoConfig)
+
+
+# -------------------------------------------------------------------- stream
+def some_sensor_fields(value: dict[str, str | None], _: AppConfig) -> str | None:
+    unknown = [k for k in value if k not in SENSOR_FIELDS]
+    if unknown or not any(value.values()):
+        return f"must map at least one of {', '.join(SENSOR_FIELDS)} to a column (null = not in the file)"
+    return None
+
+
+def every_sensor_field(value: dict[str, float], _: AppConfig) -> str | None:
+    return None if set(value) == set(SENSOR_FIELDS) else f"must give a value for each of {', '.join(SENSOR_FIELDS)}"
+
+
+@dataclass
+class CsvColumns:
+    """Which CSV column holds what (``stream.dataset_format=csv``); the names are the file's header."""
+
+    device_id: str = "device_id"  # integer device ids
+    timestamp: str = "timestamp"  # ISO 8601 text, or numbers: seconds since 1970 (UTC)
+    # Sensor field -> column. Any subset: a field mapped to null is not in the file and
+    # gets the constant of `fill` (valid, so not dead-lettered); leave it out of fl.model.features.
+    fields: dict[str, str | None] = checked(MISSING, some_sensor_fields, factory=lambda: {f: f for f in SENSOR_FIELDS})
+    label: str | None = "label"  # 0 = normal, 1 = anomaly; null = the file has no labels
+    fill: dict[str, float] = checked(MISSING, every_sensor_field, factory=lambda: {
+        "temperature": 21.0, "humidity": 39.0, "light": 300.0, "voltage": 2.7})
+
+
+@dataclass
+class StreamConfig:
+    """Replay of the data set into Kafka (rate and batching come from the profile)."""
+
+    records_per_second: float = checked(10.0, positive)
+    batch_size: int = checked(10, positive)  # records sent together; also the token bucket's burst
+    loop_dataset: bool = True  # at the end of the data set, start again (new event ids)
+    pace: bool = True  # false: as fast as the broker takes them (benchmarks)
+    num_devices: int = checked(53, positive)
+    dataset_records: int = checked(152_533, positive, at_least("stream.num_devices"))
+    seed: int = 42
+    dataset_path: str | None = None  # a data set file (see dataset_format); null = generated stand-in
+    # "auto": a path ending in .csv is csv, anything else intel_lab (the real Intel Lab data.txt).
+    dataset_format: str = checked("auto", one_of("auto", "intel_lab", "csv"))
+    csv: CsvColumns = field(default_factory=CsvColumns)
+    max_records: int | None = checked(None, positive_or_null)  # stop after this many in this run (tests, benchmarks)
+    duration_seconds: float | None = checked(None, positive_or_null)  # stop after this long
+    linger_ms: int = checked(5, non_negative)
+    delivery_timeout_ms: int = checked(300_000, positive)  # how long a send may retry (e.g. across a broker restart)
+    state_file: str = "${paths.data_dir}/producer/state.json"  # resume position
+
+
+# --------------------------------------------------------------------- flink
+@dataclass
+class ValidRanges:
+    """Physically possible sensor values; outside them a reading goes to the dead-letter topic.
+
+    Wide on purpose: a dying mote's 120 C and negative humidity are real
+    readings (the anomalies to detect), not malformed records.
+    """
+
+    temperature: list[float] = checked(MISSING, low_high, factory=lambda: [-40.0, 130.0])
+    humidity: list[float] = checked(MISSING, low_high, factory=lambda: [-20.0, 150.0])
+    light: list[float] = checked(MISSING, low_high, factory=lambda: [0.0, 100_000.0])
+    voltage: list[float] = checked(MISSING, low_high, factory=lambda: [0.0, 5.0])
+
+
+@dataclass
+class FlinkConfig:
+    """The stream job: validate, store, and cut per-device windows."""
+
+    jobmanager: str = "local"  # "local" = mini-cluster; else host:port of a cluster's REST endpoint
+    parallelism: int = checked(1, positive)
+    checkpoint_interval_ms: int = checked(10_000, positive)  # window records become visible at checkpoints
+    checkpoint_dir: str = "${paths.data_dir}/flink/checkpoints"
+    python_env: str = ""  # the job's virtualenv; "" = <project root>/.venv-flink (made by `make setup`)
+    group_id: str = "flink-iot-stream"
+    bulk_size: int = checked(500, positive)  # readings per MongoDB bulk write
+    bulk_max_delay_ms: int = checked(200, positive)  # ... or after this long, whichever first
+    # Per window record (~0.5 MB, under Kafka's 1 MB); more waits for the next window.
+    max_window_readings: int = checked(2000, positive)
+    bundle_size: int = checked(1000, positive)  # PyFlink bundle: small enough for timely timers
+    bundle_time_ms: int = checked(100, positive)
+    # "thread": Python runs inside the TaskManager JVM (PEMJA), no per-record IPC:
+    # 1.6-1.8x the throughput of "process" and a third of its latency here (benchmarks/flink_pipeline.py).
+    # Both modes run the operators on the Flink environment's packages (python.pythonpath).
+    python_execution_mode: str = checked("thread", one_of("thread", "process"))
+    # How long the window operator remembers each device's event ids to drop re-sent readings.
+    # Must exceed the producer's resend horizon (stream.delivery_timeout_ms plus the time until
+    # a crashed producer is restarted): a re-send later than this would be windowed twice.
+    dedup_ttl_seconds: float = checked(3600.0, longer_than_ms("stream.delivery_timeout_ms"))
+    transaction_timeout_ms: int = checked(300_000, positive)  # Kafka exactly-once sink; below the broker's 15 min cap
+    valid_ranges: ValidRanges = field(default_factory=ValidRanges)
+
+
+# ------------------------------------------------------------------------ fl
+def narrower_than_inputs(value: list[int], app: AppConfig) -> str | None:
+    inputs = len(app.fl.model.features) + 2  # + time of day (sin, cos)
+    return None if value and value[-1] < inputs else f"must end in a bottleneck narrower than the {inputs} inputs"
+
+
+@dataclass
+class ModelConfig:
+    """The anomaly model every device trains (``core/model.py``)."""
+
+    features: list[str] = checked(MISSING, sensor_fields, factory=lambda: list(SENSOR_FIELDS))
+    # Encoder widths; the decoder mirrors them. The last is the bottleneck, narrower than the inputs
+    # (the features plus time of day as sine and cosine), else the autoencoder can learn the identity
+    # and, trained long enough, reconstructs anomalies too (README, "Learning quality").
+    hidden: list[int] = checked(MISSING, all_positive, narrower_than_inputs, factory=lambda: [16, 3])
+    # Centre and scale of each sensor field, shared by the whole federation (no
+    # device normalises with its own statistics). From the real data's clean ranges.
+    normalisation: dict[str, list[float]] = checked(MISSING, centre_scale, factory=lambda: {
+        "temperature": [21.0, 3.0], "humidity": [39.0, 6.0], "light": [300.0, 500.0], "voltage": [2.7, 0.2]})
+    learning_rate: float = checked(0.005, positive)
+    batch_size: int = checked(32, positive)
+    replay_size: int = checked(512, positive)  # feature rows each device keeps between windows
+    # Score quantile that marks an anomaly: 1 - q of normal readings are flagged, which must stay
+    # well under the anomaly rate (~2 % in the generated data set) for precision to be high.
+    threshold_quantile: float = checked(0.999, fraction)
+    seed: int = 42
+
+
+def only_with(key: str) -> Check:
+    """A flag that may be on only when another (boolean) key is on too."""
+    def check(value: bool, app: AppConfig) -> str | None:
+        return None if not value or lookup(app, key) else f"needs {key}=true"
+    return check
+
+
+def non_empty(value: list[str], _: AppConfig) -> str | None:
+    return None if value else "must not be empty"
+
+
+@dataclass
+class FLSecurityConfig:
+    """Flower's own TLS and SuperNode authentication (the production profile turns both on).
+
+    ``fl-app fl certs`` makes what they need under ``certs_dir``: a CA, the
+    SuperLink's certificate for ``hostnames`` and one key pair per device
+    (``fl-app fl up`` makes any that are missing).
+    """
+
+    tls: bool = False  # every SuperLink API over HTTPS; SuperNodes and `flwr` verify it with the CA
+    # Only SuperNodes whose public key was registered (`flwr supernode register`) may connect.
+    supernode_auth: bool = checked(False, only_with("fl.security.tls"))
+    certs_dir: str = "${paths.data_dir}/flwr-certs"
+    hostnames: list[str] = checked(MISSING, non_empty, factory=lambda: ["localhost", "127.0.0.1"])  # SuperLink SANs
+    certificate_days: int = checked(365, positive)
+
+
+@dataclass
+class FLConfig:
+    """Federated learning: cadence (the profile sets the three intervals), devices, model."""
+
+    local_training_interval_seconds: float = checked(30.0, positive)
+    global_update_interval_minutes: float = checked(1.0, positive)
+    min_devices_for_aggregation: int = checked(3, positive, at_most("stream.num_devices"))
+    superlink_address: str = checked("127.0.0.1:9091", address)  # all of the SuperLink's APIs (HTTP)
+    supernode_base_port: int = checked(9100, tcp_port)  # SuperNode i serves its runtime API on base + i
+    # "deployment": flower-superlink + one flower-supernode per device;
+    # "simulation": the same apps on Flower's simulation runtime.
+    runtime: str = checked("deployment", one_of("deployment", "simulation"))
+    # How many devices (the first in id order) get a SuperNode; null (or more than the data set
+    # has) = every device of the data set.
+    devices: int | None = checked(None, positive_or_null)
+    local_epochs: int = checked(1, positive)
+    # How the local SuperNodes and their ClientApps run. "warm": the SuperNodes are forked from one
+    # parent that imported Flower once (clients/supernodes.py) and run with --isolation process;
+    # one executor process (clients/executor.py) that imports torch and flwr once forks a child per
+    # ClientApp task. "subprocess": Flower's stock way, separate SuperNode processes, each starting
+    # a fresh flwr-clientapp process per message.
+    isolation: str = checked("warm", one_of("warm", "subprocess"))
+    # ClientApps the warm executor runs at once. Much of a task's time is waiting (Kafka, the
+    # SuperNode's runtime API), not CPU, so more than the cores pays off.
+    executor_capacity: int = checked(16, positive)
+    executor_poll_seconds: float = checked(0.2, positive)  # its wait between polls of the SuperNodes when idle
+    # An update computed from a global model more than this many rounds old is dropped.
+    max_staleness_rounds: int = checked(2, non_negative)
+    max_update_norm: float = checked(100.0, positive)  # L2 norm of (update - global); more is rejected
+    duration_seconds: float | None = checked(None, positive_or_null)  # the ServerApp stops after this long
+    # A train message not answered in this long is given up and the device gets a new one (a
+    # ClientApp that died holding it never answers). null = max(4 local intervals, 120 s): a stock
+    # SuperNode starts a fresh ClientApp process per message, 20-40 s on a loaded 2-core machine.
+    message_ttl_seconds: float | None = checked(None, positive_or_null)
+    # Until the first global round exists, train messages go out this often (instead of every local
+    # interval) and the first round is made as soon as enough devices sent an update, instead of on the
+    # global clock: the first model comes ~1 local interval after the first windows. 0: no warm-up.
+    warmup_train_seconds: float = checked(10.0, non_negative)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    security: FLSecurityConfig = field(default_factory=FLSecurityConfig)
+
+
+# ------------------------------------------------------------------ analytics
+@dataclass
+class ScorerConfig:
+    """The streaming anomaly scorer (``fl-app spark stream``, analytics/scorer.py)."""
+
+    enabled: bool = True  # started by `fl-app run`
+    checkpoint_dir: str = "${paths.data_dir}/spark/checkpoints/scorer"  # the query's progress: delete to rescore
+    trigger_seconds: float = checked(5.0, positive)  # one micro-batch per interval (and a model check)
+    max_offsets_per_trigger: int = checked(20000, positive)  # readings per micro-batch at most
+    model_poll_seconds: float = checked(5.0, positive)  # before the first global model: how often to look
+
+
+@dataclass
+class BatchConfig:
+    """Batch analytics (``fl-app spark batch``, analytics/batch.py)."""
+
+    enabled: bool = True  # run on a schedule (spark.batch_interval_seconds) by `fl-app run`
+    # The SQL serving store Superset reads: any SQLAlchemy URL (e.g. postgresql://user@host/db).
+    store_url: str = "sqlite:///${paths.data_dir}/analytics.db"
+
+
+@dataclass
+class SparkConfig:
+    # local[*]-style masters run here; spark://host:7077 (or any master URL) runs the jobs on that cluster,
+    # whose workers must have this project and its environment at the same path.
+    master: str = "local[2]"
+    driver_memory: str = "1g"
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    batch_interval_seconds: float = checked(300.0, positive)  # between batch runs while the pipeline runs
+
+
+@dataclass
+class ApiConfig:
+    """The FastAPI service and live page (``fl-app api``, fl_app/api)."""
+
+    enabled: bool = True  # started by `fl-app run`
+    host: str = "127.0.0.1"
+    port: int = checked(8000, tcp_port)
+    # The key admin actions need (header X-API-Key). "" = $FL_APP_API_KEY; with neither, admin
+    # actions are refused (403) and everything else works.
+    api_key: str = "${oc.env:FL_APP_API_KEY,''}"
+    max_page_size: int = checked(500, positive)
+    # How often the service samples counts, offsets and lag for rates and the live page.
+    sample_seconds: float = checked(5.0, positive)
+
+
+@dataclass
+class SupersetConfig:
+    """Superset (``fl-app superset up``, analytics/superset): dashboards on the batch analytics' store."""
+
+    enabled: bool = True  # started by `fl-app run`
+    host: str = "127.0.0.1"
+    port: int = checked(8088, tcp_port)
+    python_env: str = ""  # Superset's own virtualenv; "" = <project root>/.venv-superset (made by `make setup`)
+    home: str = "${paths.data_dir}/superset"  # metadata database (SQLite), secret key, generated password
+    admin_user: str = "admin"
+    # The admin's password. "" = $SUPERSET_ADMIN_PASSWORD, else one generated on first set-up and
+    # kept in <home>/admin_password (0600); `fl-app run` prints where. There is no default password.
+    admin_password: str = "${oc.env:SUPERSET_ADMIN_PASSWORD,''}"
+    workers: int = checked(1, positive)  # gunicorn workers (~350 MB each)
+    startup_timeout_seconds: float = checked(300.0, positive)  # first set-up (migrations, import) included
+
+
+# ---------------------------------------------------------------------- root
+@dataclass
+class AppConfig:
+    """Everything the platform reads; one instance per process."""
+
+    profile_name: str = "testing"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    mongo: MongoConfig = field(default_factory=MongoConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    flink: FlinkConfig = field(default_factory=FlinkConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    superset: SupersetConfig = field(default_factory=SupersetConfig)
+
+
+ConfigStore.instance().store(name="base_config", node=AppConfig)
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/`` with ``overrides`` into an (unresolved) ``DictConfig``.
+
+    Raises
+    ------
+    ConfigError
+        If an override names an unknown key or group option, or a value does
+        not fit the key's type. The message names the key.
+    """
+    home = os.environ.get("FL_APP_HOME", str(PROJECT_ROOT))
+    # Our default goes first so that a user's own paths.home=... wins.
+    all_overrides = [f"paths.home={home}", *overrides]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=all_overrides)
+        OmegaConf.resolve(cfg)
+    except Exception as exc:  # Hydra and OmegaConf raise many types; all mean "bad config"
+        raise ConfigError(_explain(exc)) from exc
+    return cfg
+
+
+def load_config(overrides: Sequence[str] = ()) -> AppConfig:
+    """Compose, type-check and range-check the configuration.
+
+    Parameters
+    ----------
+    overrides
+        Hydra overrides such as ``["profile=production", "stream.batch_size=50"]``.
+    """
+    cfg = compose_config(overrides)
+    app: AppConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(app)
+    return app
+
+
+def to_yaml(app: AppConfig) -> str:
+    """The configuration as YAML (for ``--cfg`` and for logs)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(app))
+
+
+def validate(node: Any, app: AppConfig | None = None, prefix: str = "") -> None:
+    """Run every field's declared checks, depth first; raise ConfigError naming the first bad key."""
+    root = app if app is not None else node
+    for f in fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        for check in f.metadata.get("checks", ()):
+            problem = check(value, root)
+            if problem:
+                raise ConfigError(f"{key} {problem}, got {value!r}")
+        if is_dataclass(value):
+            validate(value, root, key + ".")
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (the first of a comma-separated list)."""
+    split = _split_address(value)
+    if split is None:
+        raise ConfigError(f"address must look like host:port, got {value!r}")
+    return split
+
+
+def _explain(exc: Exception) -> str:
+    """Hydra nests the useful message (with ``full_key``) in the cause chain."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen).strip()
+        # OmegaConf repeats its message template with placeholders; skip those.
+        if text and text not in parts and "$VALUE" not in text:
+            parts.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return "invalid configuration: " + "\n".join(parts)
+
+
+def flatten(app: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"stream.batch_size": 10, ...}``: handy for logs and run-config translation."""
+    out: dict[str, Any] = {}
+    for f in fields(app):
+        value = getattr(app, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out

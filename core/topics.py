@@ -1,0 +1,123 @@
+"""Kafka topics of the pipeline: created once, with explicit settings.
+
+``iot_stream`` carries readings keyed by device id, the window topic has one
+partition per device (a device's ClientApp reads only its own partition), and
+the dead-letter topic keeps rejected records with their reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from core.config import AppConfig, KafkaConfig, TopicConfig, host_port
+from core.services.runner import port_is_open
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TopicState:
+    name: str
+    partitions: int
+    created: bool  # False: it already existed
+
+
+_quiet = logging.getLogger("core.topics.librdkafka")
+
+
+def admin_client(bootstrap_servers: str) -> AdminClient:
+    # librdkafka's own log lines go through Python logging, not raw to stderr.
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": _quiet}
+    return AdminClient(conf)
+
+
+def broker_ready(bootstrap_servers: str, timeout: float = 2.0) -> bool:
+    """True once the broker answers a metadata request and lists itself."""
+    host, port = host_port(bootstrap_servers)
+    if not port_is_open(host, port):  # cheap check first: no client, no log spam
+        return False
+    try:
+        meta = admin_client(bootstrap_servers).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return len(meta.brokers) > 0
+
+
+def topic_configs(kafka: KafkaConfig) -> list[TopicConfig]:
+    return [kafka.topics.readings, kafka.topics.windows, kafka.topics.dead_letter]
+
+
+def ensure_topics(cfg: AppConfig, timeout: float = 30.0) -> list[TopicState]:
+    """Create missing topics; grow partitions that are fewer than configured.
+
+    Kafka cannot shrink a topic, so more partitions than configured are left
+    as they are (with a warning): data in them is never dropped.
+    """
+    admin = admin_client(cfg.kafka.bootstrap_servers)
+    existing = admin.list_topics(timeout=timeout).topics
+    wanted = topic_configs(cfg.kafka)
+    new = [
+        NewTopic(
+            t.name,
+            num_partitions=t.partitions,
+            replication_factor=t.replication_factor,
+            config={
+                "retention.ms": str(t.retention_ms),
+                "cleanup.policy": "delete",
+                "min.insync.replicas": "1",
+            },
+        )
+        for t in wanted
+        if t.name not in existing
+    ]
+    if new:
+        for name, future in admin.create_topics(new, operation_timeout=timeout).items():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):  # a concurrent creator won the race
+                    raise
+            log.info("created topic %s", name)
+    grow = [
+        NewPartitions(t.name, t.partitions)
+        for t in wanted
+        if t.name in existing and len(existing[t.name].partitions) < t.partitions
+    ]
+    if grow:
+        for name, future in admin.create_partitions(grow, operation_timeout=timeout).items():
+            future.result(timeout)
+            log.info("grew topic %s", name)
+    for t in wanted:
+        if t.name in existing and len(existing[t.name].partitions) > t.partitions:
+            log.warning(
+                "topic %s has %d partitions, more than the configured %d; left as is",
+                t.name, len(existing[t.name].partitions), t.partitions,
+            )
+    final = _await_metadata(admin, {t.name: t.partitions for t in wanted}, timeout)
+    created = {t.topic for t in new}
+    return [TopicState(t.name, len(final[t.name].partitions), t.name in created) for t in wanted]
+
+
+def _await_metadata(admin: AdminClient, minimum: dict[str, int], timeout: float) -> dict:
+    """Metadata lags creation by a moment: wait until every topic shows its partitions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        if all(name in topics and len(topics[name].partitions) >= n for name, n in minimum.items()):
+            return topics
+        if time.monotonic() > deadline:
+            missing = [name for name in minimum if name not in topics]
+            raise KafkaException(f"topics not visible after {timeout:.0f}s: {missing}")
+        time.sleep(0.2)
+
+
+def describe_topics(cfg: AppConfig, timeout: float = 5.0) -> dict[str, int]:
+    """``{topic: partitions}`` for the pipeline's topics that exist."""
+    topics = admin_client(cfg.kafka.bootstrap_servers).list_topics(timeout=timeout).topics
+    return {t.name: len(topics[t.name].partitions) for t in topic_configs(cfg.kafka) if t.name in topics}

@@ -1,0 +1,351 @@
+"""A deployed federation: a SuperLink, one SuperNode per device, the run submitted to it, kept alive.
+
+With warm isolation (``fl.isolation=warm``, the default) one parent forks the
+SuperNodes (``clients/supernodes.py``) and one executor runs their ClientApps
+(``clients/executor.py``); with ``subprocess``, stock Flower processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+
+from core.certs import CertPaths
+from core.config import PROJECT_ROOT, AppConfig
+from core.services.runner import ManagedProcess
+from fl_app.federation.security import ensure_certificates, superlink_flags, supernode_flags
+from fl_app.federation.settings import devices, run_settings
+
+log = logging.getLogger(__name__)
+
+FEDERATION = "fl-iot"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+FLWR_PROCESSES = ("flwr-serverapp", "flower-superexec", "flwr-clientapp")
+OBJECT_TRANSFERS = 16  # concurrent object uploads/downloads per Flower process (Flower's default: 2)
+
+
+def flwr_home(cfg: AppConfig) -> Path:
+    return Path(cfg.paths.run_dir) / "flwr"
+
+
+def _env(cfg: AppConfig) -> dict[str, str]:
+    import sys
+
+    # The SuperLink and SuperNodes start flower-superexec / flwr-serverapp / flwr-clientapp from PATH.
+    return {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "FLWR_HOME": str(flwr_home(cfg)), "FLWR_TELEMETRY_ENABLED": "0",
+            # Flower uploads and downloads a message's objects 2 at a time by default; a tick's 53
+            # train messages then took the ServerApp 5-6 s to upload (~0.2 s per request), and every
+            # device waited for its share (benchmarks/fl_supernodes.py).
+            "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES": str(OBJECT_TRANSFERS),
+            "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS": str(OBJECT_TRANSFERS)}
+
+
+def superlink_process(cfg: AppConfig) -> ManagedProcess:
+    from core.config import host_port
+    from core.services.runner import port_is_open
+
+    host, port = host_port(cfg.fl.superlink_address)
+    return ManagedProcess(
+        name="fl_superlink",
+        argv=[_bin("flower-superlink"), *superlink_flags(cfg), "--disable-runtime-dependency-installation",
+              "--host", host, "--port", str(port)],
+        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), ports=[(host, port)],
+        health_check=lambda: port_is_open(host, port), env=_env(cfg), startup_timeout=60, stop_timeout=10,
+        address=f"{host}:{port}")
+
+
+def supernode_process(cfg: AppConfig, index: int, device: int, node_config: str = "") -> ManagedProcess:
+    port = cfg.fl.supernode_base_port + index
+    return ManagedProcess(
+        name=f"fl_supernode_{device}",
+        argv=[_bin("flower-supernode"), *supernode_flags(cfg, device), "--superlink", cfg.fl.superlink_address,
+              "--host", "127.0.0.1", "--port", str(port), "--node-config", f"device-id={device} {node_config}".strip(),
+              # warm: the SuperNode starts no SuperExec; its tasks wait for the executor (executor_process)
+              *(["--isolation", "process"] if cfg.fl.isolation == "warm" else [])],
+        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir) / "supernodes",
+        ports=[("127.0.0.1", port)], health_check=None, env=_env(cfg), startup_timeout=2, stop_timeout=5,
+        address=f"127.0.0.1:{port}")
+
+
+
+
+def write_flwr_config(cfg: AppConfig) -> None:
+    """``$FLWR_HOME/config.toml``: how the ``flwr`` CLI reaches our SuperLink (and trusts it, with TLS)."""
+    home = flwr_home(cfg)
+    home.mkdir(parents=True, exist_ok=True)
+    trust = (f'root-certificates = "{CertPaths(Path(cfg.fl.security.certs_dir)).ca_cert}"\n'
+             if cfg.fl.security.tls else "insecure = true\n")
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
+        f'address = "{cfg.fl.superlink_address}"\n{trust}')
+
+
+def register_supernodes(cfg: AppConfig) -> int:
+    """Register each device's public key with the SuperLink (``flwr supernode register``); returns how many
+    were new. Needs a running SuperLink; a key registered before counts as done."""
+    import subprocess
+
+    write_flwr_config(cfg)
+    paths = CertPaths(Path(cfg.fl.security.certs_dir))
+    new = 0
+    for device in devices(cfg):
+        proc = subprocess.run([_bin("flwr"), "supernode", "register", str(paths.supernode_public_key(device)),
+                               FEDERATION, "--name", f"device-{device}", "--format", "json"],
+                              capture_output=True, text=True, env={**os.environ, **_env(cfg)}, timeout=60)
+        try:
+            reply = json.loads(proc.stdout)
+        except ValueError:
+            reply = {"success": False, "error-message": proc.stdout[-500:] + proc.stderr[-500:]}
+        if reply.get("success"):
+            new += 1
+        elif "already in use" not in str(reply.get("error-message")):
+            raise RuntimeError(f"registering device {device}'s SuperNode key failed: {reply.get('error-message')}")
+    return new
+
+
+def _bin(name: str) -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / name)
+
+
+def executor_process(cfg: AppConfig) -> ManagedProcess:
+    """The warm ClientApp executor (``clients/executor.py``) serving every local SuperNode's runtime API."""
+    import sys
+
+    addresses = [f"127.0.0.1:{cfg.fl.supernode_base_port + i}" for i in range(len(devices(cfg)))]
+    return ManagedProcess(
+        name="fl_executor",
+        argv=[sys.executable, "-m", "clients.executor", "--capacity", str(cfg.fl.executor_capacity),
+              "--poll-interval", str(cfg.fl.executor_poll_seconds), "--runtime-api", *addresses],
+        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), health_check=None,
+        env={**_env(cfg), "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}, cwd=PROJECT_ROOT,
+        startup_timeout=2, stop_timeout=10)
+
+
+def supernodes_launcher(cfg: AppConfig, nodes: list[ManagedProcess], stagger_seconds: float) -> ManagedProcess:
+    """Warm isolation: one parent (``clients/supernodes.py``) forks the SuperNodes ``nodes`` describe
+    (their flags, pid files and logs), at half the memory of separate processes."""
+    import sys
+
+    from clients.supernodes import NodeSpec, save_spec
+
+    spec = Path(cfg.paths.run_dir) / "fl_supernodes.json"
+
+    def prepare() -> list[str]:
+        save_spec(spec, [NodeSpec(n.name, list(n.argv[1:]), str(n.pid_file), str(n.log_file)) for n in nodes],
+                  stagger_seconds)
+        return [sys.executable, "-m", "clients.supernodes", "--spec", str(spec)]
+
+    return ManagedProcess(
+        name="fl_supernodes", argv=[], prepare=prepare, run_dir=Path(cfg.paths.run_dir),
+        logs_dir=Path(cfg.paths.logs_dir), health_check=lambda: all(n.pid() is not None for n in nodes),
+        env={**_env(cfg), "PYTHONPATH": str(PROJECT_ROOT)}, cwd=PROJECT_ROOT,
+        startup_timeout=30 + stagger_seconds * len(nodes), stop_timeout=20)
+
+
+def processes(cfg: AppConfig, stagger_seconds: float = 0.5) -> list[ManagedProcess]:
+    """SuperLink first, then one SuperNode per device; with warm isolation, then the parent that forks
+    those SuperNodes and the executor that runs their ClientApps."""
+    nodes = [supernode_process(cfg, i, d) for i, d in enumerate(devices(cfg))]
+    if cfg.fl.isolation != "warm":
+        return [superlink_process(cfg), *nodes]
+    return [superlink_process(cfg), *nodes, supernodes_launcher(cfg, nodes, stagger_seconds),
+            executor_process(cfg)]
+
+
+def up(cfg: AppConfig, stagger_seconds: float = 0.5) -> str:
+    """Start the SuperLink and the SuperNodes (staggered), then submit the run; returns its id."""
+    import time
+
+    if cfg.fl.security.tls:
+        ensure_certificates(cfg)
+    superlink, *others = processes(cfg, stagger_seconds)
+    superlink.start()
+    if cfg.fl.security.supernode_auth:
+        log.info("registered %d new SuperNode keys", register_supernodes(cfg))
+    if cfg.fl.isolation == "warm":
+        launcher, executor = others[-2:]  # the launcher forks the SuperNodes (staggered itself)
+        launcher.start()
+        executor.start()
+    else:
+        for node in others:
+            node.start()
+            time.sleep(stagger_seconds)  # all at once, many fail to register (measured: 28 of 53)
+    return submit(cfg)
+
+
+def submit(cfg: AppConfig, fresh: bool = True) -> str:
+    """``flwr run`` the project's app against our SuperLink with the run config from Hydra. ``fresh``:
+    a new run starts from the configuration (the operator's requests to an earlier one are cleared);
+    a run resubmitted after its ServerApp died keeps them."""
+    import subprocess
+
+    from core.storage import Storage
+
+    settings = run_settings(cfg)
+    write_flwr_config(cfg)
+    if fresh:
+        with Storage.from_config(cfg.mongo) as store:
+            store.clear_server_control()
+    run_config = Path(cfg.paths.run_dir) / "fl_run_config.toml"
+    # A JSON string literal is a valid TOML basic string.
+    run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.to_run_config().items()))
+    proc = subprocess.run([_bin("flwr"), "run", str(PROJECT_ROOT), FEDERATION, "--run-config", str(run_config),
+                           "--format", "json"], capture_output=True, text=True, env={**os.environ, **_env(cfg)},
+                          timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"flwr run failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    try:
+        return str(json.loads(proc.stdout)["run-id"])
+    except (ValueError, KeyError):
+        return proc.stdout.strip()[-200:]
+
+
+def down(cfg: AppConfig) -> list[str]:
+    """Stop the SuperNodes, the SuperLink, and the processes they leave behind (our FLWR_HOME's)."""
+    stopped = [p.name for p in reversed(processes(cfg)) if p.stop()]
+    stopped += _kill_strays(flwr_home(cfg))
+    return stopped
+
+
+def flwr_processes(home: Path, names: tuple[str, ...] = FLWR_PROCESSES) -> list[tuple[int, str]]:
+    """``(pid, name)`` of Flower's ServerApp/SuperExec/ClientApp processes of this FLWR_HOME.
+
+    The SuperLink starts them in sessions of their own, so stopping its process
+    group misses them; their environment names our FLWR_HOME.
+    """
+    found = []
+    marker = f"FLWR_HOME={home}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            name = next((n for n in names if n.encode() in cmdline), None)
+            if name is not None and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((int(proc.name), name))
+        except OSError:
+            continue
+    return found
+
+
+def _kill_strays(home: Path, timeout: float = 5.0) -> list[str]:
+    """SIGKILL them and wait until they are gone (a killed process lingers for a moment)."""
+    import signal
+    import time
+
+    killed = []
+    for pid, name in flwr_processes(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(name)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + timeout
+    while killed and flwr_processes(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return killed
+
+
+def serve(cfg: AppConfig) -> None:
+    """Run the federation until SIGTERM/SIGINT (or the ServerApp's duration), then stop it all; a
+    ServerApp that dies meanwhile is replaced (:func:`watch`)."""
+    import signal
+
+    if cfg.fl.runtime == "simulation":
+        from fl_app.federation.simulation import simulate
+
+        simulate(cfg)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run_id = up(cfg)
+        log.info("federation run %s submitted", run_id)
+        watch(cfg, run_id, stop)
+    finally:
+        log.info("stopping the federation: %s", ", ".join(down(cfg)))
+
+
+WATCH_SECONDS = 5.0  # at most, between two looks at the ServerApp (and at least one a local interval)
+STARTUP_GRACE = 90.0  # seconds a submitted run may take to start its ServerApp (a loaded machine)
+
+
+def watch(cfg: AppConfig, run_id: str, stop: threading.Event) -> None:
+    """Keep one ServerApp alive until ``stop`` is set or the run completes (its duration is over).
+
+    Every few seconds: is a ``flwr-serverapp`` process of our FLWR_HOME there? If not, the run's
+    status (``flwr ls``) tells a completed run (the end) from a dead one: finished otherwise, or
+    still "running" without its process at two looks in a row (a SIGKILL leaves the status for a
+    while; before its process was first seen, only after :data:`STARTUP_GRACE`). A dead run is
+    stopped and submitted again (:func:`resubmit`): the new ServerApp resumes from the newest
+    global model. Restarts back off (5 s doubling to 80 s) while runs keep dying soon.
+    """
+    import time
+
+    every = min(WATCH_SECONDS, cfg.fl.local_training_interval_seconds)
+    submitted, seen, misses, quick_deaths = time.monotonic(), False, 0, 0
+    end = submitted + cfg.fl.duration_seconds + 30 if cfg.fl.duration_seconds else math.inf
+    while not stop.wait(every) and time.monotonic() < end:
+        if flwr_processes(flwr_home(cfg), ("flwr-serverapp",)):
+            seen, misses = True, 0
+            continue
+        status = run_status(cfg, run_id)
+        if status == "finished:completed":
+            log.info("federation run %s completed", run_id)
+            return
+        misses += 1
+        finished = status is not None and status.startswith("finished")
+        if not finished and (misses < 2 or not seen and time.monotonic() - submitted < STARTUP_GRACE):
+            continue
+        quick_deaths = quick_deaths + 1 if time.monotonic() - submitted < 10 * STARTUP_GRACE else 0
+        pause = min(80.0, 5.0 * 2 ** (quick_deaths - 1)) if quick_deaths > 1 else 0.0
+        log.error("the ServerApp of run %s is gone (run status %s); a new run in %.0fs resumes from the newest "
+                  "global model", run_id, status or "unknown", pause)
+        if stop.wait(pause):
+            return
+        run_id = resubmit(cfg, run_id)
+        submitted, seen, misses = time.monotonic(), False, 0
+        log.info("federation run %s submitted (replaces the dead one)", run_id)
+
+
+def run_status(cfg: AppConfig, run_id: str) -> str | None:
+    """The run's status as ``flwr ls`` reports it (``running``, ``finished:failed``, ...); None if it
+    cannot be read."""
+    import subprocess
+
+    try:
+        proc = subprocess.run([_bin("flwr"), "ls", FEDERATION, "--run-id", str(run_id), "--format", "json"],
+                              capture_output=True, text=True, env={**os.environ, **_env(cfg)}, timeout=60)
+        runs = json.loads(proc.stdout)["runs"]
+        return str(runs[0]["status"]) if runs else None
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def resubmit(cfg: AppConfig, run_id: str) -> str:
+    """Stop run ``run_id`` (``flwr stop``) and kill any ServerApp process left of it, so at most one
+    ServerApp writes the rounds; then submit a new run (the operator's requests kept)."""
+    import signal
+    import subprocess
+    import time
+
+    try:
+        subprocess.run([_bin("flwr"), "stop", str(run_id), FEDERATION, "--format", "json"], capture_output=True,
+                       text=True, env={**os.environ, **_env(cfg)}, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("flwr stop %s failed: %s", run_id, exc)
+    for pid, _ in flwr_processes(flwr_home(cfg), ("flwr-serverapp",)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while flwr_processes(flwr_home(cfg), ("flwr-serverapp",)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return submit(cfg, fresh=False)

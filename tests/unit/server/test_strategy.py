@@ -1,0 +1,374 @@
+"""The time-triggered FedAvg without a network: clock, staleness, validation, averaging, resume;
+the ServerApp's loop with stand-ins for Flower's grid and MongoDB: malformed replies, outages, retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import RecordDict
+from pymongo.errors import AutoReconnect, DuplicateKeyError
+
+from core.config import load_config
+from core.messages import LocalUpdate, RunSettings
+from core.model import HISTOGRAM_EDGES
+from core.storage import encode_weights
+from server import rounds
+from server.server_app import Backoff, TimedServer
+from server.strategy import AGGREGATED, SKIPPED, Clock, GlobalState, TimedFedAvg
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def weights(value: float) -> list[np.ndarray]:
+    return [np.full((3, 2), value, np.float32), np.full(2, value, np.float32)]
+
+
+def histogram(score: float, count: int) -> list[float]:
+    """``count`` scores of ``score``."""
+    counts = np.zeros(len(HISTOGRAM_EDGES) - 1)
+    counts[np.searchsorted(HISTOGRAM_EDGES, score, side="right") - 1] = count
+    return counts.tolist()
+
+
+def update(device: int, value: float, examples: int = 10, base: int = 5, seconds: int = 0,
+           **metrics: float) -> LocalUpdate:
+    return LocalUpdate(device_id=device, base_round=base, num_examples=examples, weights=weights(value),
+                       metrics={"loss": 0.1, **metrics}, histogram=histogram(value, examples),
+                       received_at=T0 + timedelta(seconds=seconds))
+
+
+CURRENT = GlobalState(round=5, weights=weights(0.0), threshold=1.0)
+
+
+@pytest.fixture
+def strategy() -> TimedFedAvg:
+    return TimedFedAvg(min_devices=3, max_staleness_rounds=2, max_update_norm=20.0, threshold_quantile=0.5)
+
+
+def test_clock_trains_every_local_interval_and_aggregates_every_global_one() -> None:
+    clock = Clock(train_every=30, aggregate_every=60, start=1000)
+    ticks = [(t, clock.train_due(t), clock.aggregate_due(t)) for t in range(1000, 1181, 10)]
+    assert [t for t, train, _ in ticks if train] == [1000, 1030, 1060, 1090, 1120, 1150, 1180]
+    assert [t for t, _, agg in ticks if agg] == [1060, 1120, 1180]
+
+
+def test_clock_does_not_burst_after_a_stall() -> None:
+    clock = Clock(train_every=30, aggregate_every=60, start=0)
+    assert clock.train_due(0)
+    assert clock.train_due(200)  # 6 intervals late: one tick, not six
+    assert not clock.train_due(205)
+    assert clock.train_due(210)
+
+
+def test_clock_aggregates_at_once_on_request_and_counts_the_interval_from_then() -> None:
+    clock = Clock(train_every=30, aggregate_every=60, start=0)
+    assert not clock.aggregate_due(20)
+    clock.aggregate_now(20)
+    assert clock.aggregate_due(20.3)
+    assert not clock.aggregate_due(60) and clock.aggregate_due(80.3)
+
+
+def test_clock_takes_a_new_interval_from_the_last_aggregation() -> None:
+    clock = Clock(train_every=30, aggregate_every=60, start=0)
+    assert clock.aggregate_due(60)  # the last one; next at 120
+    clock.set_aggregate_every(20, now=70)  # 20 s after the last one: at 80, not 120
+    assert not clock.aggregate_due(79) and clock.aggregate_due(80) and clock.aggregate_due(100)
+    clock.set_aggregate_every(5, now=112)  # 5 s after the last one (100) has passed: at once
+    assert clock.aggregate_due(112) and not clock.aggregate_due(116) and clock.aggregate_due(117)
+    clock.set_aggregate_every(100, now=118)  # last at 117: next at 217
+    assert not clock.aggregate_due(216) and clock.aggregate_due(217)
+
+
+def test_weighted_average_of_the_devices(strategy: TimedFedAvg) -> None:
+    out = strategy.aggregate_round([update(1, 1.0, 10), update(2, 2.0, 30), update(3, 4.0, 60)], CURRENT)
+    assert out.status == AGGREGATED and out.round == 6 and out.device_ids == [1, 2, 3]
+    expected = (1.0 * 10 + 2.0 * 30 + 4.0 * 60) / 100
+    assert out.state is not None
+    np.testing.assert_allclose(out.state.weights[0], expected, rtol=1e-6)
+    # The median of the pooled scores (10 x 1.0, 30 x 2.0, 60 x 4.0) is 4.0: the upper edge of its bin.
+    assert 4.0 < out.state.threshold <= 4.0 * 1.1
+    assert out.num_examples == 100
+
+
+def test_newest_update_per_device_weighted_by_all_its_new_readings(strategy: TimedFedAvg) -> None:
+    updates = [update(1, 3.0, 5, seconds=0), update(1, 1.0, 5, seconds=30), update(2, 1.0, 10), update(3, 1.0, 10)]
+    out = strategy.aggregate_round(updates, CURRENT)
+    assert out.state is not None
+    np.testing.assert_allclose(out.state.weights[1], 1.0)  # device 1's older model (3.0) is superseded
+    assert out.num_examples == 30 == sum(u.num_examples for u in out.accepted + out.superseded)
+    assert [u.weights[0][0, 0] for u in out.superseded] == [3.0]
+
+
+def test_stale_updates_are_dropped(strategy: TimedFedAvg) -> None:
+    fresh = [update(1, 1.0, base=5), update(2, 1.0, base=3)]  # 0 and 2 rounds behind: both count
+    out = strategy.aggregate_round([*fresh, update(3, 50.0, base=2)], CURRENT)  # 3 behind
+    assert [u.device_id for u in out.stale] == [3]
+    assert out.status == SKIPPED and "2 device(s)" in out.reason and "1 stale" in out.reason
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    (LocalUpdate(4, 5, 10, [np.full((3, 2), np.nan, np.float32), np.zeros(2, np.float32)],
+                 {"loss": 0.1}, histogram(1.0, 10)), "not finite"),
+    (LocalUpdate(4, 5, 10, [np.zeros((2, 3), np.float32), np.zeros(2, np.float32)],
+                 {"loss": 0.1}, histogram(1.0, 10)), "expected float32[3, 2]"),
+    (LocalUpdate(4, 5, 10, [np.zeros((3, 2), np.float64), np.zeros(2, np.float32)],
+                 {"loss": 0.1}, histogram(1.0, 10)), "expected float32"),
+    (LocalUpdate(4, 5, 10, weights(0.0)[:1], {"loss": 0.1}, histogram(1.0, 10)), "1 weight arrays"),
+    (update(4, 100.0), "norm"),
+    (update(4, 1.0, loss=float("inf")), "metric loss"),
+    (LocalUpdate(4, 5, 10, weights(1.0), {"loss": 0.1}, [1.0, 2.0]), "score histogram"),
+])
+def test_invalid_updates_are_rejected_with_a_reason_and_never_averaged(
+        strategy: TimedFedAvg, bad: LocalUpdate, why: str) -> None:
+    out = strategy.aggregate_round([update(1, 1.0), update(2, 1.0), update(3, 1.0), bad], CURRENT)
+    assert [(u.device_id, reason) for u, reason in out.rejected if why in reason] == [(4, out.rejected[0][1])]
+    assert out.status == AGGREGATED and out.device_ids == [1, 2, 3]
+    assert out.state is not None and all(np.isfinite(w).all() for w in out.state.weights)
+    np.testing.assert_allclose(out.state.weights[0], 1.0)
+
+
+def test_too_few_devices_is_a_skipped_round_with_the_reason(strategy: TimedFedAvg) -> None:
+    out = strategy.aggregate_round([update(1, 1.0), update(2, 1.0), update(3, 1.0, examples=0)], CURRENT)
+    assert out.status == SKIPPED and out.round == 5 and out.state is None
+    assert out.reason.startswith("2 device(s) with a valid update, need 3") and "1 without new data" in out.reason
+
+
+def test_valid_updates_of_a_skipped_tick_count_at_the_next_one(strategy: TimedFedAvg) -> None:
+    """Their readings are consumed already: dropping them would lose data (seen on the simulation runtime)."""
+    first = strategy.aggregate_round([update(1, 1.0, 16), update(2, 1.0, examples=0)], CURRENT)
+    assert first.status == SKIPPED and [u.device_id for u in first.carried_over] == [1]
+    second = strategy.aggregate_round([*first.carried_over, update(2, 1.0, 8), update(3, 1.0, 8)], CURRENT)
+    assert second.status == AGGREGATED and second.num_examples == 32 and second.carried_over == []
+
+
+class FakeStore:
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self.docs = docs
+
+    def latest_global_model(self) -> dict[str, Any] | None:
+        return max(self.docs, key=lambda d: d["round"], default=None)
+
+
+def test_resume_continues_from_the_newest_global_model() -> None:
+    spec = load_config().fl.model
+    fresh = rounds.resume(FakeStore([]), spec)  # type: ignore[arg-type]
+    assert fresh.round == 0 and fresh.threshold == float("inf")
+    docs = [{"round": r, "threshold": 0.5 + r, "weights": encode_weights(weights(float(r)))} for r in (3, 7, 5)]
+    state = rounds.resume(FakeStore(docs), spec)  # type: ignore[arg-type]
+    assert state.round == 7 and state.threshold == 7.5
+    np.testing.assert_array_equal(state.weights[0], weights(7.0)[0])
+
+
+# ------------------------------------------------------------------ the ServerApp's loop, without a network
+class MongoStand:
+    """MongoDB as the ServerApp sees it (core.storage.Storage's methods it calls), with outages:
+    ``down`` raises AutoReconnect from every call; ``drop_after_write`` loses the connection after the
+    next tick's documents were written (the reply never arrives)."""
+
+    def __init__(self, latest: dict[str, Any]) -> None:
+        self.globals, self.locals, self.ticks = [latest], [], []  # type: ignore[var-annotated]
+        self.down, self.drop_after_write, self.calls = False, False, []  # type: ignore[var-annotated]
+        self.state: dict[str, Any] = {}
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.down:
+            raise AutoReconnect("connection refused")
+
+    def latest_global_model(self) -> dict[str, Any] | None:
+        self._call("latest")
+        return max(self.globals, key=lambda d: d["round"])
+
+    def server_control(self) -> dict[str, Any]:
+        self._call("control")
+        return {}
+
+    def save_server_state(self, state: dict[str, Any]) -> None:
+        self._call("state")
+        self.state = dict(state)
+
+    def record_round(self, global_doc: dict | None, local_docs: list[dict], tick: dict) -> None:
+        self._call("record_round")
+        if global_doc and any(g["round"] == global_doc["round"] for g in self.globals):
+            raise DuplicateKeyError("round_unique")  # the unique index of global_model.round
+        self.globals += [global_doc] if global_doc else []
+        self.locals += local_docs
+        self.ticks.append(tick)
+        if self.drop_after_write:
+            self.drop_after_write = False
+            raise AutoReconnect("connection closed")
+
+    def complete_round(self, global_doc: dict | None, local_docs: list[dict], tick: dict) -> None:
+        self._call("complete_round")
+        for docs, new in ((self.globals, [global_doc] if global_doc else []), (self.locals, local_docs),
+                          (self.ticks, [tick])):
+            docs += [d for d in new if d["_id"] not in {o["_id"] for o in docs}]
+
+
+def server(store: MongoStand, **changes: Any) -> TimedServer:
+    settings = RunSettings(
+        kafka_bootstrap="", windows_topic="", devices=[1, 2, 3, 4], group_prefix="", model={}, local_epochs=1,
+        train_every=0.2, aggregate_every=1.0, min_devices=3, max_staleness_rounds=2, max_update_norm=20.0,
+        duration=0, message_ttl=30, warmup_train_every=0, server_settings="")
+    for name, value in changes.items():
+        setattr(settings, name, value)
+    settings.model_config = lambda: load_config().fl.model  # type: ignore[method-assign]
+    out = TimedServer(settings, FakeGrid(), store)  # type: ignore[arg-type]
+    out.backoff.first = 0.05  # the test's outages last moments, not seconds
+    return out
+
+
+class FakeGrid:
+    """Flower's Grid: every train message is answered at the next pull with ``make(node)``."""
+
+    def __init__(self, nodes: tuple[int, ...] = (1, 2, 3), make: Any = None) -> None:
+        self.nodes, self.make, self.waiting = nodes, make, []  # type: ignore[var-annotated]
+        self.pulls = self.replied = 0
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages: list[Any]) -> list[str]:
+        ids = [f"m{len(self.waiting) + i}-{time.monotonic()}" for i in range(len(messages))]
+        self.waiting += [(mid, m.metadata.dst_node_id, m.content.config_records["config"]["server-round"])
+                         for mid, m in zip(ids, messages, strict=True)]
+        return ids
+
+    def pull_messages(self, ids: list[str]) -> list[Any]:
+        self.pulls += 1
+        replies = [FakeReply(mid, node, self.make(node, base)) for mid, node, base in self.waiting if mid in ids]
+        self.waiting = [w for w in self.waiting if w[0] not in ids]
+        self.replied += len(replies)
+        return replies
+
+
+class FakeReply:
+    def __init__(self, message_id: str, node: int, content: RecordDict) -> None:
+        self.metadata = SimpleNamespace(reply_to_message_id=message_id, src_node_id=node)
+        self.content = content
+
+    def has_error(self) -> bool:
+        return False
+
+
+def reply(device: int, value: float = 1.0, examples: int = 10, base: int = 5) -> RecordDict:
+    return update(device, value, examples, base).to_record()
+
+
+LATEST = {"_id": "r5", "round": 5, "threshold": 1.0, "weights": encode_weights(weights(0.0))}
+
+
+def test_backoff_doubles_to_its_limit_and_resets_on_success() -> None:
+    backoff = Backoff(first=1.0, most=8.0)
+    assert [backoff.failed(0.0) for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert not backoff.ready(7.9) and backoff.ready(8.0)
+    assert backoff.succeeded(10.0) == 10.0 and backoff.ready(0.0) and backoff.succeeded(11.0) is None
+
+
+def test_malformed_replies_are_recorded_in_the_tick_with_their_reason() -> None:
+    store = MongoStand(dict(LATEST))
+    app = server(store)
+    broken = reply(4)
+    broken.metric_records["metrics"]["num-examples"] = float("inf")  # device 4 known: recorded against it
+    nameless = reply(2)
+    nameless.config_records["config"]["device-id"] = float("inf")  # no device: counted
+    stranger = reply(99)  # a valid id, but not a device of this federation: counted
+    for node, content in ((4, broken), (2, nameless), (9, stranger), (1, reply(1)), (2, reply(2)), (3, reply(3))):
+        if (parsed := app.parse(FakeReply("x", node, content))) is not None:  # type: ignore[arg-type]
+            app.pending.append(parsed)
+    app.aggregate()
+    assert [g["round"] for g in store.globals] == [5, 6]
+    (tick,) = store.ticks
+    assert tick["status"] == AGGREGATED and tick["accepted"] == [1, 2, 3]
+    assert [(r["device_id"], "num-examples must be an integer" in r["reason"]) for r in tick["rejected"]] == [(4, True)]
+    assert tick["malformed"] == 2 and tick["transport"]["malformed"] == 2
+    assert store.globals[-1]["rejected"] == 1
+
+
+def test_a_mongodb_outage_across_ticks_loses_no_update_and_keeps_rounds_consecutive() -> None:
+    store = MongoStand(dict(LATEST))
+    app = server(store)
+    app.pending = [update(d, 1.0, 10) for d in (1, 2, 3)]
+    store.down = True
+    app.aggregate()  # the write fails: the tick waits, the current model stays round 5
+    assert app.unwritten is not None and app.state.round == 5 and store.ticks == []
+    app.pending += [update(d, 1.0, 7, seconds=60) for d in (1, 2, 3)]  # replies go on coming meanwhile
+    app.aggregate()  # a tick during the outage: waits for the first, decides nothing
+    assert app.unwritten.outcome.round == 6 and len(app.pending) == 3
+    store.down = False
+    time.sleep(0.1)  # the backoff
+    app.write_tick()
+    assert app.unwritten is None and app.state.round == 6
+    app.aggregate()
+    assert [g["round"] for g in store.globals] == [5, 6, 7]
+    assert sum(d["num_examples"] for d in store.locals) == 3 * 10 + 3 * 7  # every update's readings stored
+    assert [t["round"] for t in store.ticks] == [6, 7]
+
+
+def test_a_tick_written_before_the_connection_dropped_is_completed_not_written_twice() -> None:
+    store = MongoStand(dict(LATEST))
+    app = server(store)
+    app.pending = [update(d, 1.0, 10) for d in (1, 2, 3)]
+    store.drop_after_write = True
+    app.aggregate()  # written, but the reply was lost: the ServerApp cannot know
+    assert app.unwritten is not None and len(store.ticks) == 1
+    time.sleep(0.1)
+    app.write_tick()  # again, as the same tick: only what is missing (nothing) is written
+    assert store.calls.count("complete_round") == 1 and store.calls.count("record_round") == 1
+    assert [g["round"] for g in store.globals] == [5, 6] and len(store.ticks) == 1 and len(store.locals) == 3
+    assert app.unwritten is None and app.state.round == 6
+
+
+def test_a_refused_write_is_not_retried_but_raised() -> None:
+    store = MongoStand(dict(LATEST))
+    app = server(store)
+    store.globals.append({"_id": "other", "round": 6})  # another ServerApp wrote round 6
+    app.pending = [update(d, 1.0, 10) for d in (1, 2, 3)]
+    with pytest.raises(DuplicateKeyError):
+        app.aggregate()
+
+
+def test_the_loop_keeps_pulling_replies_through_an_outage_and_writes_every_tick_after_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):  # what a running ServerApp has: Message() needs them
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    store = MongoStand(dict(LATEST))
+    app = server(store, duration=6.0)
+    app.backoff.most = 0.5
+    grid = FakeGrid(make=lambda node, base: reply(node, 1.0, 4, base))
+    app.grid = grid  # type: ignore[assignment]
+    pulls: list[int] = []
+    timers = [threading.Timer(1.5, lambda: setattr(store, "down", True)),
+              threading.Timer(1.6, lambda: pulls.append(grid.pulls)),
+              threading.Timer(3.9, lambda: pulls.append(grid.pulls)),
+              threading.Timer(4.0, lambda: setattr(store, "down", False))]
+    for t in timers:
+        t.start()
+    app.run()  # never raises for the outage
+    assert pulls[1] - pulls[0] > 5  # replies pulled while MongoDB was down
+    assert any(c == "record_round" for c in store.calls) and store.calls.count("complete_round") >= 1
+    made = [g["round"] for g in store.globals]
+    assert made == list(range(5, 5 + len(made))) and len(made) >= 4, made  # consecutive, none twice
+    assert [t["round"] for t in store.ticks if t["status"] == AGGREGATED] == made[1:]
+    # Every reply's readings are in a stored local update, or still pending when the run ended.
+    assert sum(d["num_examples"] for d in store.locals) + sum(u.num_examples for u in app.pending) == 4 * grid.replied
+
+
+def test_status_calls_the_federation_down_after_two_global_intervals_without_a_tick() -> None:
+    from fl_app.flow import federation_down
+
+    now = T0 + timedelta(seconds=500)
+    assert federation_down({"at": T0 + timedelta(seconds=390)}, None, 60.0, now) is None  # 110 s: up
+    assert federation_down({"at": T0 + timedelta(seconds=370)}, None, 60.0, now) == 130.0  # 130 s: down
+    state = {"at": T0 + timedelta(seconds=495), "aggregate_every_seconds": 100.0}  # an operator's interval
+    assert federation_down({"at": T0 + timedelta(seconds=370)}, state, 60.0, now) is None
+    assert federation_down(None, {"at": T0}, 60.0, now) == 500.0  # no tick ever: since its last report
+    assert federation_down(None, None, 60.0, now) is None  # nothing known

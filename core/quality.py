@@ -7,7 +7,7 @@ threshold, and AUROC of the scores, pooled over all devices.
 
 - **federated**: ``rounds`` rounds in which every device trains the global
   model ``local_epochs`` passes over its own training rows and
-  :class:`server.strategy.TimedFedAvg` averages the updates (the evaluation
+  :class:`server.strategy.TimedAggregation` averages the updates (the evaluation
   apps in ``server/evaluation_app.py`` and ``clients/evaluation_app.py``, on
   Flower's simulation runtime); the threshold is the pooled quantile of the
   final model's scores, from the devices' histograms;

@@ -155,7 +155,7 @@ def prediction_quality(predictions: DataFrame, labels: DataFrame) -> DataFrame:
 def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
             dead_letters: Mapping[str, int] | None = None) -> BatchResult:
     """Every table of one run, as pandas frames (they are small: one row per device, round or minute).
-    ``dead_letters``: count per reason (:func:`fl_app.flow.dead_letter_reasons`)."""
+    ``dead_letters``: count per reason (:func:`core.topics.dead_letter_reasons`)."""
     started = time.monotonic()
     readings = mongo_reader.read(spark, store, "device_data", {
         "device_id": "bigint", "event_time": "timestamp", **{f: "double" for f in SENSOR_FIELDS}})

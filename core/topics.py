@@ -7,12 +7,14 @@ the dead-letter topic keeps rejected records with their reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from core.config import AppConfig, KafkaConfig, TopicConfig, host_port
@@ -121,3 +123,27 @@ def describe_topics(cfg: AppConfig, timeout: float = 5.0) -> dict[str, int]:
     """``{topic: partitions}`` for the pipeline's topics that exist."""
     topics = admin_client(cfg.kafka.bootstrap_servers).list_topics(timeout=timeout).topics
     return {t.name: len(topics[t.name].partitions) for t in topic_configs(cfg.kafka) if t.name in topics}
+
+
+def dead_letter_reasons(cfg: AppConfig, max_seconds: float = 10.0) -> Counter:
+    """How many dead letters there are for each reason (committed ones, read from the topic)."""
+    topic = cfg.kafka.topics.dead_letter
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": "fl-app-status",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    reasons: Counter = Counter()
+    try:
+        # OFFSET_BEGINNING, not 0: after retention deleted old segments, 0 is out of range.
+        consumer.assign([TopicPartition(topic.name, p, OFFSET_BEGINNING) for p in range(topic.partitions)])
+        deadline, idle_since = time.monotonic() + max_seconds, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - idle_since < 1.0:
+            batch = [m for m in consumer.consume(1000, timeout=0.3) if m.error() is None]
+            if batch:
+                idle_since = time.monotonic()
+            for message in batch:
+                try:
+                    reasons[json.loads(message.value() or b"")["reason"]] += 1
+                except (ValueError, KeyError, TypeError):
+                    reasons["(unreadable dead letter)"] += 1
+    finally:
+        consumer.close()
+    return reasons

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from core import storage, topics
 from core.config import AppConfig
@@ -128,30 +127,6 @@ def newest_messages(cfg: AppConfig, topic: str, partitions: int, count: int = 10
     return sorted(messages, key=lambda m: m["timestamp"], reverse=True)[:count]
 
 
-def dead_letter_reasons(cfg: AppConfig, max_seconds: float = 10.0) -> Counter:
-    """How many dead letters there are for each reason (committed ones, read from the topic)."""
-    topic = cfg.kafka.topics.dead_letter
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": "fl-app-status",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
-    reasons: Counter = Counter()
-    try:
-        # OFFSET_BEGINNING, not 0: after retention deleted old segments, 0 is out of range.
-        consumer.assign([TopicPartition(topic.name, p, OFFSET_BEGINNING) for p in range(topic.partitions)])
-        deadline, idle_since = time.monotonic() + max_seconds, time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - idle_since < 1.0:
-            batch = [m for m in consumer.consume(1000, timeout=0.3) if m.error() is None]
-            if batch:
-                idle_since = time.monotonic()
-            for message in batch:
-                try:
-                    reasons[json.loads(message.value() or b"")["reason"]] += 1
-                except (ValueError, KeyError, TypeError):
-                    reasons["(unreadable dead letter)"] += 1
-    finally:
-        consumer.close()
-    return reasons
-
-
 def producer_position(cfg: AppConfig) -> str:
     from stream.producer import PositionStore
 
@@ -191,7 +166,7 @@ def snapshot(cfg: AppConfig, rate_seconds: float = 2.0) -> list[FlowRow]:
         for who, lag in (("Flink job", flink_lag(cfg, ends=ends)), ("Spark scorer", scorer_lag(cfg, ends=ends))):
             rows.append(FlowRow(f"  lag of the {who}", lag if lag is not None else 0,
                                 "not consuming yet" if lag is None else "readings not yet consumed"))
-        for reason, count in sorted(dead_letter_reasons(cfg).items()):
+        for reason, count in sorted(topics.dead_letter_reasons(cfg).items()):
             rows.append(FlowRow("  dead letters", count, reason))
         for name, count in later_documents.items():
             rows.append(FlowRow(f"mongo {name}", count, rate=rate(documents, later_documents, name)))

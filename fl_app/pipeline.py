@@ -4,12 +4,11 @@ Each component (:class:`core.component.Component`, declared by its own
 package) runs as its own ``fl-app <command>`` process under the one
 service-runner (pid file, log in ``logs/``, clean stop), composed from the
 same Hydra overrides the user gave, so every process sees one configuration.
-This is the only module, with the CLI, that knows every component.
+It knows the components only through the list in ``fl_app/components.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
 import threading
@@ -18,20 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analytics.component import COMPONENTS as ANALYTICS
 from core import services
 from core.atomic import read_json, write_json
 from core.component import Component
 from core.config import AppConfig, TopicConfig
-from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, ServiceError, State, Status
-from fl_app.api.component import COMPONENTS as API
-from fl_app.federation.component import COMPONENTS as FEDERATION
-from stream.component import COMPONENTS as STREAM
+from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, ServiceError, State, Status, kill_all
+from fl_app.components import components
 
 # Last: it restarts the others when they crash (fl_app/supervisor.py); stopped first.
 SUPERVISOR = Component(name="supervisor", command=("supervise",), stop_timeout=10.0)
 # In start order.
-COMPONENTS: tuple[Component, ...] = (*STREAM, *FEDERATION, *ANALYTICS, *API, SUPERVISOR)
+COMPONENTS: tuple[Component, ...] = (*components(), SUPERVISOR)
 
 # A component that cannot start (bad data set path, missing environment) dies within
 # seconds; `run` waits this long so it can report it instead of "running".
@@ -60,12 +56,8 @@ def _process(cfg: AppConfig, component: Component, overrides: Sequence[str]) -> 
 
 
 def enabled(cfg: AppConfig) -> tuple[Component, ...]:
-    """The components this configuration runs (``spark.scorer.enabled=false`` leaves the scorer out,
-    ``spark.batch.enabled=false`` the batch schedule, ``superset.enabled=false`` Superset,
-    ``api.enabled=false`` the API)."""
-    switches = {"spark_scorer": cfg.spark.scorer.enabled, "spark_batch": cfg.spark.batch.enabled,
-                "superset": cfg.superset.enabled, "api": cfg.api.enabled}
-    return tuple(c for c in COMPONENTS if switches.get(c.name, True))
+    """The components this configuration runs (each component's own switch, e.g. ``spark.scorer.enabled``)."""
+    return tuple(c for c in COMPONENTS if c.enabled(cfg))
 
 
 def processes(cfg: AppConfig, overrides: Sequence[str] = ()) -> list[ManagedProcess]:
@@ -140,53 +132,24 @@ def kill(cfg: AppConfig) -> list[str]:
     """SIGKILL everything `run` started, all at once (a second Ctrl-C); the names of what was still
     running. Waits at most :data:`KILL_WAIT_SECONDS` for them to be gone."""
     _marker(cfg).unlink(missing_ok=True)
-    return _kill_all([*processes(cfg), *services.local_processes(cfg)]) + leftovers(cfg)
+    return kill_all([*processes(cfg), *services.local_processes(cfg)]) + leftovers(cfg)
 
 
 def leftovers(cfg: AppConfig) -> list[str]:
-    """SIGKILL what a killed federation (``fl-app fl serve``) leaves running: the SuperLink, the
-    SuperNodes and the executor run in sessions of their own, Flower's ServerApp and ClientApps too.
+    """SIGKILL what killed components left outside their process groups (each component's own
+    ``kill_leftovers``: the federation's SuperLink, SuperNodes, ServerApp ...); the names killed.
 
-    `stop` calls it after the components; the supervisor before it restarts the federation, so a
-    restarted federation never runs beside a second SuperLink or ServerApp.
+    `stop` calls it after the components; the supervisor before it restarts one, so a restarted
+    federation never runs beside a second SuperLink or ServerApp.
     """
-    import os
-    import signal
-
-    from fl_app.federation import deployment
-
-    # By their pid files (the deployment names them all fl_*), not deployment.processes(cfg): that needs
-    # the data set's device list, and a stop must not depend on reading a data set.
-    run_dir, logs_dir = Path(cfg.paths.run_dir), Path(cfg.paths.logs_dir)
-    killed = _kill_all([ManagedProcess(name=pid_file.stem, argv=[], run_dir=run_dir, logs_dir=logs_dir)
-                        for pid_file in sorted(run_dir.glob("fl_*.pid"))])
-    strays = deployment.flwr_processes(deployment.flwr_home(cfg))
-    for pid, name in strays:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(name)
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while strays and deployment.flwr_processes(deployment.flwr_home(cfg)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return sorted(set(killed), key=killed.index)
+    return [name for c in COMPONENTS if c.kill_leftovers is not None for name in c.kill_leftovers(cfg)]
 
 
 def before_restart(cfg: AppConfig, name: str) -> list[str]:
     """What the supervisor does before it restarts component ``name``: end what its killed
-    predecessor left outside its process group (the federation's processes)."""
-    return leftovers(cfg) if name in {c.name for c in FEDERATION} else []
-
-
-def _kill_all(procs: Sequence[ManagedProcess]) -> list[str]:
-    """SIGKILL every group at once, then wait (bounded) for all; the names of those that were alive."""
-    alive = [p for p in procs if p.kill(wait=False)]
-    deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while any(p.pid() is not None for p in alive) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for proc in procs:
-        if proc.pid() is None:
-            proc.pid_file.unlink(missing_ok=True)
-    return [p.name for p in alive]
+    predecessor left outside its process group."""
+    component = next((c for c in COMPONENTS if c.name == name), None)
+    return component.kill_leftovers(cfg) if component is not None and component.kill_leftovers else []
 
 
 def _stop_together(procs: Sequence[ManagedProcess], budget: float, done: Stopped) -> None:

@@ -1,4 +1,4 @@
-"""How the orchestration starts the stream: the Flink job and the replay producer.
+"""How `fl-app run` starts the stream: the Flink job and the replay producer.
 
 A module of its own, not the package's ``__init__``: the Flink job imports
 ``stream`` from its own environment, which has no Hydra.

@@ -73,6 +73,7 @@ class Sampler:
 
     def sample_once(self, now: float | None = None) -> None:
         from core import services
+        from core.topics import dead_letter_reasons
         from fl_app import flow, pipeline
 
         now = time.monotonic() if now is None else now
@@ -103,7 +104,7 @@ class Sampler:
                                     snap.components)
         if now - self.slow_at >= SLOW_SECONDS:
             self.slow_at = now
-            snap.dead_letters = dict(self._try("dead letters", lambda: flow.dead_letter_reasons(self.cfg, 5.0),
+            snap.dead_letters = dict(self._try("dead letters", lambda: dead_letter_reasons(self.cfg, 5.0),
                                                snap.dead_letters))
             snap.lag = {"flink_job": self._try("Flink lag", lambda: flow.flink_lag(self.cfg, 2.0, readings_ends), None),
                         "spark_scorer": self._try("scorer lag", lambda: flow.scorer_lag(self.cfg, 2.0, readings_ends),

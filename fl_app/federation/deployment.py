@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.certs import CertPaths
 from core.config import PROJECT_ROOT, AppConfig
-from core.services.runner import ManagedProcess
+from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, kill_all
 from fl_app.federation.security import ensure_certificates, superlink_flags, supernode_flags
 from fl_app.federation.settings import devices, run_settings
 
@@ -349,3 +349,26 @@ def resubmit(cfg: AppConfig, run_id: str) -> str:
     while flwr_processes(flwr_home(cfg), ("flwr-serverapp",)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return submit(cfg, fresh=False)
+
+
+def kill_leftovers(cfg: AppConfig) -> list[str]:
+    """SIGKILL what a killed federation (``fl-app fl serve``) leaves running: the SuperLink, the
+    SuperNodes and the executor run in sessions of their own, Flower's ServerApp and ClientApps too.
+    Returns the names killed."""
+    import signal
+    import time
+
+    # By their pid files (the deployment names them all fl_*), not processes(cfg): that needs
+    # the data set's device list, and a stop must not depend on reading a data set.
+    run_dir, logs_dir = Path(cfg.paths.run_dir), Path(cfg.paths.logs_dir)
+    killed = kill_all([ManagedProcess(name=pid_file.stem, argv=[], run_dir=run_dir, logs_dir=logs_dir)
+                        for pid_file in sorted(run_dir.glob("fl_*.pid"))])
+    strays = flwr_processes(flwr_home(cfg))
+    for pid, name in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(name)
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while strays and flwr_processes(flwr_home(cfg)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sorted(set(killed), key=killed.index)

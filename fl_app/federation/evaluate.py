@@ -27,6 +27,12 @@ class Evaluation:
     devices: int
     seconds: dict[str, float]
 
+    def to_json(self) -> dict[str, object]:
+        """The measurements as `fl-app evaluate --json` writes them."""
+        return {"readings": self.readings, "devices": self.devices,
+                "results": {k: asdict(v) for k, v in self.results.items()},
+                "local_mean_f1": self.local_mean_f1, "seconds": self.seconds}
+
 
 def evaluate(cfg: AppConfig, rounds: int, local_epochs: int, train_fraction: float) -> Evaluation:
     """Federated (evaluation apps on Flower's simulation runtime), central and local, on the data set."""

@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from core import dataset, services, storage
+from core import dataset, services, storage, topics
 from core.config import PROJECT_ROOT, AppConfig, load_config
 from core.records import MAX_DEAD_LETTER_RAW, window_partitions
 from core.services.runner import ManagedProcess
-from fl_app import flow
 from stream.producer import ReplayProducer
 from tests.support.kafka import read_topic
 from tests.support.poison import GOOD, POISON
@@ -215,7 +214,7 @@ def test_malformed_records_go_to_the_dead_letter_topic(stored_run: tuple[AppConf
         assert letter["topic"] == cfg.kafka.topics.readings.name and letter["offset"] >= 0
         got[letter["reason"]] = letter["raw"].encode()
     assert got == cases  # every reason, with the original payload
-    assert flow.dead_letter_reasons(cfg) == Counter({reason: 1 for reason in cases})  # what `fl-app status` shows
+    assert topics.dead_letter_reasons(cfg) == Counter({reason: 1 for reason in cases})  # what `fl-app status` shows
     with storage.Storage.from_config(cfg.mongo) as store:
         wait_for("the valid record after the bad ones",
                  lambda: store.device_data.count_documents({"event_id": "9-1"}) == 1, timeout=30)

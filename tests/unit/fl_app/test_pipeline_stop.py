@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, _pid_alive
+from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, _pid_alive, kill_all
 from fl_app import pipeline
 
 IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -37,7 +37,7 @@ def test_kill_ends_everything_at_once(tmp_path: Path) -> None:
     procs = [stubborn(tmp_path, f"k{i}") for i in range(3)]
     pids = [p.start().pid for p in procs]
     started = time.monotonic()
-    assert pipeline._kill_all(procs) == ["k0", "k1", "k2"]
+    assert kill_all(procs) == ["k0", "k1", "k2"]
     assert time.monotonic() - started < KILL_WAIT_SECONDS + 2.0
     assert not any(pid and _pid_alive(pid) for pid in pids)
     assert not any(p.pid_file.exists() for p in procs)

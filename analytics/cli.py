@@ -1,0 +1,126 @@
+"""The analytics' commands: ``fl-app spark stream|batch`` (the scorer and the batch analytics),
+``fl-app report``, ``fl-app superset serve|up|down``. ``fl-app run`` starts the scorer, the batch
+schedule and Superset (``analytics/component.py``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from core.commands import command, console, group, print_stopped
+from core.config import AppConfig
+
+if TYPE_CHECKING:
+    from analytics.batch import BatchResult
+
+app = typer.Typer()
+spark_app = group("Spark analytics (streaming anomaly scoring, batch analytics).")
+app.add_typer(spark_app, name="spark")
+superset_app = group("Superset dashboards on the batch analytics (up, down, serve).")
+app.add_typer(superset_app, name="superset")
+
+
+@command(spark_app, "stream", log="spark_scorer")
+def spark_stream(cfg: AppConfig) -> None:
+    """Score every valid reading of iot_stream with the newest global model, in the foreground
+    (Spark Structured Streaming; predictions in MongoDB). Waits for the first global model."""
+    from analytics import scorer
+    from core import dataset
+
+    scorer.serve(cfg, dataset.device_ids(cfg.stream, cfg.paths.cache_dir))
+
+
+def run_batch(cfg: AppConfig) -> BatchResult:
+    """One batch analytics run, with the data set's labels and the dead letters so far."""
+    from analytics import batch
+    from core import dataset
+    from core.topics import dead_letter_reasons
+
+    frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
+    labels = frame[["seq"]].assign(label=(frame["anomaly"] != dataset.NORMAL).to_numpy())
+    return batch.run(cfg, labels, dead_letter_reasons(cfg))
+
+
+SCHEDULE = typer.Option(False, "--schedule", help="Run again every spark.batch_interval_seconds until stopped.")
+
+
+@command(spark_app, "batch", log="spark_batch")
+def spark_batch(cfg: AppConfig, schedule: bool = SCHEDULE) -> None:
+    """Batch analytics: per-device statistics, convergence per round, participation, predictions
+    against the data set's labels; tables in the SQL serving store (spark.batch.store_url)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        result = run_batch(cfg)
+        console.print(f"{', '.join(f'{v:,} {k}' for k, v in result.counts.items())} in {result.seconds:.1f}s; "
+                      f"tables {', '.join(sorted(result.tables))}")
+        if not schedule:
+            break
+        stop.wait(cfg.spark.batch_interval_seconds)
+
+
+REFRESH = typer.Option(False, "--refresh", help="Run the batch analytics first (fl-app spark batch).")
+REPORT_OUT = typer.Option(None, "--out", help="Folder for the plots and report.md (default: <paths.home>/report).")
+
+
+@command(app, log="report")
+def report(cfg: AppConfig, refresh: bool = REFRESH, out: Path | None = REPORT_OUT) -> None:
+    """PNG plots (loss and participants per round, anomaly rate per device, ingest rate) and a
+    Markdown summary, from the batch analytics' serving store."""
+    from analytics import report as reporting
+
+    if refresh:
+        with console.status("running the batch analytics (Spark)"):
+            run_batch(cfg)
+    written = reporting.write(reporting.read_tables(cfg.spark.batch.store_url), out or Path(cfg.paths.home) / "report")
+    console.print(f"[bold green]report:[/] {written.summary}")
+    for plot in written.plots:
+        console.print(f"  {plot}")
+
+
+@command(superset_app, "serve", log="superset")
+def superset_serve(cfg: AppConfig) -> None:
+    """Set up Superset (metadata, admin, dashboards from the repo's bundle) and serve it in the
+    foreground (what `fl-app run` starts)."""
+    from analytics.superset import server
+
+    sys.stdout.flush()
+    server.serve(cfg)  # becomes gunicorn
+
+
+@command(superset_app, "up", log="superset_launcher")
+def superset_up(cfg: AppConfig, overrides: list[str]) -> None:
+    """Start Superset in the background on superset.host:port; returns once it answers
+    (the first start migrates its metadata database, about a minute)."""
+    from analytics.superset import server
+
+    proc = server.process(cfg, overrides)
+    with console.status(f"starting Superset on {server.url(cfg)} (log: {proc.log_file})"):
+        proc.start()
+    print_superset(cfg)
+
+
+@command(superset_app, "down", log="superset_launcher")
+def superset_down(cfg: AppConfig) -> None:
+    """Stop the Superset that `fl-app superset up` started."""
+    from analytics.superset import server
+
+    print_stopped(["superset"] if server.process(cfg).stop() else [])
+
+
+def print_superset(cfg: AppConfig) -> None:
+    """Where Superset is, who logs in, and the dashboards' addresses."""
+    from analytics.superset import server
+
+    _, where = server.admin_password(cfg)
+    console.print(f"[bold green]Superset:[/] {server.url(cfg)}/dashboard/list/  "
+                  f"(user {cfg.superset.admin_user}, password in {where})")
+    console.print("  dashboards: " + ", ".join(f"{server.url(cfg)}/superset/dashboard/{slug}/"
+                                              for slug in server.DASHBOARDS))

@@ -17,10 +17,8 @@ if TYPE_CHECKING:
     from analytics.batch import BatchResult
 
 app = typer.Typer()
-spark_app = group("Spark analytics (streaming anomaly scoring, batch analytics).")
-app.add_typer(spark_app, name="spark")
-superset_app = group("Superset dashboards on the batch analytics (up, down, serve).")
-app.add_typer(superset_app, name="superset")
+spark_app = group(app, "spark", "Spark analytics (streaming anomaly scoring, batch analytics).")
+superset_app = group(app, "superset", "Superset dashboards on the batch analytics (up, down, serve).")
 
 
 @command(spark_app, "stream", log="spark_scorer")

@@ -17,10 +17,8 @@ if TYPE_CHECKING:
     from core.services import Readiness
 
 app = typer.Typer()
-services_app = group("Local Kafka broker and MongoDB-wire server.")
-app.add_typer(services_app, name="services")
-data_app = group("The IoT data set (generate, inspect).")
-app.add_typer(data_app, name="data")
+services_app = group(app, "services", "Local Kafka broker and MongoDB-wire server.")
+data_app = group(app, "data", "The IoT data set (generate, inspect).")
 
 
 @command(services_app, "up", log="services")

@@ -105,9 +105,11 @@ def command(app: typer.Typer, name: str | None = None, *, log: str) -> Callable[
     return register
 
 
-def group(help_text: str) -> typer.Typer:
-    """A command group (``fl-app <group> <command>``) that shows its help when given no command."""
-    return typer.Typer(no_args_is_help=True, help=help_text)
+def group(parent: typer.Typer, name: str, help_text: str) -> typer.Typer:
+    """A command group ``fl-app <name> <command>`` under ``parent``; shows its help given no command."""
+    commands = typer.Typer(no_args_is_help=True, help=help_text)
+    parent.add_typer(commands, name=name)
+    return commands
 
 
 STATE_COLORS = {State.RUNNING: "green", State.EXTERNAL: "cyan", State.UNHEALTHY: "yellow", State.STOPPED: "red"}

@@ -15,8 +15,7 @@ if TYPE_CHECKING:
     from fl_app.federation.evaluate import Evaluation
 
 app = typer.Typer()
-fl_group = group("Federated learning with Flower (serve, up, down, simulate, certs).")
-app.add_typer(fl_group, name="fl")
+fl_group = group(app, "fl", "Federated learning with Flower (serve, up, down, simulate, certs).")
 
 
 @command(fl_group, "serve", log="fl_launcher")

@@ -3,12 +3,14 @@ Ctrl-C, `fl-app stop` from another terminal, MongoDB going away."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +19,7 @@ import pytest
 from core.config import PROJECT_ROOT, load_config
 from core.services.runner import pid_from_file
 from core.storage import Storage
-from tests.support.processes import live_processes_under
+from tests.support.processes import kill_processes_under, live_processes_under
 from tests.support.stack import private_overrides
 
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -143,26 +145,36 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def foreground_run(home: Path) -> tuple[subprocess.Popen, list[str], list[str]]:
+@contextlib.contextmanager
+def foreground_run(home: Path) -> Iterator[tuple[subprocess.Popen, list[str], list[str]]]:
     """`fl-app run --follow` (what `make run` does in a terminal) on a private stack, once its first
-    progress line is out; the process, the lines so far and the overrides."""
+    progress line is out: the process, the lines so far and the overrides. On the way out, whatever
+    the test did, nothing of the run is left: a failed test once left whole pipelines running,
+    which slowed every test after it."""
     overrides = [*private_overrides(home), *FOREGROUND]
     # Started with SIGINT ignored, as a shell starts a background job (CI runners do): the run must
     # honour Ctrl-C anyway. Once it did not, and the first clean-clone run of this stop went red.
     proc = subprocess.Popen([str(FL_APP), "run", "--follow", *overrides], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
                             env={**os.environ, "COLUMNS": "200"}, preexec_fn=ignore_sigint)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if ("readings" in line and "global rounds" in line) or not line:  # the first progress line, or EOF
-            break
-    assert any("Ctrl-C stops everything" in line for line in lines), "".join(lines)
-    assert live_processes_under(home)
-    return proc, lines, overrides
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if ("readings" in line and "global rounds" in line) or not line:  # the first progress line, or EOF
+                break
+        assert any("Ctrl-C stops everything" in line for line in lines), "".join(lines)
+        assert live_processes_under(home)
+        yield proc, lines, overrides
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if live_processes_under(home):
+            subprocess.run([str(FL_APP), "stop", *overrides], capture_output=True, timeout=120, cwd=PROJECT_ROOT)
+            kill_processes_under(home)
 
 
 def assert_stopped_all(output: str) -> None:
@@ -190,21 +202,19 @@ def gone_within(home: Path, seconds: float) -> float:
 @pytest.mark.parametrize("loaded", [False, True], ids=["idle", "loaded"])
 def test_run_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path, loaded: bool) -> None:
     """Ctrl-C on a foreground run: everything is gone within 30 s, also with the CPU oversubscribed."""
-    proc, lines, _ = foreground_run(tmp_path)
-    burners = cpu_burners() if loaded else []
-    try:
-        time.sleep(5 if loaded else 0)  # let the load bite
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-        exited = time.monotonic() - sent
-        gone = exited + gone_within(tmp_path, 30)
-    finally:
-        for burner in burners:
-            burner.kill()
-            burner.wait()
-        if proc.poll() is None:
-            proc.kill()
+    with foreground_run(tmp_path) as (proc, lines, _):
+        burners = cpu_burners() if loaded else []
+        try:
+            time.sleep(5 if loaded else 0)  # let the load bite
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=60)
+            exited = time.monotonic() - sent
+            gone = exited + gone_within(tmp_path, 30)
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
     print(f"\nCtrl-C ({'loaded' if loaded else 'idle'}): exited after {exited:.1f} s, all gone after {gone:.1f} s")
     assert proc.returncode == 0, "".join(lines) + rest
     assert_stopped_all(rest)
@@ -214,17 +224,13 @@ def test_run_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path, loaded
 
 @pytest.mark.integration
 def test_a_second_ctrl_c_kills_everything_at_once(tmp_path: Path) -> None:
-    proc, lines, _ = foreground_run(tmp_path)
-    try:
+    with foreground_run(tmp_path) as (proc, lines, _):
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         time.sleep(1.0)  # stopping has begun (the federation takes longer than that)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         gone = time.monotonic() - sent + gone_within(tmp_path, 15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     print(f"\nCtrl-C twice: all gone after {gone:.1f} s")
     assert proc.returncode == 130, "".join(lines) + rest
     assert "forced: killed" in rest and "Traceback" not in rest, rest
@@ -234,16 +240,12 @@ def test_a_second_ctrl_c_kills_everything_at_once(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_fl_app_stop_from_another_terminal_ends_a_foreground_run(tmp_path: Path) -> None:
     """`make stop` beside a foreground `make run`: the foreground says so in one line and exits 0."""
-    proc, lines, overrides = foreground_run(tmp_path)
-    try:
+    with foreground_run(tmp_path) as (proc, lines, overrides):
         sent = time.monotonic()
         stopper = subprocess.run([str(FL_APP), "stop", *overrides], capture_output=True, text=True, timeout=120,
                                  cwd=PROJECT_ROOT, env={**os.environ, "COLUMNS": "200"})
         rest, _ = proc.communicate(timeout=60)
         gone = time.monotonic() - sent + gone_within(tmp_path, 30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     print(f"\n`fl-app stop` beside a foreground run: all gone after {gone:.1f} s")
     assert proc.returncode == 0, "".join(lines) + rest
     assert "Traceback" not in rest, rest
@@ -256,10 +258,9 @@ def test_fl_app_stop_from_another_terminal_ends_a_foreground_run(tmp_path: Path)
 @pytest.mark.integration
 def test_a_foreground_run_survives_mongodb_being_unreachable(tmp_path: Path) -> None:
     """MongoDB paused (SIGSTOP) for a while: the progress line says so, then counts again; no traceback."""
-    proc, lines, _ = foreground_run(tmp_path)
-    mongo = pid_from_file(tmp_path / ".run" / "mongo.pid")
-    assert mongo is not None and proc.stdout is not None
-    try:
+    with foreground_run(tmp_path) as (proc, lines, _):
+        mongo = pid_from_file(tmp_path / ".run" / "mongo.pid")
+        assert mongo is not None and proc.stdout is not None
         os.kill(mongo, signal.SIGSTOP)
         try:
             deadline = time.monotonic() + 60
@@ -275,8 +276,5 @@ def test_a_foreground_run_survives_mongodb_being_unreachable(tmp_path: Path) -> 
         assert re.search(r"readings [\d,]+ ", lines[-1]), "".join(lines)  # counting again
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        gone_within(tmp_path, 30)  # inside: on the way out, foreground_run kills what is left
     assert proc.returncode == 0 and "Traceback" not in "".join(lines) + rest, "".join(lines) + rest
-    gone_within(tmp_path, 30)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 
@@ -19,3 +21,14 @@ def live_processes_under(home: Path) -> list[str]:
         if state != "Z" and str(home) in cmdline:
             found.append(f"{proc.name}: {cmdline[:200]}")
     return found
+
+
+def kill_processes_under(home: Path) -> list[str]:
+    """SIGKILL every live process that mentions ``home`` (a failed test's leftovers); what was killed."""
+    killed = live_processes_under(home)
+    for line in killed:
+        try:
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    return killed

@@ -13,8 +13,9 @@ from core.config import AppConfig
 runner = CliRunner()
 
 
-def make_app(tmp_path: Path) -> tuple[typer.Typer, list[object]]:
-    app, seen = typer.Typer(), []
+def make_app(tmp_path: Path) -> tuple[typer.Typer, list[tuple[float, list[str], int]]]:
+    app = typer.Typer()
+    seen: list[tuple[float, list[str], int]] = []
 
     @command(app, log="probe")
     def probe(cfg: AppConfig, overrides: list[str], times: int = typer.Option(1, min=1)) -> None:

@@ -2,12 +2,15 @@
 
 The dataclasses below are the schema: every key, its type, its default and,
 beside it, the checks its value must pass (``checked(default, positive)``).
-``conf/`` picks variants (``kafka=local|remote``, ``profile=testing|production``)
-and the command line overrides single values. :func:`load_config` composes all
-three, checks types (Hydra/OmegaConf) and then every field's declared checks
-(:func:`validate`, which walks the schema, so a new field is checked the
-moment it declares a check), and returns a typed :class:`AppConfig`. A bad
-key or value raises :class:`ConfigError` whose message names the key.
+Every default lives here and only here: a file under ``conf/`` holds only what
+its variant (``kafka=local|remote``, ``profile=testing|production``) changes, and
+a value it repeats on purpose carries a comment saying why
+(tests/unit/core/test_config_defaults.py). The command line overrides single
+values. :func:`load_config` composes all three, checks types (Hydra/OmegaConf)
+and then every field's declared checks (:func:`validate`, which walks the
+schema, so a new field is checked the moment it declares a check), and returns
+a typed :class:`AppConfig`. A bad key or value raises :class:`ConfigError`
+whose message names the key.
 """
 
 from __future__ import annotations
@@ -477,7 +480,7 @@ class SupersetConfig:
 class AppConfig:
     """Everything the platform reads; one instance per process."""
 
-    profile_name: str = "testing"
+    profile_name: str = "testing"  # the default profile; every other profile names itself
     paths: PathsConfig = field(default_factory=PathsConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     mongo: MongoConfig = field(default_factory=MongoConfig)

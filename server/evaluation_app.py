@@ -1,7 +1,7 @@
 """The ServerApp of `fl-app evaluate`: fixed rounds of this project's aggregation, as fast as replies come.
 
 Each round every device (all nodes of the simulation) trains the global model
-on its training rows and :meth:`server.strategy.TimedFedAvg.aggregate_round`
+on its training rows and :meth:`server.strategy.TimedAggregation.aggregate_round`
 (the live ServerApp's validation and FedAvg averaging) makes the next global
 model. No clock: the evaluation measures what the aggregation learns, not
 the timing. After the last round one evaluate message collects the devices'
@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from core import model, quality
 from core.messages import LocalUpdate, TrainInstruction
-from server.strategy import GlobalState, TimedFedAvg
+from server.strategy import GlobalState, TimedAggregation
 
 log = logging.getLogger("server.evaluation")
 REPLY_TIMEOUT = 600.0  # seconds for one round's replies
@@ -34,13 +34,13 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     settings = quality.EvaluationSettings.from_env()
     spec = settings.model_config()
-    strategy = TimedFedAvg(min_devices=1, max_staleness_rounds=0, max_update_norm=math.inf,
-                           threshold_quantile=spec.threshold_quantile)
+    aggregation = TimedAggregation(min_devices=1, max_staleness_rounds=0, max_update_norm=math.inf,
+                                   threshold_quantile=spec.threshold_quantile)
     state = GlobalState(0, model.get_weights(model.build(spec)), math.inf)
     nodes = _wait_for_nodes(grid, len(settings.devices))
     for _ in range(settings.rounds):
         instruction = TrainInstruction(state.weights, state.round, state.threshold, settings.local_epochs)
-        outcome = strategy.aggregate_round(_ask(grid, nodes, instruction.to_record(), MessageType.TRAIN), state)
+        outcome = aggregation.aggregate_round(_ask(grid, nodes, instruction.to_record(), MessageType.TRAIN), state)
         if outcome.state is None:
             raise RuntimeError(f"evaluation round {state.round + 1} did not aggregate: {outcome.reason}")
         state = outcome.state

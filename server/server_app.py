@@ -3,9 +3,10 @@
 Not Flower's round loop (``strategy.start`` waits for every reply and drops
 late ones): this app pushes train messages to the online SuperNodes on the
 local clock, pulls replies as they come, keeps them until the next
-aggregation tick (late ones too), and lets :class:`server.strategy.TimedFedAvg`
-decide what counts. Every tick, aggregation and accepted update is persisted
-(``server/rounds.py``); on restart the round numbers continue from MongoDB.
+aggregation tick (late ones too), and lets :class:`server.strategy.TimedAggregation`
+(a plain class, not a Flower Strategy) decide what counts. Every tick,
+aggregation and accepted update is persisted (``server/rounds.py``); on
+restart the round numbers continue from MongoDB.
 A reply is parsed totally (``LocalUpdate.from_record``): a malformed one is
 refused with its reason, recorded in the next tick. A MongoDB outage is
 waited out (:class:`TimedServer`), never a reason to stop.
@@ -33,7 +34,7 @@ from core import fetch_backoff
 from core.messages import LocalUpdate, MalformedReply, RunSettings, ServerSettings, TrainInstruction
 from core.storage import Storage
 from server import rounds
-from server.strategy import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedFedAvg
+from server.strategy import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedAggregation
 
 log = logging.getLogger("server.global")
 HOPS = ("delivery", "work", "return")  # of a message's way, measured per reply (Transport)
@@ -153,8 +154,8 @@ class TimedServer:
     def __init__(self, settings: RunSettings, grid: Grid, store: Storage) -> None:
         self.settings, self.grid, self.store = settings, grid, store
         self.devices = set(settings.devices)
-        self.strategy = TimedFedAvg(settings.min_devices, settings.max_staleness_rounds, settings.max_update_norm,
-                                    settings.model_config().threshold_quantile)
+        self.aggregation = TimedAggregation(settings.min_devices, settings.max_staleness_rounds,
+                                            settings.max_update_norm, settings.model_config().threshold_quantile)
         self.backoff = Backoff()
         self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included
@@ -338,13 +339,13 @@ class TimedServer:
             return None
 
     def aggregate(self) -> None:
-        """Decide the tick (:class:`TimedFedAvg`) and write it; while the tick before is not written
+        """Decide the tick (:class:`TimedAggregation`) and write it; while the tick before is not written
         (MongoDB unavailable), wait: the updates stay pending for the next tick."""
         if self.unwritten is not None:
             log.warning("aggregation waits: the tick of round %d is not written yet (MongoDB unavailable); "
                         "%d updates pending", self.unwritten.outcome.round, len(self.pending))
             return
-        outcome = self.strategy.aggregate_round(self.pending, self.state)
+        outcome = self.aggregation.aggregate_round(self.pending, self.state)
         transport = {**self.transport.summary(len(self.outstanding)), "malformed": self.malformed}
         self.unwritten = Unwritten(outcome, rounds.documents(outcome, transport, self.refused, self.malformed))
         self.transport, self.refused, self.malformed = Transport(online=self.transport.online), [], 0

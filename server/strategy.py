@@ -4,7 +4,8 @@ Flower's :class:`~flwr.serverapp.strategy.FedAvg` runs rounds as fast as
 replies come back. Here the clock decides (:class:`Clock`): every local
 interval the ServerApp sends train messages, every global interval it hands
 the updates received since the last aggregation to
-:meth:`TimedFedAvg.aggregate_round`, which
+:meth:`TimedAggregation.aggregate_round` (not a Flower Strategy: see its
+docstring), which
 
 1. drops *stale* updates, computed from a global model more than
    ``max_staleness_rounds`` behind (dropped, not down-weighted: a stale model
@@ -32,8 +33,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
 from core.messages import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate
 from core.model import HISTOGRAM_EDGES, histogram_quantile
@@ -112,8 +112,22 @@ class Clock:
         return True, due_at + every * (int((now - due_at) // every) + 1)
 
 
-class TimedFedAvg(FedAvg):
-    """FedAvg driven by a clock, with staleness, validation and a minimum of devices.
+class TimedAggregation:
+    """One tick's aggregation: staleness, validation, a minimum of devices, then FedAvg's weighted mean.
+
+    Not a Flower :class:`~flwr.serverapp.strategy.Strategy` (on purpose), but
+    averaging with Flower's FedAvg helpers (``aggregate_arrayrecords``,
+    ``aggregate_metricrecords``, weighted by ``num-examples``). A Strategy's
+    hooks serve ``Strategy.start``'s synchronous rounds: ``configure_train``
+    samples the nodes of a round, ``aggregate_train(server_round, replies)``
+    averages that round's replies. Here participation is partial and
+    asynchronous: train messages go out on one clock, replies are kept as
+    they come (late ones, several per device), and a tick on another clock
+    judges what is there against the current global model (staleness,
+    distance), which ``aggregate_train`` is not given, and reports what it
+    did as a :class:`RoundOutcome` (stale, rejected, superseded, carried
+    over), not as a pair of records. Hooks that nothing calls would only
+    mislead, so the ServerApp (``server/server_app.py``) drives this class.
 
     Parameters
     ----------
@@ -129,8 +143,6 @@ class TimedFedAvg(FedAvg):
 
     def __init__(self, min_devices: int, max_staleness_rounds: int, max_update_norm: float,
                  threshold_quantile: float) -> None:
-        super().__init__(fraction_evaluate=0.0, min_train_nodes=min_devices, min_available_nodes=min_devices,
-                         weighted_by_key=NUM_EXAMPLES, arrayrecord_key=ARRAYS)
         self.min_devices = min_devices
         self.max_staleness_rounds = max_staleness_rounds
         self.max_update_norm = max_update_norm
@@ -189,8 +201,8 @@ class TimedFedAvg(FedAvg):
             return outcome
         records = [RecordDict({ARRAYS: ArrayRecord(u.weights), METRICS: MetricRecord(
             {NUM_EXAMPLES: examples[u.device_id], **u.metrics})}) for u in outcome.accepted]
-        arrays = aggregate_arrayrecords(records, self.weighted_by_key)
-        metrics = {k: float(v) for k, v in self.train_metrics_aggr_fn(records, self.weighted_by_key).items()}  # type: ignore[arg-type]
+        arrays = aggregate_arrayrecords(records, NUM_EXAMPLES)
+        metrics = {k: float(v) for k, v in aggregate_metricrecords(records, NUM_EXAMPLES).items()}  # type: ignore[arg-type]
         outcome.status, outcome.round = AGGREGATED, next_round
         outcome.num_examples = sum(examples[u.device_id] for u in outcome.accepted)
         outcome.metrics = metrics

@@ -1,4 +1,4 @@
-"""The time-triggered FedAvg without a network: clock, staleness, validation, averaging, resume;
+"""The time-triggered aggregation without a network: clock, staleness, validation, averaging, resume;
 the ServerApp's loop with stand-ins for Flower's grid and MongoDB: malformed replies, outages, retries."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from core.model import HISTOGRAM_EDGES
 from core.storage import encode_weights
 from server import rounds
 from server.server_app import Backoff, TimedServer
-from server.strategy import AGGREGATED, SKIPPED, Clock, GlobalState, TimedFedAvg
+from server.strategy import AGGREGATED, SKIPPED, Clock, GlobalState, TimedAggregation
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -47,8 +47,8 @@ CURRENT = GlobalState(round=5, weights=weights(0.0), threshold=1.0)
 
 
 @pytest.fixture
-def strategy() -> TimedFedAvg:
-    return TimedFedAvg(min_devices=3, max_staleness_rounds=2, max_update_norm=20.0, threshold_quantile=0.5)
+def aggregation() -> TimedAggregation:
+    return TimedAggregation(min_devices=3, max_staleness_rounds=2, max_update_norm=20.0, threshold_quantile=0.5)
 
 
 def test_clock_trains_every_local_interval_and_aggregates_every_global_one() -> None:
@@ -85,8 +85,8 @@ def test_clock_takes_a_new_interval_from_the_last_aggregation() -> None:
     assert not clock.aggregate_due(216) and clock.aggregate_due(217)
 
 
-def test_weighted_average_of_the_devices(strategy: TimedFedAvg) -> None:
-    out = strategy.aggregate_round([update(1, 1.0, 10), update(2, 2.0, 30), update(3, 4.0, 60)], CURRENT)
+def test_weighted_average_of_the_devices(aggregation: TimedAggregation) -> None:
+    out = aggregation.aggregate_round([update(1, 1.0, 10), update(2, 2.0, 30), update(3, 4.0, 60)], CURRENT)
     assert out.status == AGGREGATED and out.round == 6 and out.device_ids == [1, 2, 3]
     expected = (1.0 * 10 + 2.0 * 30 + 4.0 * 60) / 100
     assert out.state is not None
@@ -96,18 +96,18 @@ def test_weighted_average_of_the_devices(strategy: TimedFedAvg) -> None:
     assert out.num_examples == 100
 
 
-def test_newest_update_per_device_weighted_by_all_its_new_readings(strategy: TimedFedAvg) -> None:
+def test_newest_update_per_device_weighted_by_all_its_new_readings(aggregation: TimedAggregation) -> None:
     updates = [update(1, 3.0, 5, seconds=0), update(1, 1.0, 5, seconds=30), update(2, 1.0, 10), update(3, 1.0, 10)]
-    out = strategy.aggregate_round(updates, CURRENT)
+    out = aggregation.aggregate_round(updates, CURRENT)
     assert out.state is not None
     np.testing.assert_allclose(out.state.weights[1], 1.0)  # device 1's older model (3.0) is superseded
     assert out.num_examples == 30 == sum(u.num_examples for u in out.accepted + out.superseded)
     assert [u.weights[0][0, 0] for u in out.superseded] == [3.0]
 
 
-def test_stale_updates_are_dropped(strategy: TimedFedAvg) -> None:
+def test_stale_updates_are_dropped(aggregation: TimedAggregation) -> None:
     fresh = [update(1, 1.0, base=5), update(2, 1.0, base=3)]  # 0 and 2 rounds behind: both count
-    out = strategy.aggregate_round([*fresh, update(3, 50.0, base=2)], CURRENT)  # 3 behind
+    out = aggregation.aggregate_round([*fresh, update(3, 50.0, base=2)], CURRENT)  # 3 behind
     assert [u.device_id for u in out.stale] == [3]
     assert out.status == SKIPPED and "2 device(s)" in out.reason and "1 stale" in out.reason
 
@@ -125,25 +125,25 @@ def test_stale_updates_are_dropped(strategy: TimedFedAvg) -> None:
     (LocalUpdate(4, 5, 10, weights(1.0), {"loss": 0.1}, [1.0, 2.0]), "score histogram"),
 ])
 def test_invalid_updates_are_rejected_with_a_reason_and_never_averaged(
-        strategy: TimedFedAvg, bad: LocalUpdate, why: str) -> None:
-    out = strategy.aggregate_round([update(1, 1.0), update(2, 1.0), update(3, 1.0), bad], CURRENT)
+        aggregation: TimedAggregation, bad: LocalUpdate, why: str) -> None:
+    out = aggregation.aggregate_round([update(1, 1.0), update(2, 1.0), update(3, 1.0), bad], CURRENT)
     assert [(u.device_id, reason) for u, reason in out.rejected if why in reason] == [(4, out.rejected[0][1])]
     assert out.status == AGGREGATED and out.device_ids == [1, 2, 3]
     assert out.state is not None and all(np.isfinite(w).all() for w in out.state.weights)
     np.testing.assert_allclose(out.state.weights[0], 1.0)
 
 
-def test_too_few_devices_is_a_skipped_round_with_the_reason(strategy: TimedFedAvg) -> None:
-    out = strategy.aggregate_round([update(1, 1.0), update(2, 1.0), update(3, 1.0, examples=0)], CURRENT)
+def test_too_few_devices_is_a_skipped_round_with_the_reason(aggregation: TimedAggregation) -> None:
+    out = aggregation.aggregate_round([update(1, 1.0), update(2, 1.0), update(3, 1.0, examples=0)], CURRENT)
     assert out.status == SKIPPED and out.round == 5 and out.state is None
     assert out.reason.startswith("2 device(s) with a valid update, need 3") and "1 without new data" in out.reason
 
 
-def test_valid_updates_of_a_skipped_tick_count_at_the_next_one(strategy: TimedFedAvg) -> None:
+def test_valid_updates_of_a_skipped_tick_count_at_the_next_one(aggregation: TimedAggregation) -> None:
     """Their readings are consumed already: dropping them would lose data (seen on the simulation runtime)."""
-    first = strategy.aggregate_round([update(1, 1.0, 16), update(2, 1.0, examples=0)], CURRENT)
+    first = aggregation.aggregate_round([update(1, 1.0, 16), update(2, 1.0, examples=0)], CURRENT)
     assert first.status == SKIPPED and [u.device_id for u in first.carried_over] == [1]
-    second = strategy.aggregate_round([*first.carried_over, update(2, 1.0, 8), update(3, 1.0, 8)], CURRENT)
+    second = aggregation.aggregate_round([*first.carried_over, update(2, 1.0, 8), update(3, 1.0, 8)], CURRENT)
     assert second.status == AGGREGATED and second.num_examples == 32 and second.carried_over == []
 
 

@@ -3,7 +3,7 @@
 ``spark.master`` says where the jobs run: ``local[2]`` (the default) in this
 process's JVM, or a cluster's master URL. The Python workers run this
 project's interpreter (``PYSPARK_PYTHON``) with the project on their path, so
-they import ``fl_app`` and ``analytics`` like the driver. Jars that pyspark
+they import ``core`` and ``analytics`` like the driver. Jars that pyspark
 lacks (the Kafka source) come from ``core.services.jars``, resolved once
 from Maven Central; those pyspark already ships are left out, so its own
 versions stay the only ones on the classpath.

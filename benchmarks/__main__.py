@@ -1,4 +1,5 @@
-"""Run every benchmark in turn: `python -m benchmarks` (or `make bench`)."""
+"""Run the quick benchmarks in turn (baselines, producer, Flink pipeline): `python -m benchmarks`
+(or `make bench`)."""
 
 from benchmarks import baselines, flink_pipeline, producer_throughput
 

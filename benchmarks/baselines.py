@@ -1,7 +1,9 @@
 """Raw broker and raw MongoDB throughput on this machine.
 
-These are the baselines that later pipeline benchmarks report ratios against
-(producer rate / raw produce rate, Flink->Mongo rate / raw insert rate).
+These are the baselines the pipeline benchmarks report ratios against, measured
+again on their own servers with the functions here (``producer_throughput``:
+producer rate / raw produce rate; ``flink_pipeline``: Flink->Mongo rate / raw
+insert rate; ``analytics``: scorer rate / raw consume rate).
 Messages and documents have the shape of a real reading (~200 bytes of JSON).
 
     python -m benchmarks.baselines [--messages 200000] [--docs 50000]
@@ -151,7 +153,8 @@ def mongo_insert_plain(cfg: AppConfig, n: int, batch: int = 1000) -> Result:
 
 
 def mongo_upsert(cfg: AppConfig, n: int, batch: int = 1000) -> Result:
-    """The idempotent write path later stages use: upsert on the unique event_id."""
+    """The other idempotent write, upsert on the unique event_id, for comparison: the pipeline's
+    (``Storage.insert_readings``) is an unordered insert that skips duplicate keys."""
     docs = mongo_docs(n, loop=2)
     with storage.Storage.from_config(cfg.mongo) as store:
         started = time.perf_counter()

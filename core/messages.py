@@ -23,6 +23,9 @@ Reply, device -> server::
                              machines may differ), "work-seconds": the ClientApp's own time}
 
 Both sides import only this module for it (components never import each other).
+The settings both apps read are here too: :class:`RunSettings` (Flower's run
+config, derived from the Hydra config) and :class:`ServerSettings` (a file only
+the server's machine has).
 
 Why one flat array: Flower moves every array of a message as objects of their
 own (an array and its chunk, each one request to the SuperLink and one from

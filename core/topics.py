@@ -2,7 +2,9 @@
 
 ``iot_stream`` carries readings keyed by device id, the window topic has one
 partition per device (a device's ClientApp reads only its own partition), and
-the dead-letter topic keeps rejected records with their reason.
+the dead-letter topic keeps rejected records with their reason;
+:func:`dead_letter_reasons` counts them by reason (``fl-app status``, the API,
+the batch analytics).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The orchestration of `fl-app run`: services, then every component, in the background.
+"""What `fl-app run`, `stop`, `status` and `reset` do: services, then every component, in the background.
 
 Each component (:class:`core.component.Component`, declared by its own
 package) runs as its own ``fl-app <command>`` process under the one

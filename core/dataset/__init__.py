@@ -1,4 +1,4 @@
-"""The IoT data set the producer replays: the real Intel Lab file or a generated stand-in.
+"""The IoT data set the producer replays: the Intel Lab file, any CSV file, or a generated stand-in.
 
 One module per job: :mod:`~core.dataset.table` (the table every source
 returns), :mod:`~core.dataset.intel_lab` (the real-format loader),

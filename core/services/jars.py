@@ -1,9 +1,11 @@
 """Java classpaths resolved from Maven Central by poms kept in the repository.
 
-Each ``poms/<name>.xml`` lists the artifacts one component needs (the Kafka
-broker now; the Flink Kafka connector later). :func:`resolve` copies them into
+Each ``poms/<name>.xml`` lists the artifacts one user needs (``kafka-broker``:
+the local broker; ``flink-kafka-connector``: the Flink job; ``spark-kafka``: the
+Spark scorer's Kafka source). :func:`resolve` copies them into
 ``<cache_dir>/jars/<name>/`` once and stamps the directory with the pom's hash,
-so a second call is instant and a changed pom re-resolves.
+so a second call is instant and a changed pom re-resolves. :func:`build_java`
+compiles the Flink job's Java helpers there the same way.
 """
 
 from __future__ import annotations

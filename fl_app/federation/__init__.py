@@ -1,9 +1,10 @@
 """Running the federation: what `fl-app fl ...` and `fl-app evaluate` start.
 
-Orchestration: it knows both apps (``server.server_app:app`` and
-``clients.client_app:app``) and hands them the same settings, derived from the
-Hydra config (:class:`core.messages.RunSettings`), so Hydra stays the one
-source of truth.
+A component (``fl_app/components.py`` lists it) that lives in the program
+layer, ``fl_app``, because it knows both apps (``server.server_app:app`` and
+``clients.client_app:app``), which may not import each other. It hands them
+the same settings, derived from the Hydra config
+(:class:`core.messages.RunSettings`), so Hydra stays the one source of truth.
 
 - :mod:`.settings`: the devices that get a client, and the run settings both apps read;
 - :mod:`.simulation`: the apps on Flower's simulation runtime (``fl.runtime=simulation``);

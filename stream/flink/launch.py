@@ -2,8 +2,9 @@
 
 Runs in the main environment (``fl-app flink``); the job itself runs in
 ``.venv-flink`` with the project root on ``PYTHONPATH`` so it can import the
-shared, standard-library-only contracts (``core.records``,
-``stream.flink.settings``, ``core.validation``).
+shared contracts it needs (``core.records``, ``core.validation``,
+``core.storage``, ``core.atomic``, ``stream.flink.settings``), none of which
+needs Hydra or torch.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def prepare(cfg: AppConfig) -> tuple[list[str], dict[str, str]]:
     job_settings.save(path)
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")},
-        # The project only (core.records, stream.flink); never a user's own PYTHONPATH.
+        # The project only (core, stream.flink); never a user's own PYTHONPATH.
         "PYTHONPATH": str(PROJECT_ROOT),
         # Thread mode embeds CPython in the JVM; it finds its prefix by looking up `python3` on
         # PATH. With the Flink env's bin first it is that virtualenv (its site-packages, and not

@@ -1,7 +1,7 @@
 """What the Flink job needs to know, handed over as one JSON file.
 
 Hydra stays the one source of truth: ``fl-app flink`` (main environment)
-composes the config, derives these settings with :func:`from_config`, writes
+composes the config, derives these settings (:func:`stream.flink.launch.settings`), writes
 them next to the job's pid file, and starts ``stream/flink/job.py`` in the
 Flink environment, which reads them with :meth:`JobSettings.load`.
 Standard library only (both environments import it).

@@ -1,7 +1,8 @@
 """Hostile ``iot_stream`` records, each with the dead-letter reason it must get.
 
-Shared by the Flink job's and the Spark scorer's fault tests (real servers), so
-both consumers of the topic are tried with the same corpus. The first kinds
+Shared by the Flink job's and the Spark scorer's fault tests (real servers) and
+the validation's unit test, so both consumers of the topic and the rules they
+share are tried with the same corpus. The first kinds
 are the ones that once halted the pipeline (dates that leave Python's range
 when converted to UTC, 64-bit overflow, odd JSON types); the others probe
 what each consumer of a valid reading needs (BSON, UTF-8, Kafka's sizes,

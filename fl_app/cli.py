@@ -50,7 +50,7 @@ FOLLOW = typer.Option(None, "--follow/--detach", help="Stay in the foreground sh
 @command(app, log="fl_app")
 def run(cfg: AppConfig, overrides: list[str], follow: bool | None = FOLLOW) -> None:
     """Run the whole pipeline on this machine: services, topics, collections, then every component
-    (fl_app.pipeline.COMPONENTS) under a supervisor that restarts what crashes. In a terminal it stays
+    (listed in fl_app/components.py) under a supervisor that restarts what crashes. In a terminal it stays
     in the foreground until Ctrl-C; `--detach` returns (then `fl-app stop` stops it)."""
     from fl_app import pipeline
 
@@ -182,7 +182,8 @@ def _print_pipeline_stopped(done: Stopped) -> None:
 @command(app, log="fl_app")
 def stop(cfg: AppConfig) -> None:
     """Stop everything `fl-app run` started, within ~30 s: the supervisor, then every component at once,
-    then the services (SIGKILL for what outlives its budget). A foreground `fl-app run` elsewhere sees
+    then what they left outside their process groups, then the services (SIGKILL for what outlives its
+    budget). A foreground `fl-app run` elsewhere sees
     it, says "stopped by `fl-app stop`" and exits 0."""
     from fl_app import pipeline
 

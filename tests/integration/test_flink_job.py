@@ -223,7 +223,7 @@ def test_malformed_records_go_to_the_dead_letter_topic(stored_run: tuple[AppConf
 
 def test_poison_records_are_dead_lettered_and_ingest_goes_on(stored_run: tuple[AppConfig, int],
                                                               flink_env: tuple[AppConfig, ManagedProcess]) -> None:
-    """Every kind in tests/poison.py, 25 valid readings after each, and 3 valid readings MongoDB's own
+    """Every kind in tests/support/poison.py, 25 valid readings after each, and 3 valid readings MongoDB's own
     validator refuses (tightened for this test): each bad one is one dead letter with its reason, every
     other reading is stored once, and the job never fails (no restart, no error in its log).
     Lost: nothing. Duplicated: nothing."""

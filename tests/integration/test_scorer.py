@@ -77,7 +77,7 @@ def test_every_valid_reading_scored_once_per_round_across_a_new_round_and_a_kill
     try:
         # Readings before any model, and records the Flink job would dead-letter.
         first = readings(0, 200, devices)
-        # Every kind of tests/poison.py, twice: each is skipped and counted, its reason logged once.
+        # Every kind of tests/support/poison.py, twice: each is skipped and counted, its reason logged once.
         bad: list[bytes | None] = [b"not json", b'{"event_id": "x"}', None,
                                    *(raw for raw, _ in POISON.values()), *(raw for raw, _ in POISON.values())]
         send(cfg, [r.to_json() for r in first] + bad)

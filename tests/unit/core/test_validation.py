@@ -89,7 +89,7 @@ def test_each_defect_has_its_reason(record: object, reason: str) -> None:
 
 @pytest.mark.parametrize("name", list(POISON))
 def test_the_poison_corpus_gets_its_reasons(name: str) -> None:
-    """The records the Flink and scorer fault tests send (tests/poison.py), decoded as Kafka's
+    """The records the Flink and scorer fault tests send (tests/support/poison.py), decoded as Kafka's
     consumers decode them (invalid UTF-8 replaced)."""
     raw, reason = POISON[name]
     assert validate(None if raw is None else raw.decode("utf-8", "replace"), KNOWN, RANGES)[1] == reason

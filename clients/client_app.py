@@ -125,7 +125,7 @@ def local_update(settings: RunSettings, device: int, instruction: TrainInstructi
     stored = context.state.array_records.get(REPLAY)
     buffer = model.ReplayBuffer(spec.replay_size, x.shape[1],
                                 stored.to_numpy_ndarrays()[0] if stored is not None else None)
-    seed = spec.seed * 1_000_003 + device * 10_007 + instruction.server_round
+    seed = model.client_seed(spec, instruction.server_round, device)
     buffer.add(x, np.random.default_rng(seed))
     net = model.build(spec)
     model.set_weights(net, instruction.weights)

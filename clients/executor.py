@@ -11,10 +11,11 @@ APIs) and one long-lived executor process
 2. polls every SuperNode's Runtime API for a ClientApp task (``AcquireTask``,
    what ``flower-superexec`` does for one SuperNode), round-robin, and only
    while it has a free slot: an unclaimed task simply stays pending;
-3. forks one child per task (:class:`ForkExecutor`), which runs Flower's own
-   ``run_clientapp`` against that SuperNode and leaves with ``os._exit``;
-   ``capacity`` children at most; children are reaped every loop (no zombies)
-   and exit by themselves if the executor dies (Flower's parent monitor).
+3. forks one child per task (:class:`ForkExecutor`, with :mod:`core.processes`),
+   which runs Flower's own ``run_clientapp`` against that SuperNode and leaves
+   with ``os._exit``; ``capacity`` children at most; children are reaped every
+   loop (no zombies) and exit by themselves if the executor dies (Flower's
+   parent monitor).
 
 Why fork and not threads: ``run_clientapp`` ends in ``sys.exit``, installs
 signal handlers and exit hooks, and keeps task identity in process globals.
@@ -33,7 +34,7 @@ serve as an executor type of ``flower-superexec`` as well;
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import gc
 import importlib
 import logging
@@ -41,13 +42,12 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
 
-from core import fetch_backoff
+from core import fetch_backoff, processes
 
 log = logging.getLogger("clients.executor")
 
@@ -139,78 +139,46 @@ class ForkExecutor:
             return LaunchResult.capacity_rejected(f"{len(self.children)} of {self.capacity} slots busy")
         address, token, task_id = spec.runtime_api_address, spec.token, spec.task_id  # type: ignore[attr-defined]
         args = (address, token, spec.insecure, spec.root_certificates_path, os.getpid())  # type: ignore[attr-defined]
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            _run_child(self.target, args, self.project_modules)
+        pid = processes.fork(functools.partial(_run_task, self.target, args, self.project_modules))
         self.children[pid] = Child(pid, task_id, address)
         self.stats.launched += 1
         return LaunchResult.accepted()
 
     def reconcile(self) -> bool:
         """Reap finished children (no zombies); True if any finished."""
-        reaped = False
-        while self.children:
-            try:
-                pid, status, usage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.children.clear()
-                break
-            if pid == 0:
-                break
-            child = self.children.pop(pid, None)
-            reaped = True
-            if child is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            self.stats.task_seconds += time.monotonic() - child.started
-            self.stats.task_cpu_seconds += usage.ru_utime + usage.ru_stime
-            if code == 0:
-                self.stats.succeeded += 1
-            else:
-                self.stats.failed += 1
-                log.warning("task %d for %s: ClientApp exited with %s after %.1fs", child.task_id,
-                            child.runtime_api_address, f"signal {-code}" if code < 0 else f"code {code}",
-                            time.monotonic() - child.started)
-        return reaped
+        ended = processes.reap(self.children)
+        for exit_ in ended:
+            self._finished(exit_)
+        return bool(ended)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the children: SIGTERM, then SIGKILL after ``timeout``; reap all of them."""
-        for pid in list(self.children):
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.children and time.monotonic() < deadline:
-            self.reconcile()
-            time.sleep(0.05)
-        for pid in list(self.children):
-            _signal(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            self.children.pop(pid, None)
+        for pid in processes.stop(self.children, timeout, poll=0.05, on_exit=self._finished):
+            self.children.pop(pid, None)  # killed: counted neither as succeeded nor as failed
+
+    def _finished(self, exit_: processes.Exit) -> None:
+        """Forget a child that ended and count it (a warning if it failed)."""
+        child = self.children.pop(exit_.pid)
+        code = exit_.code
+        if code is None:  # collected by someone else: how it ended is unknown, so not counted
+            return
+        self.stats.task_seconds += time.monotonic() - child.started
+        self.stats.task_cpu_seconds += exit_.cpu_seconds
+        if code == 0:
+            self.stats.succeeded += 1
+        else:
+            self.stats.failed += 1
+            log.warning("task %d for %s: ClientApp exited with %s after %.1fs", child.task_id,
+                        child.runtime_api_address, f"signal {-code}" if code < 0 else f"code {code}",
+                        time.monotonic() - child.started)
 
 
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _run_child(target: Callable[..., None], args: tuple, forget: Sequence[str]) -> None:
-    """The forked child: fresh project modules, default signals, run the task, leave with ``os._exit``."""
-    code = 1
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        for name in forget:  # the task's app bundle loads its own code
-            sys.modules.pop(name, None)
-        target(*args)
-        code = 0
-    except SystemExit as exc:  # run_clientapp ends with sys.exit
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - anything at all: report it, never return into the parent's loop
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+def _run_task(target: Callable[..., None], args: tuple, forget: Sequence[str]) -> None:
+    """What the forked child runs (:func:`core.processes.fork` gives it default signals and its exit code):
+    fresh project modules, then the task."""
+    for name in forget:  # the task's app bundle loads its own code
+        sys.modules.pop(name, None)
+    target(*args)
 
 
 def project_modules() -> list[str]:

@@ -23,7 +23,7 @@ flags after ``flower-supernode``), "pid_file", "log_file"}, ...]}``.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import gc
 import json
 import logging
@@ -31,12 +31,12 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 
+from core import processes
 from core.services.runner import pid_from_file, write_pid_file
 
 log = logging.getLogger("clients.supernodes")
@@ -60,37 +60,24 @@ def save_spec(path: Path, nodes: Sequence[NodeSpec], stagger_seconds: float) -> 
     path.write_text(json.dumps({"stagger_seconds": stagger_seconds, "nodes": [vars(n) for n in nodes]}, indent=1))
 
 
-def _run_child(node: NodeSpec, entry_point: Callable[[], None]) -> None:
-    """The forked child: own session, own log and pid file, then Flower's SuperNode; never returns."""
-    code = 1
-    try:
-        os.setsid()  # its own process group: stopping one device stops only that one
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        Path(node.log_file).parent.mkdir(parents=True, exist_ok=True)
-        out = os.open(node.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        # New streams on the new descriptors (the inherited objects may not write to fd 1/2 at all).
-        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
-        os.write(1, f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} forked: flower-supernode "
-                    f"{' '.join(node.args)}\n".encode())
-        write_pid_file(Path(node.pid_file), os.getpid())
-        sys.argv = ["flower-supernode", *node.args]
-        entry_point()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - report anything, never return into the parent's loop
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+def _run_node(node: NodeSpec, entry_point: Callable[[], None]) -> None:
+    """What the forked child runs (:func:`core.processes.fork` gives it its own session, so stopping one
+    device stops only that one, default signals and its exit code): own log and pid file, then Flower's
+    SuperNode."""
+    Path(node.log_file).parent.mkdir(parents=True, exist_ok=True)
+    out = os.open(node.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    # New streams on the new descriptors (the inherited objects may not write to fd 1/2 at all).
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    os.write(1, f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} forked: flower-supernode "
+                f"{' '.join(node.args)}\n".encode())
+    write_pid_file(Path(node.pid_file), os.getpid())
+    sys.argv = ["flower-supernode", *node.args]
+    entry_point()
 
 
 class Launcher:
@@ -110,11 +97,7 @@ class Launcher:
                 log.info("%s already running", node.name)
                 continue
             Path(node.pid_file).unlink(missing_ok=True)
-            sys.stdout.flush()
-            sys.stderr.flush()  # or a child repeats what the parent has buffered
-            pid = os.fork()
-            if pid == 0:
-                _run_child(node, self.entry_point)
+            pid = processes.fork(functools.partial(_run_node, node, self.entry_point), new_session=True)
             self.children[pid] = node
             forked += 1
             self.reap()
@@ -124,45 +107,23 @@ class Launcher:
 
     def reap(self) -> list[tuple[NodeSpec, int]]:
         """Collect the children that ended (no zombies); ``(node, exit code)`` of each."""
-        ended = []
-        while self.children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.children.clear()
-                break
-            if pid == 0:
-                break
-            node = self.children.pop(pid, None)
-            if node is not None:
-                code = os.waitstatus_to_exitcode(status)
-                ended.append((node, code))
-                log.log(logging.INFO if code in (0, -signal.SIGTERM) else logging.WARNING, "%s (pid %d) ended: %s",
-                        node.name, pid, f"signal {-code}" if code < 0 else f"exit code {code}")
-        return ended
+        return [ended for exit_ in processes.reap(self.children) if (ended := self._ended(exit_))]
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every SuperNode at once, SIGKILL what is left after ``timeout``; reap them all."""
-        for pid in list(self.children):
-            _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.children and time.monotonic() < deadline:
-            self.reap()
-            time.sleep(0.1)
-        for pid in list(self.children):
-            _signal_group(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        for pid in processes.stop(self.children, timeout, poll=0.1, group=True, on_exit=self._ended):
             node = self.children.pop(pid)
             log.warning("%s (pid %d) killed: it did not stop in %.0fs", node.name, pid, timeout)
 
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+    def _ended(self, exit_: processes.Exit) -> tuple[NodeSpec, int] | None:
+        """Forget a child that ended and log how; ``(node, exit code)``, None if that is unknown (it was
+        collected by someone else)."""
+        node, code = self.children.pop(exit_.pid), exit_.code
+        if code is None:
+            return None
+        log.log(logging.INFO if code in (0, -signal.SIGTERM) else logging.WARNING, "%s (pid %d) ended: %s",
+                node.name, exit_.pid, f"signal {-code}" if code < 0 else f"exit code {code}")
+        return node, code
 
 
 def main(argv: Sequence[str] | None = None) -> None:

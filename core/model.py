@@ -153,6 +153,19 @@ def train(model: nn.Module, buffer: ReplayBuffer, spec: ModelConfig, epochs: int
     return TrainResult(loss=loss_sum / max(seen, 1), score_mean=float(scores(model, buffer.rows).mean()))
 
 
+def client_seed(spec: ModelConfig, server_round: int, device: int) -> int:
+    """The seed of one device's training in one round (its replay-buffer sample and batch order).
+
+    The one rule for the live ClientApp (``clients.client_app``) and the
+    evaluation's (``clients.evaluation_app``, through ``core.quality``), so that
+    ``fl-app evaluate`` measures the very training the federation runs. It is the
+    live ClientApp's formula; the evaluation had one of its own
+    (``seed + 1000 * round + device``) until both were made one. Distinct for every
+    device and round below round 10_007.
+    """
+    return spec.seed * 1_000_003 + device * 10_007 + server_round
+
+
 def score_quantile(model: nn.Module, rows: np.ndarray, spec: ModelConfig) -> float:
     """The ``threshold_quantile`` of a model's scores on ``rows``."""
     return float(np.quantile(scores(model, rows), spec.threshold_quantile))

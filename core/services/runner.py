@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from core import processes
+
 log = logging.getLogger(__name__)
 
 KILL_WAIT_SECONDS = 2.0  # after SIGKILL, how long stop() waits for the group to be gone
@@ -298,11 +300,11 @@ class ManagedProcess:
         if pid is not None:
             budget = self.stop_timeout if timeout is None else min(self.stop_timeout, timeout)
             log.info("stopping %s (pid %d)", self.name, pid)
-            self._signal(pid, signal.SIGTERM)
+            processes.signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + budget
-            while time.monotonic() < deadline and _pid_alive(pid):
-                _reap(pid)
+            while time.monotonic() < deadline and _pid_alive(pid):  # a zombie counts as gone
                 time.sleep(0.1)
+            processes.reap([pid])  # when it is our own child: collected, no zombie left
             if _pid_alive(pid):
                 log.warning("%s did not stop in %.0fs; killing it", self.name, budget)
                 self.killed = True
@@ -321,13 +323,11 @@ class ManagedProcess:
         return True
 
     def _kill_and_wait(self, group: int, timeout: float | None = None) -> None:
-        self._signal(group, signal.SIGKILL)
+        processes.signal_group(group, signal.SIGKILL)
         deadline = time.monotonic() + (KILL_WAIT_SECONDS if timeout is None else timeout)
-        while time.monotonic() < deadline:
-            _reap(group)
-            if not _pid_alive(group) and not group_members(group):
-                return
+        while time.monotonic() < deadline and (_pid_alive(group) or group_members(group)):
             time.sleep(0.05)
+        processes.reap([group])  # the leader, when it is our own child: no zombie left
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -365,17 +365,3 @@ class ManagedProcess:
                 return True
             time.sleep(0.25)
         return False
-
-    @staticmethod
-    def _signal(pid: int, sig: signal.Signals) -> None:
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
-
-def _reap(pid: int) -> None:
-    """Collect our own exited child so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)

@@ -38,7 +38,7 @@ def train(msg: Message, context: Context) -> Message:
     model.set_weights(net, instruction.weights)
     histogram = model.score_histogram(net, buffer.rows)
     result = model.train(net, buffer, spec, epochs=instruction.local_epochs,
-                         seed=quality.client_seed(spec, instruction.server_round, device))
+                         seed=model.client_seed(spec, instruction.server_round, device))
     update = LocalUpdate(device, instruction.server_round, len(buffer), model.get_weights(net),
                          {"loss": result.loss, "score-mean": result.score_mean}, histogram)
     return Message(update.to_record(), reply_to=msg)

@@ -9,7 +9,7 @@ shares those pages (copy-on-write) and adds ~45 MB (measured with PSS, see
 Each child is an ordinary SuperNode as far as anyone can tell: Flower's own
 ``flower-supernode`` entry point with the usual flags, in a session of its
 own, its output in its own log, its pid in its own pid file (the format of
-:class:`core.services.runner.ManagedProcess`, so ``fl-app fl status`` and
+:class:`core.services.runner.ManagedProcess`, so ``fl-app status`` and
 ``stop`` handle each device as before). The parent starts them staggered, reaps
 them and logs how each ended; on SIGTERM it stops them all at once (SIGTERM,
 then SIGKILL) and leaves.

@@ -7,7 +7,7 @@ threshold, and AUROC of the scores, pooled over all devices.
 
 - **federated**: ``rounds`` rounds in which every device trains the global
   model ``local_epochs`` passes over its own training rows and
-  :class:`server.strategy.TimedAggregation` averages the updates (the evaluation
+  :class:`server.aggregation.TimedAggregation` averages the updates (the evaluation
   apps in ``server/evaluation_app.py`` and ``clients/evaluation_app.py``, on
   Flower's simulation runtime); the threshold is the pooled quantile of the
   final model's scores, from the devices' histograms;
@@ -156,11 +156,6 @@ def local(partitions: Sequence[Partition], spec: ModelConfig, epochs: int) -> tu
             own_f1.append(score(s, p.test_labels, t).f1)
     labels = np.concatenate([p.test_labels for p in partitions])
     return score(np.concatenate(all_scores), labels, np.concatenate(thresholds)), float(np.mean(own_f1))
-
-
-# The training seed of one device in one federated round: the one rule, the live ClientApp's (its
-# docstring says why the evaluation uses it too); under this name for clients.evaluation_app.
-client_seed = model.client_seed
 
 
 @dataclass

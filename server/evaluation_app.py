@@ -1,7 +1,7 @@
 """The ServerApp of `fl-app evaluate`: fixed rounds of this project's aggregation, as fast as replies come.
 
 Each round every device (all nodes of the simulation) trains the global model
-on its training rows and :meth:`server.strategy.TimedAggregation.aggregate_round`
+on its training rows and :meth:`server.aggregation.TimedAggregation.aggregate_round`
 (the live ServerApp's validation and FedAvg averaging) makes the next global
 model. No clock: the evaluation measures what the aggregation learns, not
 the timing. After the last round one evaluate message collects the devices'
@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from core import model, quality
 from core.messages import LocalUpdate, TrainInstruction
-from server.strategy import GlobalState, TimedAggregation
+from server.aggregation import GlobalState, TimedAggregation
 
 log = logging.getLogger("server.evaluation")
 REPLY_TIMEOUT = 600.0  # seconds for one round's replies

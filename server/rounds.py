@@ -19,7 +19,7 @@ from bson import ObjectId
 from core.config import ModelConfig
 from core.messages import LocalUpdate
 from core.storage import Storage, decode_weights, encode_weights
-from server.strategy import AGGREGATED, GlobalState, RoundOutcome
+from server.aggregation import AGGREGATED, GlobalState, RoundOutcome
 
 
 def initial_state(spec: ModelConfig) -> GlobalState:

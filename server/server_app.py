@@ -3,7 +3,7 @@
 Not Flower's round loop (``strategy.start`` waits for every reply and drops
 late ones): this app pushes train messages to the online SuperNodes on the
 local clock, pulls replies as they come, keeps them until the next
-aggregation tick (late ones too), and lets :class:`server.strategy.TimedAggregation`
+aggregation tick (late ones too), and lets :class:`server.aggregation.TimedAggregation`
 (a plain class, not a Flower Strategy) decide what counts. Every tick,
 aggregation and accepted update is persisted (``server/rounds.py``); on
 restart the round numbers continue from MongoDB.
@@ -34,7 +34,7 @@ from core import fetch_backoff
 from core.messages import LocalUpdate, MalformedReply, RunSettings, ServerSettings, TrainInstruction
 from core.storage import Storage
 from server import rounds
-from server.strategy import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedAggregation
+from server.aggregation import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedAggregation
 
 log = logging.getLogger("server.global")
 HOPS = ("delivery", "work", "return")  # of a message's way, measured per reply (Transport)

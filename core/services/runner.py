@@ -365,3 +365,15 @@ class ManagedProcess:
                 return True
             time.sleep(0.25)
         return False
+
+
+def kill_all(procs: Sequence[ManagedProcess]) -> list[str]:
+    """SIGKILL every group at once, then wait (bounded) for all; the names of those that were alive."""
+    alive = [p for p in procs if p.kill(wait=False)]
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while any(p.pid() is not None for p in alive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in procs:
+        if proc.pid() is None:
+            proc.pid_file.unlink(missing_ok=True)
+    return [p.name for p in alive]

@@ -76,7 +76,7 @@ def test_imports_run_one_way() -> None:
     ("core.config", "fl_app.cli", False),  # core -> program
     ("core.dataset.csv_file", "core.records", True),
     ("stream.producer", "fl_app.pipeline", False),  # component -> program
-    ("server.strategy", "clients.client_app", False),  # component -> another component
+    ("server.aggregation", "clients.client_app", False),  # component -> another component
     ("analytics.batch", "fl_app.flow", False),
     ("stream.flink.job", "core.storage", True),
     ("stream.flink.launch", "core.dataset", True),

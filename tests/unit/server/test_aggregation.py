@@ -19,8 +19,8 @@ from core.messages import LocalUpdate, RunSettings
 from core.model import HISTOGRAM_EDGES
 from core.storage import encode_weights
 from server import rounds
+from server.aggregation import AGGREGATED, SKIPPED, Clock, GlobalState, TimedAggregation
 from server.server_app import Backoff, TimedServer
-from server.strategy import AGGREGATED, SKIPPED, Clock, GlobalState, TimedAggregation
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -1,7 +1,7 @@
 """The one service-runner for local processes.
 
 A :class:`ManagedProcess` is a long-lived server (Kafka broker, MongoDB-wire
-server, later the Flink job, SuperLink, API ...) started as a plain process in
+server, every pipeline component, the SuperLink ...) started as a plain process in
 its own session, with a pid file under ``run_dir``, its output in
 ``logs/<name>.log`` and a health check. Starting is idempotent (a healthy
 running service is left alone), a taken port is reported before launch, and

@@ -44,6 +44,11 @@ from core.messages import (
 
 log = logging.getLogger("clients.client_app")
 REPLAY = "replay-buffer"  # the Context.state key of the device's replay buffer
+# A train message this close to its TTL is answered without reading the device's windows: the
+# SuperLink refuses a reply to an expired message, and windows read (and committed) for it would be
+# lost. Measured once in CI: two tasks picked up by a restarted executor just before their 20 s TTL
+# ran out lost their devices' 16 readings. A reply takes ~1 s to return (benchmarks/fl_supernodes.py).
+REPLY_MARGIN_SECONDS = 5.0
 
 app = ClientApp()
 
@@ -54,6 +59,11 @@ def train(msg: Message, context: Context) -> Message:
     settings = RunSettings.from_context(context.run_config)
     device = settings.device_of(context.node_config)
     instruction = TrainInstruction.from_record(msg.content)
+    if expires_soon(msg.metadata.created_at, msg.metadata.ttl, started):
+        log.warning("device %d: the train message expires in under %gs; answered without reading windows",
+                    device, REPLY_MARGIN_SECONDS)
+        empty = LocalUpdate(device_id=device, base_round=instruction.server_round, num_examples=0, weights=[])
+        return Message(empty.to_record(), reply_to=msg)
     reader = WindowReader(settings.kafka_bootstrap, settings.windows_topic, settings.partition_of(device),
                           f"{settings.group_prefix}-{device}", device)
     try:
@@ -69,6 +79,12 @@ def train(msg: Message, context: Context) -> Message:
     finally:
         reader.close()
     return reply
+
+
+def expires_soon(created_at: float, ttl: float, now: float, margin: float = REPLY_MARGIN_SECONDS) -> bool:
+    """Whether a message created at ``created_at`` (epoch seconds) with ``ttl`` seconds to live has
+    less than ``margin`` left at ``now``: too little for a reply to arrive before it expires."""
+    return created_at + ttl - now < margin
 
 
 # Failure testing only (SuperNode ``--node-config chaos=<kind>``): how a rogue device breaks its reply.

@@ -83,3 +83,11 @@ def test_data_generate_honours_the_configured_data_set_file(tmp_path: Path) -> N
     assert f"data set: {path}" in " ".join(result.output.split())  # a long path wraps at the console's width
     assert re.search(r"records\s*\W\s*3\b", result.output), result.output
     assert not (tmp_path / ".cache" / "dataset").exists()  # nothing generated
+
+
+def test_a_bad_option_value_is_one_red_line_not_a_traceback(tmp_path: Path) -> None:
+    """`--devices 1,x` (not an id): the command decorator turns the ValueError into exit 1 and one line."""
+    result = runner.invoke(app, ["data", "inspect", f"paths.home={tmp_path}", "stream.dataset_records=3000",
+                                 "--devices", "1,x", "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 1 and "error:" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback escaped

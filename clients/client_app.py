@@ -5,11 +5,14 @@ On each train message (contract: ``core/messages.py``) the device
 1. reads the window records that arrived in its own partition of the window
    topic since its last reply (:class:`clients.windows.WindowReader`);
 2. with none, replies at once with zero examples;
-3. otherwise adds the readings to its bounded replay buffer (kept in the
-   SuperNode's ``Context.state`` between messages), starts from the global
-   weights it was sent, trains ``local-epochs`` passes, and replies with the
-   weights, the number of new readings, the loss and score statistics, and
-   the windows' time span;
+3. otherwise makes the readings' rows (:func:`core.features.rows`, continuing
+   the device's stream context) and adds them to its bounded replay buffer
+   (both kept in the SuperNode's ``Context.state`` between messages), starts
+   from the global weights and normalisation it was sent, trains
+   ``local-epochs`` passes (:func:`core.model.train_locally`), and replies with
+   the weights, the number of new readings and their moments, the loss, the
+   received model's score histogram and the device's own threshold, and the
+   windows' time span;
 4. commits its read position only after the reply is built, so a crash
    re-reads those windows and never skips any.
 
@@ -29,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.windows import WindowReader
-from core import model
+from core import features, model
 from core.messages import (
     ARRAYS,
     CONFIG,
@@ -43,7 +46,8 @@ from core.messages import (
 )
 
 log = logging.getLogger("clients.client_app")
-REPLAY = "replay-buffer"  # the Context.state key of the device's replay buffer
+REPLAY = "replay-buffer"  # the Context.state key of the device's replay buffer (raw rows)
+STREAM = "stream-context"  # ... and of its stream context (core.features.StreamContext)
 # A train message this close to its TTL is answered without reading the device's windows: the
 # SuperLink refuses a reply to an expired message, and windows read (and committed) for it would be
 # lost. Measured once in CI: two tasks picked up by a restarted executor just before their 20 s TTL
@@ -137,22 +141,25 @@ def local_update(settings: RunSettings, device: int, instruction: TrainInstructi
     if not readings:
         return LocalUpdate(device_id=device, base_round=instruction.server_round, num_examples=0, weights=[])
     spec = settings.model_config()
-    x = model.features(readings, spec)
+    saved = context.state.array_records.get(STREAM)
+    stream = features.StreamContext.from_list(saved.to_numpy_ndarrays()[0].tolist(), len(spec.features)) \
+        if saved is not None else None
+    rows, stream = features.rows(readings, spec, stream)
     stored = context.state.array_records.get(REPLAY)
-    buffer = model.ReplayBuffer(spec.replay_size, x.shape[1],
-                                stored.to_numpy_ndarrays()[0] if stored is not None else None)
-    seed = model.client_seed(spec, instruction.server_round, device)
-    buffer.add(x, np.random.default_rng(seed))
-    net = model.build(spec)
-    model.set_weights(net, instruction.weights)
-    histogram = model.score_histogram(net, buffer.rows)  # of the global model: for the threshold
-    result = model.train(net, buffer, spec, epochs=instruction.local_epochs, seed=seed)
+    old = stored.to_numpy_ndarrays()[0] if stored is not None else None
+    buffer = model.ReplayBuffer(spec.replay_size, rows.shape[1],
+                                old if old is not None and old.ndim == 2 and old.shape[1] == rows.shape[1] else None)
+    normalisation = model.Normalisation.from_lists(instruction.centre, instruction.scale, spec) \
+        if instruction.centre else None
+    result = model.train_locally(spec, instruction.weights, normalisation, buffer, rows, instruction.local_epochs,
+                                 seed=model.client_seed(spec, instruction.server_round, device))
     context.state[REPLAY] = ArrayRecord([buffer.rows])
+    context.state[STREAM] = ArrayRecord([np.asarray(stream.to_list(), dtype=np.float64)])
     log.info("device %d: %d new readings, buffer %d, loss %.4f", device, len(readings), len(buffer), result.loss)
     return LocalUpdate(
-        device_id=device, base_round=instruction.server_round, num_examples=len(readings),
-        weights=model.get_weights(net),
-        metrics={"loss": result.loss, "score-mean": result.score_mean}, histogram=histogram,
+        device_id=device, base_round=instruction.server_round, num_examples=len(readings), weights=result.weights,
+        metrics={"loss": result.loss, "score-mean": result.score_mean}, histogram=result.histogram,
+        threshold=result.threshold, moments=result.moments.to_list(),
         window_start=min(_times(windows, "window_start"), default=None),
         window_end=max(_times(windows, "window_end"), default=None))
 

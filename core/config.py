@@ -98,12 +98,11 @@ def sensor_fields(value: list[str], _: AppConfig) -> str | None:
     return None
 
 
-def centre_scale(value: dict[str, list[float]], _: AppConfig) -> str | None:
-    for name in SENSOR_FIELDS:
-        pair = value.get(name)
-        if pair is None or len(pair) != 2 or pair[1] <= 0:
-            return f"must give [centre, scale > 0] for each of {', '.join(SENSOR_FIELDS)}"
-    return None
+def subset_of(*choices: str) -> Check:
+    def check(value: list[str], _: AppConfig) -> str | None:
+        return None if set(value) <= set(choices) and len(set(value)) == len(value) else \
+            f"must be distinct names from {', '.join(choices)}"
+    return check
 
 
 def one_of(*choices: str) -> Check:
@@ -314,8 +313,11 @@ class FlinkConfig:
 
 
 # ------------------------------------------------------------------------ fl
+CONTEXT_KINDS = ("delta", "deviation", "spread", "gap")  # what core/features.py can add to a reading
 def narrower_than_inputs(value: list[int], app: AppConfig) -> str | None:
-    inputs = len(app.fl.model.features) + 2  # + time of day (sin, cos)
+    from core.features import columns  # lazily: core.features imports this module
+
+    inputs = len(columns(app.fl.model))
     return None if value and value[-1] < inputs else f"must end in a bottleneck narrower than the {inputs} inputs"
 
 
@@ -325,13 +327,14 @@ class ModelConfig:
 
     features: list[str] = checked(MISSING, sensor_fields, factory=lambda: list(SENSOR_FIELDS))
     # Encoder widths; the decoder mirrors them. The last is the bottleneck, narrower than the inputs
-    # (the features plus time of day as sine and cosine), else the autoencoder can learn the identity
+    # (the row's columns, core/features.py), else the autoencoder can learn the identity
     # and, trained long enough, reconstructs anomalies too (README, "Learning quality").
     hidden: list[int] = checked(MISSING, all_positive, narrower_than_inputs, factory=lambda: [16, 3])
-    # Centre and scale of each sensor field, shared by the whole federation (no
-    # device normalises with its own statistics). From the real data's clean ranges.
-    normalisation: dict[str, list[float]] = checked(MISSING, centre_scale, factory=lambda: {
-        "temperature": [21.0, 3.0], "humidity": [39.0, 6.0], "light": [300.0, 500.0], "voltage": [2.7, 0.2]})
+    # What each reading's row adds of its device's recent readings (core/features.py): any of
+    # delta, deviation, spread (one column per feature each) and gap (one column); [] = the reading alone.
+    context: list[str] = checked(MISSING, subset_of(*CONTEXT_KINDS),
+                                 factory=lambda: ["delta", "deviation", "spread", "gap"])
+    context_window: int = checked(8, positive)  # readings of a device that deviation and spread look back on
     learning_rate: float = checked(0.005, positive)
     batch_size: int = checked(32, positive)
     replay_size: int = checked(512, positive)  # feature rows each device keeps between windows
@@ -398,6 +401,10 @@ class FLConfig:
     # An update computed from a global model more than this many rounds old is dropped.
     max_staleness_rounds: int = checked(2, non_negative)
     max_update_norm: float = checked(100.0, positive)  # L2 norm of (update - global); more is rejected
+    # Which threshold marks a reading an anomaly: "global", the federation's pooled score quantile, or
+    # "per_device", each device's own quantile of the global model's scores (the global one until a
+    # device has sent its own). Both are sent with every update; this picks what the scorer uses.
+    threshold: str = checked("global", one_of("global", "per_device"))
     duration_seconds: float | None = checked(None, positive_or_null)  # the ServerApp stops after this long
     # A train message not answered in this long is given up and the device gets a new one (a
     # ClientApp that died holding it never answers). null = max(4 local intervals, 120 s): a stock

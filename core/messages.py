@@ -6,6 +6,8 @@ Train message, server -> device (``RecordDict``)::
     "config"  ConfigRecord  {"layout": the weights' shapes (see :func:`pack`),
                              "server-round": the global round of those weights,
                              "threshold": the global anomaly threshold,
+                             "centre", "scale": the global model's normalisation of the
+                             row columns (core.model.Normalisation; [] in round 0),
                              "local-epochs": passes over the device's replay buffer}
 
 Reply, device -> server::
@@ -15,7 +17,10 @@ Reply, device -> server::
                              "loss", "score-mean",
                              "score-histogram": counts of the received global model's
                              scores on the device's buffer per fixed bin
-                             (core.model.HISTOGRAM_EDGES), for the threshold}
+                             (core.model.HISTOGRAM_EDGES), for the threshold,
+                             "device-threshold": the device's own quantile of those scores,
+                             "moments": count, sums and sums of squares of the new readings'
+                             rows (core.model.Moments), for the normalisation}
     "config"  ConfigRecord  {"layout", "device-id", "base-round": the "server-round" trained from,
                              "window-start", "window-end": ISO times of the readings, or "",
                              "delivery-seconds": from the train message's creation to the
@@ -55,6 +60,8 @@ from core.records import window_partitions
 ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
 HISTOGRAM = "score-histogram"
+DEVICE_THRESHOLD = "device-threshold"
+MOMENTS = "moments"
 
 
 # Bounds of a reply, from what consumes it: BSON's int64 (ids, rounds), FedAvg's weights (counts), the
@@ -64,6 +71,7 @@ MAX_COUNT = 2**31 - 1
 MAX_NDIM = 8
 MAX_ARRAYS = 256
 MAX_HISTOGRAM = 1024  # bins (the contract's histogram has len(core.model.HISTOGRAM_EDGES) - 1)
+MAX_COLUMNS = 256  # normalised row columns (a few per sensor field)
 MAX_METRICS = 32
 MAX_TIME_TEXT = 64  # characters of an ISO 8601 time
 METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # a MongoDB field name: no "$", no "."
@@ -181,17 +189,27 @@ def time_text(value: datetime | None) -> str:
     return value.isoformat() if value is not None else ""
 
 
+def numbers(value: object, name: str, most: int) -> list[float]:
+    """A list of at most ``most`` finite numbers."""
+    if not isinstance(value, list) or len(value) > most:
+        raise ValueError(f"{name} must be a list of at most {most} numbers, got {_brief(value)}")
+    return [number(v, name) for v in value]
+
+
 @dataclass
 class TrainInstruction:
     weights: list[np.ndarray]
     server_round: int
     threshold: float
     local_epochs: int
+    centre: list[float] = field(default_factory=list)  # the normalisation; [] before the first round
+    scale: list[float] = field(default_factory=list)
 
     def to_record(self) -> RecordDict:
         arrays, layout = pack(self.weights)
         return RecordDict({ARRAYS: ArrayRecord(arrays), CONFIG: ConfigRecord({
             "layout": layout, "server-round": self.server_round, "threshold": float(self.threshold),
+            "centre": [float(v) for v in self.centre], "scale": [float(v) for v in self.scale],
             "local-epochs": self.local_epochs})})
 
     @classmethod
@@ -202,9 +220,14 @@ class TrainInstruction:
         threshold = config.get("threshold")
         if type(threshold) is not float or math.isnan(threshold):
             raise ValueError(f"threshold must be a number, got {_brief(threshold)}")
+        centre = numbers(config.get("centre", []), "centre", MAX_COLUMNS)
+        scale = numbers(config.get("scale", []), "scale", MAX_COLUMNS)
+        if len(centre) != len(scale) or any(v <= 0 for v in scale):
+            raise ValueError("centre and scale must be as long, every scale > 0")
         return cls(weights=unpack(content.array_records[ARRAYS].to_numpy_ndarrays(), config.get("layout")),
                    server_round=integer(config.get("server-round"), "server-round"), threshold=threshold,
-                   local_epochs=integer(config.get("local-epochs"), "local-epochs", 0, MAX_COUNT))
+                   local_epochs=integer(config.get("local-epochs"), "local-epochs", 0, MAX_COUNT),
+                   centre=centre, scale=scale)
 
 
 class MalformedReply(ValueError):
@@ -231,12 +254,16 @@ class LocalUpdate:
     delivery_seconds: float = float("nan")  # message created -> ClientApp started (where messages wait)
     work_seconds: float = float("nan")  # ClientApp started -> reply built
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    threshold: float = math.nan  # the device's own quantile; NaN when it sent none
+    moments: list[float] = field(default_factory=list)  # core.model.Moments.to_list(); [] when none
 
     def to_record(self) -> RecordDict:
         arrays, layout = pack(self.weights)
         return RecordDict({
             ARRAYS: ArrayRecord(arrays),
-            METRICS: MetricRecord({NUM_EXAMPLES: self.num_examples, HISTOGRAM: list(self.histogram), **self.metrics}),
+            METRICS: MetricRecord({NUM_EXAMPLES: self.num_examples, HISTOGRAM: list(self.histogram),
+                                   MOMENTS: list(self.moments), **self.metrics,
+                                   **({DEVICE_THRESHOLD: self.threshold} if math.isfinite(self.threshold) else {})}),
             CONFIG: ConfigRecord({"layout": layout, "device-id": self.device_id, "base-round": self.base_round,
                                   "window-start": time_text(self.window_start),
                                   "window-end": time_text(self.window_end),
@@ -268,6 +295,10 @@ class LocalUpdate:
                arrays: list[np.ndarray]) -> LocalUpdate:
         num_examples = integer(metrics.pop(NUM_EXAMPLES, None), NUM_EXAMPLES, 0, MAX_COUNT)
         histogram = counts(metrics.pop(HISTOGRAM, []), HISTOGRAM)
+        moments = numbers(metrics.pop(MOMENTS, []), MOMENTS, 1 + 2 * MAX_COLUMNS)
+        threshold = number(metrics.pop(DEVICE_THRESHOLD), DEVICE_THRESHOLD) if DEVICE_THRESHOLD in metrics else math.nan
+        if threshold < 0:
+            raise ValueError(f"{DEVICE_THRESHOLD} {threshold} is negative (a score is a squared error)")
         if len(metrics) > MAX_METRICS or not all(isinstance(k, str) and METRIC_NAME.fullmatch(k) for k in metrics):
             raise ValueError(f"at most {MAX_METRICS} metrics named like {METRIC_NAME.pattern}, "
                              f"got {_brief(list(metrics))}")
@@ -279,7 +310,8 @@ class LocalUpdate:
         if start is not None and end is not None and start > end:
             raise ValueError(f"window-start {start.isoformat()} is after window-end {end.isoformat()}")
         return cls(device_id=device, base_round=integer(config.get("base-round"), "base-round"),
-                   num_examples=num_examples, histogram=histogram, weights=weights,
+                   num_examples=num_examples, histogram=histogram, weights=weights, threshold=threshold,
+                   moments=moments,
                    metrics={k: number(v, f"metric {k}") for k, v in metrics.items()},
                    window_start=start, window_end=end,
                    delivery_seconds=seconds(config.get("delivery-seconds", math.nan)),

@@ -1,40 +1,44 @@
 """The anomaly model every device trains and the server averages (the Flower "task").
 
-A small feed-forward autoencoder on one reading at a time: the input is the
-configured sensor fields (``fl.model.features``, default all four), each
-normalised with the centre and scale the whole federation shares
-(``fl.model.normalisation``: fixed in the config, so no device's own
-statistics, and no label, leak into the model), plus the time of day as
-sine and cosine. The anomaly score of a reading is its reconstruction error
-(mean squared error over the inputs); a reading is an anomaly when its score
-exceeds the global model's threshold: the ``threshold_quantile`` of the
-scores of all devices' data pooled, found without sharing a score: each
-device sends a histogram of the received global model's scores on its replay
-buffer over fixed bins (:func:`score_histogram`), the server adds them up
-(:func:`histogram_quantile`). The histograms describe the model the devices
-received, so a new global model carries its predecessor's threshold, one
-round behind.
+A small feed-forward autoencoder on one reading and its device's recent
+context at a time (:mod:`core.features` makes the rows). Every column but the
+time of day is standardised with the centre and scale the federation learns
+(:class:`Moments`): each device reports the count, sum and sum of squares of
+its new readings' rows with its update, the server adds them up over all
+rounds and ships the pooled mean and standard deviation with the global model
+(:class:`Normalisation`). So no constant fitted to one data set, and no
+device's raw values, leave a device; the normalisation equals the one
+computed over all devices' readings pooled.
+
+The anomaly score of a reading is its reconstruction error (mean squared
+error over the inputs); a reading is an anomaly when its score exceeds a
+threshold: the global one, the ``threshold_quantile`` of the scores of all
+devices' data pooled, found without sharing a score (each device sends a
+histogram of the received global model's scores on its replay buffer over
+fixed bins, :func:`score_histogram`, the server adds them up,
+:func:`histogram_quantile`), or, with ``fl.threshold=per_device``, the
+device's own quantile of the global model's scores on its buffer, which it
+sends as one number (:func:`score_quantile`). Both describe the model the
+devices received, so a new global model carries its predecessor's
+thresholds, one round behind.
 
 Windows are small (a device sends ~6 readings per 30 s window at the testing
-rate), so each device keeps a bounded :class:`ReplayBuffer`: training runs
-over the buffer (new window plus a random sample of what came before), not
-the window alone. Everything is seeded. Labels are never read here.
+rate), so each device keeps a bounded :class:`ReplayBuffer` of raw rows:
+training runs over the buffer (new window plus a random sample of what came
+before), not the window alone. Everything is seeded. Labels are never read here.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import torch
 from torch import nn
 
+from core import features as stream_features
 from core.config import ModelConfig
-
-TIME_FEATURES = ("time_sin", "time_cos")
 
 # The model is tiny: torch's default of one thread per core only adds synchronisation, and
 # while another process busies the cores its threads spin-wait (measured here: 3 epochs of
@@ -63,7 +67,7 @@ class AutoEncoder(nn.Module):
 
 
 def input_size(spec: ModelConfig) -> int:
-    return len(spec.features) + len(TIME_FEATURES)
+    return len(stream_features.columns(spec))
 
 
 def build(spec: ModelConfig) -> AutoEncoder:
@@ -84,27 +88,81 @@ def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
                            for k, a in zip(keys, arrays, strict=True)}, strict=True)
 
 
-def features(readings: Sequence[Mapping[str, object]], spec: ModelConfig) -> np.ndarray:
-    """``(n, inputs)`` float32: the normalised sensor fields, then time of day (sin, cos).
+# A column whose spread is below this (relative to its centre) is not scaled up further: a
+# constant column (the gap of a mote that reports on a fixed clock) would otherwise turn the
+# slightest jitter into a huge score.
+MIN_RELATIVE_SCALE = 0.01
 
-    Each reading needs the configured sensor fields and ``source_time`` (ISO
-    text or a datetime): the time of day is the sensor's, not the replay's.
-    """
-    out = np.empty((len(readings), input_size(spec)), dtype=np.float32)
-    centre = [spec.normalisation[f][0] for f in spec.features]
-    scale = [spec.normalisation[f][1] for f in spec.features]
-    for i, r in enumerate(readings):
-        for j, name in enumerate(spec.features):
-            out[i, j] = (float(r[name]) - centre[j]) / scale[j]  # type: ignore[arg-type]
-        stamp = r["source_time"]
-        t = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp))
-        angle = 2 * math.pi * (t.hour * 3600 + t.minute * 60 + t.second) / 86400
-        out[i, -2], out[i, -1] = math.sin(angle), math.cos(angle)
-    return out
+
+@dataclass
+class Moments:
+    """Count, sum and sum of squares of the normalised columns of some rows (sufficient
+    statistics: moments of disjoint sets of rows add up to the moments of their union)."""
+
+    count: float
+    sums: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray, spec: ModelConfig) -> Moments:
+        part = np.asarray(rows, dtype=np.float64)[:, :stream_features.normalised_width(spec)]
+        return cls(float(len(part)), part.sum(axis=0), (part ** 2).sum(axis=0))
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.count + other.count, self.sums + other.sums, self.squares + other.squares)
+
+    def to_list(self) -> list[float]:
+        return [self.count, *self.sums.tolist(), *self.squares.tolist()]
+
+    @classmethod
+    def from_list(cls, values: Sequence[float], width: int) -> Moments:
+        """The inverse of :meth:`to_list`; ValueError unless it is ``1 + 2 * width`` finite numbers,
+        a count >= 0 and sums of squares >= 0."""
+        if len(values) != 1 + 2 * width:
+            raise ValueError(f"moments must be {1 + 2 * width} numbers (count, {width} sums, {width} squares), "
+                             f"got {len(values)}")
+        array = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(array)) or array[0] < 0 or np.any(array[1 + width:] < 0):
+            raise ValueError("moments must be finite, with a count and sums of squares >= 0")
+        return cls(float(array[0]), array[1:1 + width], array[1 + width:])
+
+    def normalisation(self) -> Normalisation:
+        """The mean and standard deviation of the rows (the spread floored, see :data:`MIN_RELATIVE_SCALE`)."""
+        n = max(self.count, 1.0)
+        centre = self.sums / n
+        spread = np.sqrt(np.maximum(self.squares / n - centre ** 2, 0.0))
+        return Normalisation(centre, np.maximum(spread, MIN_RELATIVE_SCALE * (1.0 + np.abs(centre))))
+
+
+@dataclass
+class Normalisation:
+    """Centre and scale of each normalised column: what the global model was trained for."""
+
+    centre: np.ndarray
+    scale: np.ndarray
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        """The network's inputs for raw :func:`core.features.rows`: standardised, then the time of day."""
+        raw = np.asarray(rows, dtype=np.float64)
+        width = len(self.centre)
+        return np.hstack([(raw[:, :width] - self.centre) / self.scale, raw[:, width:]]).astype(np.float32)
+
+    def to_lists(self) -> tuple[list[float], list[float]]:
+        return self.centre.tolist(), self.scale.tolist()
+
+    @classmethod
+    def from_lists(cls, centre: Sequence[float], scale: Sequence[float], spec: ModelConfig) -> Normalisation:
+        """ValueError unless both have one finite number per normalised column and every scale is > 0."""
+        width = stream_features.normalised_width(spec)
+        c, s = np.asarray(centre, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+        if c.shape != (width,) or s.shape != (width,) or not np.all(np.isfinite(c)) or not np.all(np.isfinite(s)) \
+                or np.any(s <= 0):
+            raise ValueError(f"a normalisation needs {width} finite centres and {width} finite scales > 0")
+        return cls(c, s)
 
 
 class ReplayBuffer:
-    """At most ``capacity`` feature rows: a new window goes in whole, random old rows make room.
+    """At most ``capacity`` raw feature rows: a new window goes in whole, random old rows make room.
 
     Keeps the newest readings (the device's present) and a random sample of its
     past (earlier times of day), so a few readings cannot drag the model away.
@@ -112,17 +170,17 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, width: int, rows: np.ndarray | None = None) -> None:
         self.capacity = capacity
-        self.rows = np.empty((0, width), dtype=np.float32) if rows is None else rows.astype(np.float32)
+        self.rows = np.empty((0, width), dtype=np.float64) if rows is None else np.asarray(rows, dtype=np.float64)
 
     def add(self, new: np.ndarray, rng: np.random.Generator) -> None:
         if len(new) >= self.capacity:
-            self.rows = new[-self.capacity:].copy()
+            self.rows = np.asarray(new[-self.capacity:], dtype=np.float64).copy()
             return
         keep = self.capacity - len(new)
         old = self.rows
         if len(old) > keep:
             old = old[np.sort(rng.choice(len(old), size=keep, replace=False))]
-        self.rows = np.concatenate([old, new]).astype(np.float32)
+        self.rows = np.concatenate([old, new]).astype(np.float64)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -131,13 +189,14 @@ class ReplayBuffer:
 @dataclass
 class TrainResult:
     loss: float  # mean reconstruction loss of the last epoch
-    score_mean: float  # mean score of the buffer after training
+    score_mean: float  # mean score of the inputs after training
 
 
-def train(model: nn.Module, buffer: ReplayBuffer, spec: ModelConfig, epochs: int, seed: int) -> TrainResult:
-    """``epochs`` passes of Adam over the buffer in shuffled mini-batches (deterministic under ``seed``)."""
+def train(model: nn.Module, inputs: np.ndarray, spec: ModelConfig, epochs: int, seed: int) -> TrainResult:
+    """``epochs`` passes of Adam over normalised ``inputs`` in shuffled mini-batches (deterministic
+    under ``seed``)."""
     generator = torch.Generator().manual_seed(seed)
-    data = torch.from_numpy(buffer.rows)
+    data = torch.from_numpy(np.asarray(inputs, dtype=np.float32))
     optimiser = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
     model.train()
     loss_sum, seen = 0.0, 0
@@ -150,7 +209,39 @@ def train(model: nn.Module, buffer: ReplayBuffer, spec: ModelConfig, epochs: int
             optimiser.step()
             loss_sum += loss.item() * len(batch)
             seen += len(batch)
-    return TrainResult(loss=loss_sum / max(seen, 1), score_mean=float(scores(model, buffer.rows).mean()))
+    return TrainResult(loss=loss_sum / max(seen, 1), score_mean=float(scores(model, inputs).mean()))
+
+
+@dataclass
+class LocalResult:
+    """One device's local round: what its update carries."""
+
+    weights: list[np.ndarray]
+    loss: float
+    score_mean: float
+    histogram: list[float]  # of the received global model's scores on the buffer (global threshold)
+    threshold: float  # the device's own quantile of those scores (per-device threshold)
+    moments: Moments  # of the new rows only: each reading counts once in the federation's totals
+
+
+def train_locally(spec: ModelConfig, weights: Sequence[np.ndarray], normalisation: Normalisation | None,
+                  buffer: ReplayBuffer, new_rows: np.ndarray, epochs: int, seed: int) -> LocalResult:
+    """A device's round, the same in the live ClientApp, the evaluation's and the prequential
+    evaluation: add ``new_rows`` to ``buffer``, score the buffer with the received global model
+    (histogram and own quantile), then train it ``epochs`` passes from ``weights``.
+
+    ``normalisation`` is the global model's; before the federation has one (round 0) the device
+    uses its own buffer's.
+    """
+    buffer.add(new_rows, np.random.default_rng(seed))
+    norm = normalisation if normalisation is not None else Moments.of(buffer.rows, spec).normalisation()
+    inputs = norm.inputs(buffer.rows)
+    net = build(spec)
+    set_weights(net, weights)
+    received = scores(net, inputs)
+    result = train(net, inputs, spec, epochs=epochs, seed=seed)
+    return LocalResult(get_weights(net), result.loss, result.score_mean, histogram_of(received),
+                       float(np.quantile(received, spec.threshold_quantile)), Moments.of(new_rows, spec))
 
 
 def client_seed(spec: ModelConfig, server_round: int, device: int) -> int:
@@ -166,19 +257,14 @@ def client_seed(spec: ModelConfig, server_round: int, device: int) -> int:
     return spec.seed * 1_000_003 + device * 10_007 + server_round
 
 
-def score_quantile(model: nn.Module, rows: np.ndarray, spec: ModelConfig) -> float:
-    """The ``threshold_quantile`` of a model's scores on ``rows``."""
-    return float(np.quantile(scores(model, rows), spec.threshold_quantile))
-
-
 # Fixed, log-spaced score bins shared by every device, so histograms add up across the
 # federation and the server gets the pooled quantile without seeing a single score.
 HISTOGRAM_EDGES = np.logspace(-5, 5, 251)  # 25 bins per decade: ~10 % resolution
 
 
-def score_histogram(model: nn.Module, rows: np.ndarray) -> list[float]:
-    """Counts of the model's scores on ``rows`` per bin of :data:`HISTOGRAM_EDGES` (clipped to its range)."""
-    clipped = np.clip(scores(model, rows), HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1])
+def histogram_of(scores: np.ndarray) -> list[float]:
+    """Counts of ``scores`` per bin of :data:`HISTOGRAM_EDGES` (clipped to its range)."""
+    clipped = np.clip(scores, HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1])
     return np.histogram(clipped, bins=HISTOGRAM_EDGES)[0].astype(float).tolist()
 
 
@@ -213,15 +299,13 @@ class Predictions:
     scores: np.ndarray  # (n,): the anomaly score (see :func:`scores`)
 
 
-def predict(model: nn.Module, readings: Sequence[Mapping[str, object]], spec: ModelConfig) -> Predictions:
-    """Reconstruct ``readings`` (as :func:`features` takes them) and score them."""
-    x = features(readings, spec)
+def predict(model: nn.Module, rows: np.ndarray, normalisation: Normalisation, spec: ModelConfig) -> Predictions:
+    """Reconstruct raw :func:`core.features.rows` and score them."""
+    x = normalisation.inputs(rows)
     model.eval()
     with torch.no_grad():
         y = model(torch.from_numpy(x)).numpy() if len(x) else np.empty_like(x)
-    fields = list(spec.features)
-    centre = np.array([spec.normalisation[f][0] for f in fields], dtype=np.float64)
-    scale = np.array([spec.normalisation[f][1] for f in fields], dtype=np.float64)
-    outputs = y[:, :len(fields)] * scale + centre
-    actual = np.array([[float(r[f]) for f in fields] for r in readings], dtype=np.float64).reshape(-1, len(fields))  # type: ignore[arg-type]
-    return Predictions(fields, outputs, np.abs(actual - outputs), ((y - x) ** 2).mean(axis=1))
+    n = len(spec.features)
+    outputs = y[:, :n] * normalisation.scale[:n] + normalisation.centre[:n]
+    actual = np.asarray(rows, dtype=np.float64)[:, :n]
+    return Predictions(list(spec.features), outputs, np.abs(actual - outputs), ((y - x) ** 2).mean(axis=1))

@@ -10,9 +10,15 @@ threshold, and AUROC of the scores, pooled over all devices.
   :class:`server.aggregation.TimedAggregation` averages the updates (the evaluation
   apps in ``server/evaluation_app.py`` and ``clients/evaluation_app.py``, on
   Flower's simulation runtime); the threshold is the pooled quantile of the
-  final model's scores, from the devices' histograms;
+  final model's scores, from the devices' histograms, or each device's own
+  quantile (``per_device``);
 - **central**: one model on all devices' training rows pooled;
 - **local**: each device alone on its own rows, with its own threshold.
+
+The rows are :func:`core.features.rows` over each device's whole series (its
+context runs on across the split, as it does in the stream). Each model is
+normalised as it is in the product: federated with the moments its devices
+reported, central with the pooled rows', local with the device's own.
 
 Every approach gets the same number of passes over its training data
 (``rounds x local_epochs``) and the same threshold rule (the histogram
@@ -34,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core import model
+from core import features, model
 from core.config import ModelConfig
 
 SETTINGS_ENV = "FL_APP_EVALUATION"  # the evaluation settings as JSON (the simulation API passes no run config)
@@ -74,7 +80,7 @@ def score(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> Sco
 
 @dataclass
 class Partition:
-    """One device's features, split in time, and the held-out part's labels."""
+    """One device's raw rows (:func:`core.features.rows`), split in time, and the held-out part's labels."""
 
     device: int
     train: np.ndarray
@@ -96,7 +102,7 @@ def split(frame: pd.DataFrame, spec: ModelConfig, train_fraction: float, normal:
         cut = int(len(part) * train_fraction)
         if cut == 0 or cut == len(part):
             continue  # too short to split: neither trains nor tests
-        x = model.features(part.to_dict("records"), spec)
+        x, _ = features.rows(part.to_dict("records"), spec)
         partitions.append(Partition(int(device), x[:cut], x[cut:], (part["anomaly"] != normal).to_numpy()[cut:]))
     if not any(p.test_labels.any() for p in partitions):
         raise ValueError("the held-out parts of the data set hold no labelled anomaly: nothing to measure "
@@ -115,41 +121,47 @@ def load_training_rows(folder: str | Path, device: int) -> np.ndarray:
     return np.load(Path(folder) / f"device-{device}.npy")
 
 
-def trained(spec: ModelConfig, rows: np.ndarray, epochs: int, seed: int,
-            start: Sequence[np.ndarray] | None = None) -> tuple[model.AutoEncoder, model.TrainResult]:
-    """A model trained ``epochs`` passes over ``rows`` (from ``start`` weights, else the seeded initial ones)."""
+def trained(spec: ModelConfig, rows: np.ndarray, epochs: int,
+            seed: int) -> tuple[model.AutoEncoder, model.Normalisation]:
+    """A model trained ``epochs`` passes over raw ``rows`` from the seeded initial weights, normalised
+    with the rows' own moments."""
     net = model.build(spec)
-    if start is not None:
-        model.set_weights(net, start)
-    buffer = model.ReplayBuffer(len(rows), rows.shape[1], rows)
-    return net, model.train(net, buffer, spec, epochs=epochs, seed=seed)
+    norm = model.Moments.of(rows, spec).normalisation()
+    model.train(net, norm.inputs(rows), spec, epochs=epochs, seed=seed)
+    return net, norm
 
 
-def threshold_of(net: model.AutoEncoder, rows: np.ndarray, spec: ModelConfig) -> float:
+def threshold_of(net: model.AutoEncoder, inputs: np.ndarray, spec: ModelConfig) -> float:
     """The threshold rule of every approach: the histogram quantile the ServerApp computes."""
-    return model.histogram_quantile(np.asarray(model.score_histogram(net, rows)), spec.threshold_quantile)
+    return model.histogram_quantile(np.asarray(model.histogram_of(model.scores(net, inputs))),
+                                    spec.threshold_quantile)
 
 
-def scored(net: model.AutoEncoder, threshold: float, partitions: Sequence[Partition]) -> Scores:
+def scored(net: model.AutoEncoder, norm: model.Normalisation, thresholds: Mapping[int, float] | float,
+           partitions: Sequence[Partition]) -> Scores:
+    """Scores on the held-out parts, at one threshold or one per device."""
     test = np.concatenate([p.test for p in partitions])
     labels = np.concatenate([p.test_labels for p in partitions])
-    return score(model.scores(net, test), labels, np.full(len(test), threshold))
+    per_row = np.concatenate([np.full(len(p.test), thresholds if isinstance(thresholds, float) else
+                                      thresholds[p.device]) for p in partitions])
+    return score(model.scores(net, norm.inputs(test)), labels, per_row)
 
 
 def central(partitions: Sequence[Partition], spec: ModelConfig, epochs: int) -> Scores:
     """One model on every device's training rows pooled."""
     pooled = np.concatenate([p.train for p in partitions])
-    net, _ = trained(spec, pooled, epochs, seed=spec.seed)
-    return scored(net, threshold_of(net, pooled, spec), partitions)
+    net, norm = trained(spec, pooled, epochs, seed=spec.seed)
+    return scored(net, norm, threshold_of(net, norm.inputs(pooled), spec), partitions)
 
 
 def local(partitions: Sequence[Partition], spec: ModelConfig, epochs: int) -> tuple[Scores, float]:
-    """Each device alone, own model and own threshold: pooled scores, and the mean of the devices' own F1
-    (over the devices whose held-out part has an anomaly)."""
+    """Each device alone, own model, normalisation and threshold: pooled scores, and the mean of the
+    devices' own F1 (over the devices whose held-out part has an anomaly)."""
     all_scores, thresholds, own_f1 = [], [], []
     for p in partitions:
-        net, _ = trained(spec, p.train, epochs, seed=spec.seed + p.device)
-        s, t = model.scores(net, p.test), np.full(len(p.test), threshold_of(net, p.train, spec))
+        net, norm = trained(spec, p.train, epochs, seed=spec.seed + p.device)
+        s = model.scores(net, norm.inputs(p.test))
+        t = np.full(len(p.test), threshold_of(net, norm.inputs(p.train), spec))
         all_scores.append(s)
         thresholds.append(t)
         if p.test_labels.any():
@@ -183,14 +195,28 @@ class EvaluationSettings:
         return ModelConfig(**self.model)
 
 
-def save_result(path: str | Path, weights: Sequence[np.ndarray], threshold: float) -> None:
-    tmp = Path(f"{path}.tmp.npz")
-    arrays: dict[str, Any] = {f"w{i}": w for i, w in enumerate(weights)}
-    np.savez(tmp, threshold=np.float64(threshold), **arrays)
-    tmp.replace(path)
+@dataclass
+class FederatedResult:
+    """What the evaluation ServerApp hands back: the final global model and its thresholds."""
 
+    weights: list[np.ndarray]
+    normalisation: model.Normalisation
+    threshold: float
+    device_thresholds: dict[int, float]
 
-def load_result(path: str | Path) -> tuple[list[np.ndarray], float]:
-    with np.load(path) as saved:
-        weights = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
-        return weights, float(saved["threshold"])
+    def save(self, path: str | Path) -> None:
+        tmp = Path(f"{path}.tmp.npz")
+        arrays: dict[str, Any] = {f"w{i}": w for i, w in enumerate(self.weights)}
+        devices = sorted(self.device_thresholds)
+        np.savez(tmp, threshold=np.float64(self.threshold), centre=self.normalisation.centre,
+                 scale=self.normalisation.scale, devices=np.asarray(devices, dtype=np.int64),
+                 device_thresholds=np.asarray([self.device_thresholds[d] for d in devices], dtype=np.float64),
+                 **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FederatedResult:
+        with np.load(path) as saved:
+            weights = [saved[f"w{i}"] for i in range(sum(k.startswith("w") for k in saved.files))]
+            return cls(weights, model.Normalisation(saved["centre"], saved["scale"]), float(saved["threshold"]),
+                       dict(zip(saved["devices"].tolist(), saved["device_thresholds"].tolist(), strict=True)))

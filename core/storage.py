@@ -138,6 +138,9 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
                 "rejected": _INT,
                 "stale": _INT,
                 "threshold": _NUMBER,
+                "device_thresholds": {"bsonType": "object"},  # device id (text) -> its own threshold
+                "moments": {"bsonType": "object"},  # the federation's running count, sums, squares
+                "normalisation": {"bsonType": "object"},  # the centre and scale they give
                 "weights": _WEIGHTS,
             },
         },

@@ -23,7 +23,13 @@ docstring), which
 The global anomaly threshold is the ``threshold_quantile`` of the devices'
 score histograms added up (``core.model.histogram_quantile``): the pooled
 quantile, computed for the global model the devices received (so the
-threshold lags the weights by one round).
+threshold lags the weights by one round). Each device's own threshold is
+kept beside it (the newest it sent), for ``fl.threshold=per_device``.
+
+The normalisation the next global model ships is the mean and spread of every
+reading the federation has trained on: the devices' moments (count, sums,
+sums of squares of their new readings' rows) of every valid update, added to
+the running totals (``core.model.Moments``).
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
-from core.messages import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate
-from core.model import HISTOGRAM_EDGES, histogram_quantile
+from core.messages import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate, TrainInstruction
+from core.model import HISTOGRAM_EDGES, Moments, Normalisation, histogram_quantile
 
 AGGREGATED, SKIPPED = "aggregated", "skipped"
 
@@ -48,6 +54,17 @@ class GlobalState:
     round: int  # 0 = the initial weights, before any aggregation
     weights: list[np.ndarray]
     threshold: float
+    moments: Moments | None = None  # the running totals of every reading trained on; None before any
+    device_thresholds: dict[int, float] = field(default_factory=dict)  # the newest each device sent
+
+    def normalisation(self) -> Normalisation | None:
+        return self.moments.normalisation() if self.moments is not None and self.moments.count > 0 else None
+
+    def instruction(self, local_epochs: int) -> TrainInstruction:
+        """The train message of this global model."""
+        norm = self.normalisation()
+        centre, scale = norm.to_lists() if norm is not None else ([], [])
+        return TrainInstruction(self.weights, self.round, self.threshold, local_epochs, centre, scale)
 
 
 @dataclass
@@ -139,14 +156,17 @@ class TimedAggregation:
         Largest L2 distance between an update and the current global weights.
     threshold_quantile
         The quantile of the pooled scores that becomes the anomaly threshold.
+    normalised_columns
+        The row columns the moments describe (``core.features.normalised_width``).
     """
 
     def __init__(self, min_devices: int, max_staleness_rounds: int, max_update_norm: float,
-                 threshold_quantile: float) -> None:
+                 threshold_quantile: float, normalised_columns: int) -> None:
         self.min_devices = min_devices
         self.max_staleness_rounds = max_staleness_rounds
         self.max_update_norm = max_update_norm
         self.threshold_quantile = threshold_quantile
+        self.normalised_columns = normalised_columns
 
     def invalid(self, update: LocalUpdate, current: GlobalState) -> str:
         """Why ``update`` may not count ("" if it may)."""
@@ -169,6 +189,14 @@ class TimedAggregation:
         counts = np.asarray(update.histogram, dtype=np.float64)
         if len(counts) != len(HISTOGRAM_EDGES) - 1 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
             return f"score histogram must be {len(HISTOGRAM_EDGES) - 1} finite counts >= 0"
+        if not update.moments:
+            return ""  # it adds nothing to the normalisation (every ClientApp of ours sends them)
+        try:
+            moments = Moments.from_list(update.moments, self.normalised_columns)
+        except ValueError as exc:
+            return str(exc)
+        if moments.count != update.num_examples:
+            return f"moments of {moments.count:g} rows for {update.num_examples} examples"
         return ""
 
     def aggregate_round(self, updates: list[LocalUpdate], current: GlobalState) -> RoundOutcome:
@@ -207,6 +235,15 @@ class TimedAggregation:
         outcome.num_examples = sum(examples[u.device_id] for u in outcome.accepted)
         outcome.metrics = metrics
         pooled = np.sum([np.asarray(u.histogram) for u in outcome.accepted], axis=0)
+        totals = current.moments
+        for update in [*outcome.accepted, *outcome.superseded]:  # every valid update's readings count once
+            if not update.moments:
+                continue
+            new = Moments.from_list(update.moments, self.normalised_columns)
+            totals = new if totals is None else totals + new
+        thresholds = {**current.device_thresholds,
+                      **{u.device_id: u.threshold for u in outcome.accepted if np.isfinite(u.threshold)}}
         outcome.state = GlobalState(round=next_round, weights=arrays.to_numpy_ndarrays(),
-                                    threshold=histogram_quantile(pooled, self.threshold_quantile))
+                                    threshold=histogram_quantile(pooled, self.threshold_quantile),
+                                    moments=totals, device_thresholds=thresholds)
         return outcome

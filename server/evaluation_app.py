@@ -5,8 +5,9 @@ on its training rows and :meth:`server.aggregation.TimedAggregation.aggregate_ro
 (the live ServerApp's validation and FedAvg averaging) makes the next global
 model. No clock: the evaluation measures what the aggregation learns, not
 the timing. After the last round one evaluate message collects the devices'
-score histograms of the final model, whose pooled quantile is its threshold
-(the live server's rule, without its one-round lag). Weights and threshold go
+score histograms and own quantiles of the final model: the pooled quantile
+is its global threshold (the live server's rule, without its one-round lag),
+the devices' own ones its per-device thresholds. Weights, normalisation and thresholds go
 to ``result_path`` for ``fl-app evaluate`` to score on the held-out data.
 """
 
@@ -21,7 +22,8 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from core import model, quality
-from core.messages import LocalUpdate, TrainInstruction
+from core.features import normalised_width
+from core.messages import LocalUpdate
 from server.aggregation import GlobalState, TimedAggregation
 
 log = logging.getLogger("server.evaluation")
@@ -35,21 +37,24 @@ def main(grid: Grid, context: Context) -> None:
     settings = quality.EvaluationSettings.from_env()
     spec = settings.model_config()
     aggregation = TimedAggregation(min_devices=1, max_staleness_rounds=0, max_update_norm=math.inf,
-                                   threshold_quantile=spec.threshold_quantile)
+                                   threshold_quantile=spec.threshold_quantile,
+                                   normalised_columns=normalised_width(spec))
     state = GlobalState(0, model.get_weights(model.build(spec)), math.inf)
     nodes = _wait_for_nodes(grid, len(settings.devices))
     for _ in range(settings.rounds):
-        instruction = TrainInstruction(state.weights, state.round, state.threshold, settings.local_epochs)
+        instruction = state.instruction(settings.local_epochs)
         outcome = aggregation.aggregate_round(_ask(grid, nodes, instruction.to_record(), MessageType.TRAIN), state)
         if outcome.state is None:
             raise RuntimeError(f"evaluation round {state.round + 1} did not aggregate: {outcome.reason}")
         state = outcome.state
         log.info("evaluation round %d/%d: %d devices, mean loss %.5f", state.round, settings.rounds,
                  len(outcome.accepted), outcome.metrics.get("loss", float("nan")))
-    final = TrainInstruction(state.weights, state.round, state.threshold, 0).to_record()
-    histograms = [u.histogram for u in _ask(grid, nodes, final, MessageType.EVALUATE)]
-    threshold = model.histogram_quantile(np.sum(histograms, axis=0), spec.threshold_quantile)
-    quality.save_result(settings.result_path, state.weights, threshold)
+    norm = state.normalisation()
+    assert norm is not None, "every round adds the devices' moments"
+    replies = _ask(grid, nodes, state.instruction(0).to_record(), MessageType.EVALUATE)
+    threshold = model.histogram_quantile(np.sum([u.histogram for u in replies], axis=0), spec.threshold_quantile)
+    quality.FederatedResult(state.weights, norm, threshold, {u.device_id: u.threshold for u in replies}).save(
+        settings.result_path)
 
 
 def _wait_for_nodes(grid: Grid, expected: int, timeout: float = 120.0) -> list[int]:

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from bson import ObjectId
 
 from core.config import ModelConfig
 from core.messages import LocalUpdate
+from core.model import Moments
 from core.storage import Storage, decode_weights, encode_weights
 from server.aggregation import AGGREGATED, GlobalState, RoundOutcome
 
@@ -34,8 +36,23 @@ def resume(store: Storage, spec: ModelConfig) -> GlobalState:
     doc = store.latest_global_model()
     if doc is None:
         return initial_state(spec)
+    moments = doc.get("moments")
     return GlobalState(round=int(doc["round"]), weights=decode_weights(doc["weights"]),
-                       threshold=float(doc["threshold"]))
+                       threshold=float(doc["threshold"]),
+                       moments=Moments(float(moments["count"]), np.asarray(moments["sums"], dtype=np.float64),
+                                       np.asarray(moments["squares"], dtype=np.float64)) if moments else None,
+                       device_thresholds={int(k): float(v) for k, v in doc.get("device_thresholds", {}).items()})
+
+
+def normalisation_fields(state: GlobalState) -> dict[str, Any]:
+    """What a global model document holds of its normalisation: the running moments (to resume
+    them) and the centre and scale they give (what the scorer applies)."""
+    norm = state.normalisation()
+    if state.moments is None or norm is None:
+        return {}
+    return {"moments": {"count": state.moments.count, "sums": state.moments.sums.tolist(),
+                        "squares": state.moments.squares.tolist()},
+            "normalisation": {"centre": norm.centre.tolist(), "scale": norm.scale.tolist()}}
 
 
 def local_doc(update: LocalUpdate, aggregated_into: int) -> dict[str, Any]:
@@ -69,6 +86,8 @@ def documents(outcome: RoundOutcome, transport: dict[str, Any] | None = None,
             "metrics": {**outcome.metrics, "mean_loss": outcome.metrics.get("loss", float("nan"))},
             "rejected": len(outcome.rejected) + len(refused), "stale": len(outcome.stale),
             "threshold": outcome.state.threshold,
+            "device_thresholds": {str(k): v for k, v in sorted(outcome.state.device_thresholds.items())},
+            **normalisation_fields(outcome.state),
             "weights": encode_weights(outcome.state.weights),
         }
     # Every valid update of the tick, the superseded ones too: their readings count in num_examples.

@@ -31,7 +31,8 @@ from flwr.serverapp import Grid, ServerApp
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from core import fetch_backoff
-from core.messages import LocalUpdate, MalformedReply, RunSettings, ServerSettings, TrainInstruction
+from core.features import normalised_width
+from core.messages import LocalUpdate, MalformedReply, RunSettings, ServerSettings
 from core.storage import Storage
 from server import rounds
 from server.aggregation import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedAggregation
@@ -155,7 +156,8 @@ class TimedServer:
         self.settings, self.grid, self.store = settings, grid, store
         self.devices = set(settings.devices)
         self.aggregation = TimedAggregation(settings.min_devices, settings.max_staleness_rounds,
-                                            settings.max_update_norm, settings.model_config().threshold_quantile)
+                                            settings.max_update_norm, settings.model_config().threshold_quantile,
+                                            normalised_width(settings.model_config()))
         self.backoff = Backoff()
         self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included
@@ -288,8 +290,7 @@ class TimedServer:
         online = sorted(self.grid.get_node_ids())
         busy = {node for node, _ in self.outstanding.values()}
         targets = [n for n in online if n not in busy]  # one message at a time per device
-        record = TrainInstruction(self.state.weights, self.state.round, self.state.threshold,
-                                  self.settings.local_epochs).to_record()
+        record = self.state.instruction(self.settings.local_epochs).to_record()
         messages = [Message(record, dst_node_id=node, message_type=MessageType.TRAIN, ttl=self.ttl)
                     for node in targets]
         pushed = time.monotonic()

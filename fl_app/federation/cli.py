@@ -74,28 +74,42 @@ def fl_certs(cfg: AppConfig, force: bool = FORCE) -> None:
                   else f"all present under {cfg.fl.security.certs_dir}; nothing changed")
 
 
-EVAL_ROUNDS = typer.Option(20, min=1, help="Federated rounds (each device trains every round).")
-EVAL_EPOCHS = typer.Option(1, min=1, help="Passes over a device's rows per round.")
-EVAL_TRAIN = typer.Option(0.7, min=0.05, max=0.95, help="The first part of each device's series that trains.")
+EVAL_ROUNDS = typer.Option(20, min=1, help="Holdout: federated rounds (each device trains every round).")
+EVAL_EPOCHS = typer.Option(1, min=1, help="Holdout: passes over a device's rows per round.")
+EVAL_TRAIN = typer.Option(0.7, min=0.05, max=0.95, help="Holdout: the first part of each device's series that trains.")
+EVAL_PROTOCOL = typer.Option("both", help="holdout, prequential or both.")
+EVAL_PEERS = typer.Option(True, "--peers/--no-peers", help="Add the peer detectors (needs `make setup-eval`).")
 EVAL_JSON = typer.Option(None, "--json", help="Where to write the results (default: <logs>/learning_quality.json).")
 
 
 @command(app, log="evaluation")
 def evaluate(cfg: AppConfig, rounds: int = EVAL_ROUNDS, local_epochs: int = EVAL_EPOCHS,
-             train_fraction: float = EVAL_TRAIN, json_out: Path | None = EVAL_JSON) -> None:
+             train_fraction: float = EVAL_TRAIN, protocol: str = EVAL_PROTOCOL, peers: bool = EVAL_PEERS,
+             json_out: Path | None = EVAL_JSON) -> None:
     """Learning quality on the labelled data set (the generated one, or stream.dataset_path with
-    stream.csv for a CSV): the same model and budget trained federated (this project's aggregation
-    on Flower's simulation runtime), centrally, and per device alone; precision, recall, F1 and
-    AUROC on the held-out later part of each device's series."""
+    stream.csv for a CSV): the same model trained federated (this project's aggregation; on Flower's
+    simulation runtime for the holdout), centrally, and per device alone, beside peer detectors
+    (PyOD IsolationForest, River HalfSpaceTrees); precision, recall, F1 and AUROC, on the held-out
+    later part of each device's series (holdout) and over the replayed stream, each window scored
+    before it is trained on (prequential)."""
     from fl_app.federation import evaluate as experiment
 
-    console.print(f"[bold]learning quality[/]: {rounds} rounds x {local_epochs} epoch(s); the first "
-                  f"{train_fraction:.0%} of each device's series trains, the rest is held out")
-    result = experiment.evaluate(cfg, rounds, local_epochs, train_fraction)
+    protocols = experiment.PROTOCOLS if protocol == "both" else (protocol,)
+    if any(p not in experiment.PROTOCOLS for p in protocols):
+        raise typer.BadParameter(f"--protocol must be holdout, prequential or both, not {protocol!r}")
+    if "holdout" in protocols:
+        console.print(f"[bold]holdout[/]: {rounds} rounds x {local_epochs} epoch(s); the first "
+                      f"{train_fraction:.0%} of each device's series trains, the rest is held out")
+    if "prequential" in protocols:
+        console.print(f"[bold]prequential[/]: windows of {cfg.fl.local_training_interval_seconds:g}s at "
+                      f"{cfg.stream.records_per_second:g} readings/s, aggregated every "
+                      f"{cfg.fl.global_update_interval_minutes * 60:g}s")
+    result = experiment.evaluate(cfg, rounds, local_epochs, train_fraction, protocols, peers)
     _print_evaluation(result)
     out = json_out or Path(cfg.paths.logs_dir) / "learning_quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rounds": rounds, "local_epochs": local_epochs, "train_fraction": train_fraction,
+                               "features": list(cfg.fl.model.features), "context": list(cfg.fl.model.context),
                                **result.to_json()}, indent=2))
     console.print(f"written: {out}")
 
@@ -104,13 +118,16 @@ def _print_evaluation(result: Evaluation) -> None:
     from rich import box
     from rich.table import Table
 
-    anomalies = next(iter(result.results.values())).anomalies
-    table = Table(title=f"Held-out anomaly detection: {result.readings:,} readings, {result.devices} devices, "
-                        f"{anomalies:,} labelled anomalies held out", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("approach", "precision", "recall", "F1", "AUROC", "threshold", "flagged", "time"):
-        table.add_column(col, justify="left" if col == "approach" else "right", no_wrap=True)
-    for name, r in result.results.items():
-        table.add_row(name, f"{r.precision:.3f}", f"{r.recall:.3f}", f"{r.f1:.3f}", f"{r.auroc:.3f}",
-                      f"{r.threshold:.3g}", f"{r.flagged:,}", f"{result.seconds[name]:.0f}s")
-    console.print(table)
-    console.print(f"local, mean of the devices' own F1: {result.local_mean_f1:.3f}")
+    for protocol, results in result.results.items():
+        first = next(iter(results.values()))
+        table = Table(title=f"{protocol}: {result.readings:,} readings, {result.devices} devices; "
+                            f"{first.readings:,} scored, {first.anomalies:,} labelled anomalies among them",
+                      title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("approach", "precision", "recall", "F1", "AUROC", "threshold", "flagged", "time"):
+            table.add_column(col, justify="left" if col == "approach" else "right", no_wrap=True)
+        for name, r in results.items():
+            table.add_row(name, f"{r.precision:.3f}", f"{r.recall:.3f}", f"{r.f1:.3f}", f"{r.auroc:.3f}",
+                          f"{r.threshold:.3g}", f"{r.flagged:,}", f"{result.seconds[protocol][name]:.0f}s")
+        console.print(table)
+    if "holdout" in result.results:
+        console.print(f"holdout, local, mean of the devices' own F1: {result.local_mean_f1:.3f}")

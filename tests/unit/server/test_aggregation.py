@@ -48,7 +48,8 @@ CURRENT = GlobalState(round=5, weights=weights(0.0), threshold=1.0)
 
 @pytest.fixture
 def aggregation() -> TimedAggregation:
-    return TimedAggregation(min_devices=3, max_staleness_rounds=2, max_update_norm=20.0, threshold_quantile=0.5)
+    return TimedAggregation(min_devices=3, max_staleness_rounds=2, max_update_norm=20.0, threshold_quantile=0.5,
+                            normalised_columns=2)
 
 
 def test_clock_trains_every_local_interval_and_aggregates_every_global_one() -> None:

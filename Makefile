@@ -3,7 +3,7 @@
 # Both install what is missing first (scripts/setup.sh, idempotent).
 # Pass Hydra overrides to run with ARGS, e.g. make run ARGS="profile=production".
 
-.PHONY: setup setup-test run stop reset status lint test test-fast bench
+.PHONY: setup setup-test setup-eval run stop reset status lint test test-fast bench
 
 setup:
 	@scripts/setup.sh
@@ -24,6 +24,10 @@ status:
 # The tests also need a browser (Debian's chromium) for the Superset and live-page tests.
 setup-test:
 	@scripts/setup.sh --test
+
+# The peer detectors `fl-app evaluate` compares with (pyod, river): uv sync --group dev --group eval.
+setup-eval:
+	@scripts/setup.sh --eval
 
 lint: setup-test
 	.venv/bin/ruff check .

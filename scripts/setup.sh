@@ -8,6 +8,7 @@
 #       .venv-flink  the Flink job: apache-flink pins clash with flwr/pyspark
 #       .venv-superset  Superset 6.1: its pins (SQLAlchemy 1.4, pandas 2.1) clash with the main ones
 #   - with --test: Debian's chromium and chromedriver (the browser tests drive them)
+#   - with --test or --eval: the eval dependency group (pyod, river) in .venv
 #   - the Kafka broker, Flink and Spark Kafka connector jars (resolved once into .cache/jars)
 # Nothing here installs into the system Python: every package goes into a virtualenv.
 set -euo pipefail
@@ -56,8 +57,16 @@ if ! { [ -x "$UV" ] && "$UV" --version 2>/dev/null | grep -q " $UV_VERSION"; }; 
 fi
 export UV_PYTHON_DOWNLOADS=never
 
-say "main environment (.venv) from uv.lock"
-"$UV" sync --frozen --quiet --python "$PY"
+# The eval group (pyod, river: the peer detectors of `fl-app evaluate`) with --test or --eval, and kept
+# once installed: uv sync is exact, so a plain `make run` would otherwise uninstall it.
+groups=()
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--eval" ] ||
+   { [ -x .venv/bin/python ] && .venv/bin/python -c 'import importlib.util as u, sys
+sys.exit(not (u.find_spec("pyod") and u.find_spec("river")))' 2>/dev/null; }; then  # find, not import: 4 s
+  groups+=(--group eval)
+fi
+say "main environment (.venv) from uv.lock${groups:+ (with the eval group)}"
+"$UV" sync --frozen --quiet --python "$PY" "${groups[@]}"
 
 say "Flink environment (.venv-flink) from stream/flink/requirements.lock"
 [ -x .venv-flink/bin/python ] || "$UV" venv --quiet --python "$PY" .venv-flink

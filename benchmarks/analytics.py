@@ -34,7 +34,7 @@ from rich.table import Table
 
 from benchmarks._stack import private_stack
 from benchmarks.baselines import kafka_consume, kafka_produce, mongo_docs, reading
-from core import dataset, model, services, storage
+from core import dataset, features, model, services, storage
 from core.config import PROJECT_ROOT, AppConfig, load_config
 from core.services.runner import ManagedProcess
 from tests.support.stack import tenant_overrides
@@ -45,7 +45,9 @@ FL_APP = Path(sys.executable).parent / "fl-app"
 
 def store_global(store: storage.Storage, cfg: AppConfig, round_: int) -> None:
     weights = model.get_weights(model.build(cfg.fl.model))
+    width = features.normalised_width(cfg.fl.model)  # any valid normalisation: the scorer's cost is measured
     store.global_model.insert_one({"round": round_, "weights": storage.encode_weights(weights), "threshold": 1.0,
+                                   "normalisation": {"centre": [0.0] * width, "scale": [1.0] * width},
                                    "num_devices": 3, "num_examples": 1, "created_at": datetime.now(UTC)})
 
 

@@ -152,7 +152,8 @@ def local_update(settings: RunSettings, device: int, instruction: TrainInstructi
     normalisation = model.Normalisation.from_lists(instruction.centre, instruction.scale, spec) \
         if instruction.centre else None
     result = model.train_locally(spec, instruction.weights, normalisation, buffer, rows, instruction.local_epochs,
-                                 seed=model.client_seed(spec, instruction.server_round, device))
+                                 seed=model.client_seed(spec, instruction.server_round, device),
+                                 threshold=instruction.threshold)
     context.state[REPLAY] = ArrayRecord([buffer.rows])
     context.state[STREAM] = ArrayRecord([np.asarray(stream.to_list(), dtype=np.float64)])
     log.info("device %d: %d new readings, buffer %d, loss %.4f", device, len(readings), len(buffer), result.loss)

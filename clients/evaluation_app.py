@@ -44,7 +44,8 @@ def train(msg: Message, context: Context) -> Message:
     # whole); their moments every round leave the pooled mean and spread unchanged.
     result = model.train_locally(spec, instruction.weights, _normalisation(instruction, spec),
                                  model.ReplayBuffer(len(rows), rows.shape[1]), rows, instruction.local_epochs,
-                                 seed=model.client_seed(spec, instruction.server_round, device))
+                                 seed=model.client_seed(spec, instruction.server_round, device),
+                                 threshold=instruction.threshold)
     update = LocalUpdate(device, instruction.server_round, len(rows), result.weights,
                          {"loss": result.loss, "score-mean": result.score_mean}, result.histogram,
                          threshold=result.threshold, moments=result.moments.to_list())

@@ -341,6 +341,9 @@ class ModelConfig:
     # Score quantile that marks an anomaly: 1 - q of normal readings are flagged, which must stay
     # well under the anomaly rate (~2 % in the generated data set) for precision to be high.
     threshold_quantile: float = checked(0.999, fraction)
+    # false: a device leaves out of its replay buffer (and its moments) the new readings that the
+    # global model it received flags: trained on, the rest of an anomaly that lasts looks normal.
+    learn_flagged: bool = False
     seed: int = 42
 
 

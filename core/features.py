@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -85,10 +85,15 @@ class StreamContext:
         return cls(values, None if math.isnan(flat[0]) else float(flat[0]))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def epoch_seconds(stamp: object) -> float:
-    """``source_time`` (a datetime or ISO text with a zone) as seconds since 1970."""
+    """``source_time`` (a datetime or ISO text with a zone) as seconds since 1970, to the microsecond
+    (what ISO text on the topics carries: a pandas time's nanoseconds would make evaluate's rows differ)."""
     t = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp))
-    return t.timestamp()
+    return ((t - _EPOCH) // _MICROSECOND) / 1e6
 
 
 def _time_of_day(stamp: object) -> tuple[float, float]:

@@ -30,6 +30,7 @@ before), not the window alone. Everything is seeded. Labels are never read here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -225,23 +226,30 @@ class LocalResult:
 
 
 def train_locally(spec: ModelConfig, weights: Sequence[np.ndarray], normalisation: Normalisation | None,
-                  buffer: ReplayBuffer, new_rows: np.ndarray, epochs: int, seed: int) -> LocalResult:
+                  buffer: ReplayBuffer, new_rows: np.ndarray, epochs: int, seed: int,
+                  threshold: float = math.inf) -> LocalResult:
     """A device's round, the same in the live ClientApp, the evaluation's and the prequential
     evaluation: add ``new_rows`` to ``buffer``, score the buffer with the received global model
     (histogram and own quantile), then train it ``epochs`` passes from ``weights``.
 
     ``normalisation`` is the global model's; before the federation has one (round 0) the device
-    uses its own buffer's.
+    uses its own buffer's. With ``spec.learn_flagged`` off, new rows that the received model scores
+    above ``threshold`` (the global one it was sent) stay out of the buffer and the moments: a model
+    that trains on an anomaly as it streams by stops seeing the rest of it.
     """
-    buffer.add(new_rows, np.random.default_rng(seed))
-    norm = normalisation if normalisation is not None else Moments.of(buffer.rows, spec).normalisation()
-    inputs = norm.inputs(buffer.rows)
     net = build(spec)
     set_weights(net, weights)
+    if not spec.learn_flagged and normalisation is not None and math.isfinite(threshold) and len(new_rows):
+        new_rows = new_rows[scores(net, normalisation.inputs(new_rows)) <= threshold]
+    if len(new_rows):
+        buffer.add(new_rows, np.random.default_rng(seed))
+    norm = normalisation if normalisation is not None else Moments.of(buffer.rows, spec).normalisation()
+    inputs = norm.inputs(buffer.rows)
     received = scores(net, inputs)
-    result = train(net, inputs, spec, epochs=epochs, seed=seed)
+    result = train(net, inputs, spec, epochs=epochs, seed=seed) if len(inputs) else TrainResult(math.nan, math.nan)
     return LocalResult(get_weights(net), result.loss, result.score_mean, histogram_of(received),
-                       float(np.quantile(received, spec.threshold_quantile)), Moments.of(new_rows, spec))
+                       float(np.quantile(received, spec.threshold_quantile)) if len(received) else math.nan,
+                       Moments.of(new_rows, spec))
 
 
 def client_seed(spec: ModelConfig, server_round: int, device: int) -> int:

@@ -128,6 +128,6 @@ def _print_evaluation(result: Evaluation) -> None:
         for name, r in results.items():
             table.add_row(name, f"{r.precision:.3f}", f"{r.recall:.3f}", f"{r.f1:.3f}", f"{r.auroc:.3f}",
                           f"{r.threshold:.3g}", f"{r.flagged:,}", f"{result.seconds[protocol][name]:.0f}s")
-        console.print(table)
+        console.print(table, width=max(console.width, 110))  # whole numbers, also in a log or a pipe
     if "holdout" in result.results:
         console.print(f"holdout, local, mean of the devices' own F1: {result.local_mean_f1:.3f}")

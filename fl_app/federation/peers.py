@@ -155,11 +155,47 @@ def half_space_trees(frame: pd.DataFrame, fields: Sequence[str], train_fraction:
     return _pooled(series, scores, thresholds)
 
 
-PEERS = {"iforest-per-device": iforest_per_device, "iforest-global": iforest_global,
-         "half-space-trees": half_space_trees}
+def half_space_trees_prequential(frame: pd.DataFrame, fields: Sequence[str], warmup: int, quantile: float,
+                                 seed: int = SEED, refresh: int = 50) -> quality.Scores:
+    """HalfSpaceTrees per device, test-then-train over its series, scored as the prequential protocol
+    scores ours (:mod:`fl_app.federation.prequential`): every reading after the first ``warmup`` of the
+    data set in time order counts; its threshold, the quantile of the scores the device's detector gave
+    its earlier readings (recomputed every ``refresh`` readings)."""
+    anomaly, preprocessing = _library("river.anomaly"), _library("river.preprocessing")
+    names = [*fields, *(f"diff_{f}" for f in fields)]
+    ordered = frame.sort_values(["source_time", "device_id"], kind="stable").reset_index(drop=True)
+    scores, thresholds = np.zeros(len(ordered)), np.full(len(ordered), np.inf)
+    for _, part in ordered.groupby("device_id", sort=True):
+        values = part[list(fields)].to_numpy(dtype=np.float64)
+        x = np.hstack([values, np.diff(values, axis=0, prepend=values[:1])])
+        detector = preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(seed=seed)
+        out, limit = np.empty(len(x)), np.inf
+        for i, row in enumerate(x.tolist()):
+            if i and i % refresh == 0:
+                limit = float(np.quantile(out[:i], quantile))
+            reading = dict(zip(names, row, strict=True))
+            out[i] = detector.score_one(reading)
+            detector.learn_one(reading)
+            thresholds[part.index[i]] = limit
+        scores[part.index.to_numpy()] = out
+    counted = np.arange(len(ordered)) >= warmup
+    labels = (ordered["anomaly"] != NORMAL).to_numpy()
+    return quality.score(scores[counted], labels[counted], thresholds[counted])
+
+
+def require() -> None:
+    """Raise the RuntimeError that says how to install the peers' libraries, if they are missing."""
+    for name in ("pyod", "river"):
+        _library(name)
+
+
+# name -> peer, per protocol of `fl-app evaluate`
+HOLDOUT = {"iforest-per-device": iforest_per_device, "iforest-global": iforest_global,
+           "half-space-trees": half_space_trees}
+PREQUENTIAL = {"half-space-trees": half_space_trees_prequential}
 
 
 def peers(frame: pd.DataFrame, fields: Sequence[str], train_fraction: float,
           quantile: float) -> dict[str, quality.Scores]:
-    """Every peer's scores on the held-out parts, by its stable name."""
-    return {name: peer(frame, fields, train_fraction, quantile) for name, peer in PEERS.items()}
+    """Every holdout peer's scores on the held-out parts, by its stable name."""
+    return {name: peer(frame, fields, train_fraction, quantile) for name, peer in HOLDOUT.items()}

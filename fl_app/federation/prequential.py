@@ -51,7 +51,7 @@ def ticks(frame: pd.DataFrame, per_tick: int) -> Iterator[dict[int, list[dict[st
     for start in range(0, len(ordered), per_tick):
         windows: dict[int, list[dict[str, object]]] = {}
         for reading in ordered[start:start + per_tick]:
-            windows.setdefault(int(reading["device_id"]), []).append(reading)  # type: ignore[call-overload]
+            windows.setdefault(int(reading["device_id"]), []).append(reading)  # type: ignore[arg-type]
         yield windows
 
 
@@ -87,9 +87,9 @@ class Own:
 
     def step(self, spec: ModelConfig, rows: np.ndarray, epochs: int, seed: int) -> None:
         """Train on ``rows`` (the live step), then take the threshold of the trained model on the buffer."""
-        new = model.Moments.of(rows, spec)
-        self.moments = new if self.moments is None else self.moments + new
-        result = model.train_locally(spec, self.weights, self.normalisation(), self.buffer, rows, epochs, seed)
+        result = model.train_locally(spec, self.weights, self.normalisation(), self.buffer, rows, epochs, seed,
+                                     threshold=self.threshold)
+        self.moments = result.moments if self.moments is None else self.moments + result.moments
         self.weights = result.weights
         norm = self.normalisation()
         assert norm is not None
@@ -157,7 +157,7 @@ def evaluate(cfg: AppConfig, frame: pd.DataFrame, normal: str = "normal") -> dic
                                        central.threshold, labels)
             seed = model.client_seed(spec, state.round, device)
             result = model.train_locally(spec, state.weights, state.normalisation(), buffers[device], rows,
-                                         fl.local_epochs, seed)
+                                         fl.local_epochs, seed, threshold=state.threshold)
             pending.append(LocalUpdate(device, state.round, len(rows), result.weights,
                                        {"loss": result.loss, "score-mean": result.score_mean}, result.histogram,
                                        threshold=result.threshold, moments=result.moments.to_list()))

@@ -14,7 +14,18 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, RecordDict
 
-from core.messages import ARRAYS, CONFIG, HISTOGRAM, METRICS, NUM_EXAMPLES, LocalUpdate, MalformedReply, unpack
+from core.messages import (
+    ARRAYS,
+    CONFIG,
+    DEVICE_THRESHOLD,
+    HISTOGRAM,
+    METRICS,
+    MOMENTS,
+    NUM_EXAMPLES,
+    LocalUpdate,
+    MalformedReply,
+    unpack,
+)
 from core.model import HISTOGRAM_EDGES
 
 DEVICE = 7
@@ -61,6 +72,12 @@ MALFORMED: dict[str, tuple[Callable[[RecordDict], object], str, bool]] = {
     "negative histogram": (metric(HISTOGRAM, [-1.0] * 8), "negative", True),
     "histogram too long": (metric(HISTOGRAM, [1.0] * 5000), "at most", True),
     "histogram a scalar": (metric(HISTOGRAM, 3.0), "list", True),
+    "NaN moments": (metric(MOMENTS, [math.nan] * 5), "finite number", True),
+    "moments a scalar": (metric(MOMENTS, 3.0), "list", True),
+    "moments too long": (metric(MOMENTS, [1.0] * 100_000), "at most", True),
+    "inf device-threshold": (metric(DEVICE_THRESHOLD, math.inf), "finite number", True),
+    "negative device-threshold": (metric(DEVICE_THRESHOLD, -0.5), "negative", True),
+    "device-threshold a list": (metric(DEVICE_THRESHOLD, [1.0]), "finite number", True),
     "inf metric": (metric("loss", math.inf), "metric loss must be a finite number", True),
     "metric named $where": (metric("$where", 1.0), "metrics named", True),
     "metric a list": (metric("loss", [1.0, 2.0]), "metric loss", True),

@@ -373,3 +373,65 @@ def test_status_calls_the_federation_down_after_two_global_intervals_without_a_t
     assert federation_down({"at": T0 + timedelta(seconds=370)}, state, 60.0, now) is None
     assert federation_down(None, {"at": T0}, 60.0, now) == 500.0  # no tick ever: since its last report
     assert federation_down(None, None, 60.0, now) is None  # nothing known
+
+
+def _moments(rows: np.ndarray) -> list[float]:
+    return [float(len(rows)), *rows.sum(axis=0).tolist(), *(rows ** 2).sum(axis=0).tolist()]
+
+
+def test_the_learned_normalisation_is_the_pooled_statistics_of_every_round(aggregation: TimedAggregation) -> None:
+    """Two rounds of three devices: the normalisation the second global model ships is the mean and
+    spread of all six devices' rows pooled (a superseded update's rows count too), and resumes from
+    its document."""
+    rng = np.random.default_rng(4)
+    chunks = {d: rng.normal([20.0 + d, 40.0], [1.0 + d, 3.0], size=(5 + 3 * d, 2)) for d in range(1, 7)}
+    state = CURRENT
+    for devices in ((1, 2, 3), (4, 5, 6)):
+        updates = []
+        for d in devices:
+            half = len(chunks[d]) // 2  # two replies of the device in one tick: both count
+            for i, part in enumerate((chunks[d][:half], chunks[d][half:])):
+                u = update(d, 0.1, examples=len(part), seconds=i)
+                u.base_round, u.moments = state.round, _moments(part)
+                updates.append(u)
+        outcome = aggregation.aggregate_round(updates, state)
+        assert outcome.status == AGGREGATED and outcome.state is not None, outcome.reason
+        state = outcome.state
+    pooled = np.concatenate(list(chunks.values()))
+    norm = state.normalisation()
+    assert norm is not None
+    np.testing.assert_allclose(norm.centre, pooled.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(norm.scale, pooled.std(axis=0), rtol=1e-9)
+    assert state.instruction(1).centre == norm.centre.tolist()
+    doc = rounds.documents(outcome).global_doc
+    assert doc is not None and doc["normalisation"]["centre"] == norm.centre.tolist()
+    store = SimpleNamespace(latest_global_model=lambda: doc)
+    resumed = rounds.resume(store, load_config().fl.model)  # type: ignore[arg-type]
+    assert resumed.moments is not None and resumed.moments.to_list() == state.moments.to_list()  # type: ignore[union-attr]
+
+
+def test_each_device_keeps_its_own_newest_threshold(aggregation: TimedAggregation) -> None:
+    ups = [update(d, 0.1) for d in (1, 2, 3)]
+    for u, t in zip(ups, (0.5, 2.0, float("nan")), strict=True):
+        u.threshold = t
+    first = aggregation.aggregate_round(ups, CURRENT)
+    assert first.state is not None and first.state.device_thresholds == {1: 0.5, 2: 2.0}
+    later = [update(d, 0.1, base=6) for d in (2, 3, 4)]
+    later[0].threshold = 3.0
+    second = aggregation.aggregate_round(later, first.state)
+    assert second.state is not None and second.state.device_thresholds == {1: 0.5, 2: 3.0}  # 1 kept, 2 newer
+
+
+@pytest.mark.parametrize(("moments", "reason"), [
+    ([1.0, 2.0], "moments must be 5 numbers"),
+    ([10.0, 1.0, 1.0, float("inf"), 1.0], "finite"),
+    ([10.0, 1.0, 1.0, -1.0, 1.0], "sums of squares >= 0"),
+    ([11.0, 1.0, 1.0, 1.0, 1.0], "moments of 11 rows for 10 examples"),
+])
+def test_moments_a_device_cannot_have_are_rejected(aggregation: TimedAggregation, moments: list[float],
+                                                   reason: str) -> None:
+    bad = update(4, 0.1)
+    bad.moments = moments
+    outcome = aggregation.aggregate_round([update(1, 0.1), update(2, 0.1), update(3, 0.1), bad], CURRENT)
+    assert [u.device_id for u, _ in outcome.rejected] == [4] and reason in outcome.rejected[0][1]
+    assert outcome.state is not None and outcome.state.moments is None  # the others sent none

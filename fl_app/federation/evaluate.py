@@ -66,13 +66,13 @@ def evaluate(cfg: AppConfig, rounds: int, local_epochs: int, train_fraction: flo
     results: dict[str, dict[str, quality.Scores]] = {}
     seconds: dict[str, dict[str, float]] = {}
     local_mean = float("nan")
-    partitions = quality.split(frame, cfg.fl.model, train_fraction)
     if "holdout" in protocols:
+        partitions = quality.split(frame, cfg.fl.model, train_fraction)
         results["holdout"], seconds["holdout"], local_mean = holdout(cfg, frame, partitions, rounds, local_epochs,
                                                                      train_fraction, peers)
     if "prequential" in protocols:
         results["prequential"], seconds["prequential"] = prequential(cfg, frame, peers)
-    return Evaluation(results, seconds, local_mean, len(frame), len(partitions))
+    return Evaluation(results, seconds, local_mean, len(frame), int(frame["device_id"].nunique()))
 
 
 def holdout(cfg: AppConfig, frame: pd.DataFrame, partitions: list[quality.Partition], rounds: int, local_epochs: int,

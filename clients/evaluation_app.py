@@ -41,11 +41,14 @@ def train(msg: Message, context: Context) -> Message:
     spec = settings.model_config()
     instruction = TrainInstruction.from_record(msg.content)
     # The buffer holds all of the device's training rows, every round (the ``new rows`` replace it
-    # whole); their moments every round leave the pooled mean and spread unchanged.
+    # whole); their moments every round leave the pooled mean and spread unchanged. No threshold: the
+    # holdout trains every approach on the same fixed rows, so none leaves flagged rows out (the
+    # prequential protocol runs the live filter, fl.model.learn_flagged). With the filter here, the
+    # rows left out every round never fit and their scores set the final threshold: on the generated
+    # data set federated F1 0.939 against 0.955 without.
     result = model.train_locally(spec, instruction.weights, _normalisation(instruction, spec),
                                  model.ReplayBuffer(len(rows), rows.shape[1]), rows, instruction.local_epochs,
-                                 seed=model.client_seed(spec, instruction.server_round, device),
-                                 threshold=instruction.threshold)
+                                 seed=model.client_seed(spec, instruction.server_round, device))
     update = LocalUpdate(device, instruction.server_round, len(rows), result.weights,
                          {"loss": result.loss, "score-mean": result.score_mean}, result.histogram,
                          threshold=result.threshold, moments=result.moments.to_list())

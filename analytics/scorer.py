@@ -91,14 +91,21 @@ class ScoringModel:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any], spec: ModelConfig, threshold: str = "global") -> ScoringModel:
-        """ValueError for a document the scorer cannot use (no normalisation, or one of another width)."""
-        from core.model import Normalisation
+        """ValueError for a document the scorer cannot use (no normalisation, or one of another width;
+        weights that do not fit the configured model: written by an earlier version, or before
+        fl.model changed), refused here on the driver rather than failing every task of the query."""
+        from core.model import Normalisation, build, set_weights
         from core.storage import decode_weights
 
         norm = doc.get("normalisation") or {}
         if "centre" not in norm or "scale" not in norm:
             raise ValueError("it has no normalisation")
         checked = Normalisation.from_lists(norm["centre"], norm["scale"], spec)
+        try:
+            set_weights(build(spec), decode_weights(doc["weights"]))
+        except (RuntimeError, ValueError) as exc:  # torch: size mismatch; ours: the number of arrays
+            raise ValueError(f"its weights do not fit the configured model: {str(exc).splitlines()[0][:200]}") \
+                from None
         centre, scale = checked.to_lists()
         return cls(int(doc["round"]), float(doc["threshold"]),
                    {str(k): float(v) for k, v in (doc.get("device_thresholds") or {}).items()},

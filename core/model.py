@@ -15,7 +15,7 @@ error over the inputs); a reading is an anomaly when its score exceeds a
 threshold: the global one, the ``threshold_quantile`` of the scores of all
 devices' data pooled, found without sharing a score (each device sends a
 histogram of the received global model's scores on its replay buffer over
-fixed bins, :func:`score_histogram`, the server adds them up,
+fixed bins, :func:`histogram_of`, the server adds them up,
 :func:`histogram_quantile`), or, with ``fl.threshold=per_device``, the
 device's own quantile of the global model's scores on its buffer, which it
 sends as one number (:func:`score_quantile`). Both describe the model the
@@ -93,6 +93,9 @@ def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
 # constant column (the gap of a mote that reports on a fixed clock) would otherwise turn the
 # slightest jitter into a huge score.
 MIN_RELATIVE_SCALE = 0.01
+# The largest mean or root mean square a row column can have: the widest valid range (light, 0 to
+# 1e5, core.config.ValidRanges) and differences across it stay well below.
+MAX_MOMENT = 1e6
 
 
 @dataclass
@@ -117,15 +120,28 @@ class Moments:
 
     @classmethod
     def from_list(cls, values: Sequence[float], width: int) -> Moments:
-        """The inverse of :meth:`to_list`; ValueError unless it is ``1 + 2 * width`` finite numbers,
-        a count >= 0 and sums of squares >= 0."""
+        """The inverse of :meth:`to_list`, for moments a device sent; ValueError unless they are moments
+        some rows can have: ``1 + 2 * width`` finite numbers, a whole count >= 0 (0: sums and squares 0),
+        every sum of squares at least the square of the sum over the count (Cauchy-Schwarz), and a mean
+        and root mean square within :data:`MAX_MOMENT` (a row's columns are validated sensor values,
+        their differences and spreads, a log gap). Moments past that bound would make the running
+        totals, and every later normalisation, infinite for good."""
         if len(values) != 1 + 2 * width:
             raise ValueError(f"moments must be {1 + 2 * width} numbers (count, {width} sums, {width} squares), "
                              f"got {len(values)}")
         array = np.asarray(values, dtype=np.float64)
-        if not np.all(np.isfinite(array)) or array[0] < 0 or np.any(array[1 + width:] < 0):
-            raise ValueError("moments must be finite, with a count and sums of squares >= 0")
-        return cls(float(array[0]), array[1:1 + width], array[1 + width:])
+        count, sums, squares = array[0], array[1:1 + width], array[1 + width:]
+        if not np.all(np.isfinite(array)) or count < 0 or count != math.floor(count) or np.any(squares < 0):
+            raise ValueError("moments must be finite, with a whole count and sums of squares >= 0")
+        if count == 0:
+            if np.any(sums != 0) or np.any(squares != 0):
+                raise ValueError("moments of 0 rows must have sums and squares of 0")
+            return cls(0.0, sums, squares)
+        if np.any(np.abs(sums) / count > MAX_MOMENT) or np.any(squares / count > MAX_MOMENT ** 2):
+            raise ValueError(f"moments with a mean or root mean square beyond {MAX_MOMENT:g}")
+        if np.any(squares * count < sums ** 2 * (1 - 1e-9) - 1e-9):
+            raise ValueError("moments no rows can have: a sum of squares below the square of the sum / count")
+        return cls(float(count), sums, squares)
 
     def normalisation(self) -> Normalisation:
         """The mean and standard deviation of the rows (the spread floored, see :data:`MIN_RELATIVE_SCALE`)."""
@@ -240,7 +256,8 @@ def train_locally(spec: ModelConfig, weights: Sequence[np.ndarray], normalisatio
     net = build(spec)
     set_weights(net, weights)
     if not spec.learn_flagged and normalisation is not None and math.isfinite(threshold) and len(new_rows):
-        new_rows = new_rows[scores(net, normalisation.inputs(new_rows)) <= threshold]
+        kept = new_rows[scores(net, normalisation.inputs(new_rows)) <= threshold]
+        new_rows = kept if len(kept) or len(buffer) else new_rows  # a device's first rows train whatever they score
     if len(new_rows):
         buffer.add(new_rows, np.random.default_rng(seed))
     norm = normalisation if normalisation is not None else Moments.of(buffer.rows, spec).normalisation()
@@ -277,7 +294,7 @@ def histogram_of(scores: np.ndarray) -> list[float]:
 
 
 def histogram_quantile(counts: np.ndarray, q: float) -> float:
-    """The ``q`` quantile of summed :func:`score_histogram` counts: the upper edge of its bin."""
+    """The ``q`` quantile of summed :func:`histogram_of` counts: the upper edge of its bin."""
     total = counts.sum()
     if total <= 0:
         return float("inf")

@@ -10,6 +10,7 @@ never a second one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,13 @@ import numpy as np
 from bson import ObjectId
 
 from core.config import ModelConfig
+from core.features import normalised_width
 from core.messages import LocalUpdate
 from core.model import Moments
 from core.storage import Storage, decode_weights, encode_weights
 from server.aggregation import AGGREGATED, GlobalState, RoundOutcome
+
+log = logging.getLogger(__name__)
 
 
 def initial_state(spec: ModelConfig) -> GlobalState:
@@ -32,13 +36,31 @@ def initial_state(spec: ModelConfig) -> GlobalState:
 
 
 def resume(store: Storage, spec: ModelConfig) -> GlobalState:
-    """The newest stored global model, or round 0 if there is none."""
+    """The newest stored global model, or round 0 if there is none.
+
+    A stored model this configuration cannot use (weights of other shapes, moments of another width:
+    written by an earlier version, or before ``fl.model.features`` or ``context`` changed) is not
+    resumed: the federation starts from fresh weights, and its round numbers go on from the stored one
+    (they are unique), with a warning that says why.
+    """
     doc = store.latest_global_model()
     if doc is None:
         return initial_state(spec)
+    fresh = initial_state(spec)
+    weights = decode_weights(doc["weights"])
     moments = doc.get("moments")
-    return GlobalState(round=int(doc["round"]), weights=decode_weights(doc["weights"]),
-                       threshold=float(doc["threshold"]),
+    width = normalised_width(spec)
+    why = ""
+    shapes, expected = [list(w.shape) for w in weights], [list(w.shape) for w in fresh.weights]
+    if shapes != expected:
+        why = f"its first weights have shapes {shapes[:2]}, this model's {expected[:2]}"
+    elif moments and (len(moments.get("sums", [])) != width or len(moments.get("squares", [])) != width):
+        why = f"its normalisation has {len(moments.get('sums', []))} columns, this model's {width}"
+    if why:
+        log.warning("global round %s does not fit the configured model (%s): starting from fresh weights, "
+                    "rounds going on from %s", doc["round"], why, doc["round"])
+        return GlobalState(round=int(doc["round"]), weights=fresh.weights, threshold=fresh.threshold)
+    return GlobalState(round=int(doc["round"]), weights=weights, threshold=float(doc["threshold"]),
                        moments=Moments(float(moments["count"]), np.asarray(moments["sums"], dtype=np.float64),
                                        np.asarray(moments["squares"], dtype=np.float64)) if moments else None,
                        device_thresholds={int(k): float(v) for k, v in doc.get("device_thresholds", {}).items()})

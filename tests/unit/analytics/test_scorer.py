@@ -182,6 +182,14 @@ def test_a_global_model_without_normalisation_is_refused() -> None:
         ScoringModel.from_doc(doc, spec)
     with pytest.raises(ValueError, match="finite centres"):
         ScoringModel.from_doc({**doc, "normalisation": {"centre": [0.0], "scale": [1.0]}}, spec)
+    # A round of the previous version (6 inputs) fits no task of this model: refused on the driver,
+    # not raised in every Spark task of the query.
+    width = features.normalised_width(spec)
+    old = {**doc, "normalisation": {"centre": [0.0] * width, "scale": [1.0] * width},
+           "weights": encode_weights(model.get_weights(model.build(load_config(
+               ["fl.model.context=[]"]).fl.model)))}
+    with pytest.raises(ValueError, match="do not fit the configured model"):
+        ScoringModel.from_doc(old, spec)
 
 
 def test_a_stateless_checkpoint_is_started_afresh_and_a_stateful_one_kept(tmp_path: Path) -> None:

@@ -127,3 +127,19 @@ def test_weights_round_trip_and_a_wrong_count_is_refused(spec: ModelConfig) -> N
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="weight arrays"):
         model.set_weights(b, model.get_weights(a)[:-1])
+
+
+def test_flagged_new_rows_stay_out_of_the_buffer_unless_it_would_be_empty(spec: ModelConfig,
+                                                                         frame: pd.DataFrame) -> None:
+    raw, _ = features.rows(rows(frame[frame["device_id"] == 3].head(120)), spec)
+    norm = model.Moments.of(raw, spec).normalisation()
+    start = model.get_weights(model.build(spec))
+    received = model.scores(model.build(spec), norm.inputs(raw[100:]))
+    threshold = float(np.median(received))
+    buffer = model.ReplayBuffer(spec.replay_size, raw.shape[1], raw[:100])
+    result = model.train_locally(spec, start, norm, buffer, raw[100:], epochs=1, seed=1, threshold=threshold)
+    assert len(buffer) == 100 + int((received <= threshold).sum()) < 120  # the flagged half left out
+    assert result.moments.count == int((received <= threshold).sum())
+    empty = model.ReplayBuffer(spec.replay_size, raw.shape[1])
+    first = model.train_locally(spec, start, norm, empty, raw[100:], epochs=1, seed=1, threshold=0.0)
+    assert len(empty) == 20 and np.isfinite(first.loss)  # all flagged, but a first window trains whole

@@ -102,8 +102,7 @@ def _net(spec: ModelConfig, weights: list[np.ndarray]) -> model.AutoEncoder:
     return net
 
 
-def _scores(spec: ModelConfig, net: model.AutoEncoder, norm: model.Normalisation | None,
-            rows: np.ndarray) -> np.ndarray:
+def _scores(net: model.AutoEncoder, norm: model.Normalisation | None, rows: np.ndarray) -> np.ndarray:
     return model.scores(net, norm.inputs(rows)) if norm is not None else np.zeros(len(rows))
 
 
@@ -147,13 +146,13 @@ def evaluate(cfg: AppConfig, frame: pd.DataFrame, normal: str = "normal") -> dic
             labels = np.array([r["anomaly"] != normal for r in readings])
             if counted:
                 norm = state.normalisation()
-                s = _scores(spec, global_net, norm, rows)
+                s = _scores(global_net, norm, rows)
                 tallies["federated"].add(s, state.threshold, labels)
                 tallies["federated per-device"].add(s, state.device_thresholds.get(device, state.threshold), labels)
                 own = local[device]
-                tallies["local"].add(_scores(spec, _net(spec, own.weights), own.normalisation(), rows),
+                tallies["local"].add(_scores(_net(spec, own.weights), own.normalisation(), rows),
                                      own.threshold, labels)
-                tallies["central"].add(_scores(spec, _net(spec, central.weights), central.normalisation(), rows),
+                tallies["central"].add(_scores(_net(spec, central.weights), central.normalisation(), rows),
                                        central.threshold, labels)
             seed = model.client_seed(spec, state.round, device)
             result = model.train_locally(spec, state.weights, state.normalisation(), buffers[device], rows,

@@ -178,6 +178,25 @@ class BulkStore(KeyedProcessFunction):
         self.count.clear()
 
 
+def dedup_ttl(ttl_ms: int) -> StateTtlConfig:
+    """The time-to-live of the window operator's seen event ids.
+
+    The cleanup strategies are set explicitly, background cleanup off: its default includes
+    RocksDB's compaction filter, whose default period PyFlink builds through a Py4J gateway, and in
+    thread mode that gateway is launched from inside the TaskManager, which can leave the task
+    INITIALIZING for good (FLINK-40628; seen here twice in ~40 pipeline starts: no window ever
+    emitted, every checkpoint refused). Incremental cleanup is the heap backend's part of that
+    default, kept as it was (5 entries per access); full-snapshot cleanup keeps checkpoints small.
+    """
+    return (StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .disable_cleanup_in_background()
+            .cleanup_incrementally(5, False)
+            .cleanup_full_snapshot()
+            .build())
+
+
 class DeviceWindows(KeyedProcessFunction):
     """Per device: collect new readings; at each interval boundary emit them as one window.
 
@@ -202,11 +221,7 @@ class DeviceWindows(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.pending = runtime_context.get_list_state(ListStateDescriptor("readings", Types.PICKLED_BYTE_ARRAY()))
-        ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.ttl_ms))
-               .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-               .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-               .cleanup_full_snapshot()
-               .build())
+        ttl = dedup_ttl(self.ttl_ms)
         seen = MapStateDescriptor("seen-event-ids", Types.STRING(), Types.BOOLEAN())
         seen.enable_time_to_live(ttl)
         self.seen = runtime_context.get_map_state(seen)

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from bson import ObjectId
 
 from core.config import ModelConfig
@@ -54,15 +53,17 @@ def resume(store: Storage, spec: ModelConfig) -> GlobalState:
     shapes, expected = [list(w.shape) for w in weights], [list(w.shape) for w in fresh.weights]
     if shapes != expected:
         why = f"its first weights have shapes {shapes[:2]}, this model's {expected[:2]}"
-    elif moments and (len(moments.get("sums", [])) != width or len(moments.get("squares", [])) != width):
-        why = f"its normalisation has {len(moments.get('sums', []))} columns, this model's {width}"
+    else:
+        try:  # the same checks as a device's moments: a stored document is input too
+            totals = Moments.from_list([moments["count"], *moments["sums"], *moments["squares"]], width) \
+                if moments else None
+        except (KeyError, TypeError, ValueError) as exc:
+            why = f"its normalisation cannot be used: {str(exc)[:200]}"
     if why:
         log.warning("global round %s does not fit the configured model (%s): starting from fresh weights, "
                     "rounds going on from %s", doc["round"], why, doc["round"])
         return GlobalState(round=int(doc["round"]), weights=fresh.weights, threshold=fresh.threshold)
-    return GlobalState(round=int(doc["round"]), weights=weights, threshold=float(doc["threshold"]),
-                       moments=Moments(float(moments["count"]), np.asarray(moments["sums"], dtype=np.float64),
-                                       np.asarray(moments["squares"], dtype=np.float64)) if moments else None,
+    return GlobalState(round=int(doc["round"]), weights=weights, threshold=float(doc["threshold"]), moments=totals,
                        device_thresholds={int(k): float(v) for k, v in doc.get("device_thresholds", {}).items()})
 
 

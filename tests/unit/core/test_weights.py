@@ -59,3 +59,22 @@ def test_packed_weights_that_do_not_fit_their_layout_are_refused() -> None:
     update.config_records["config"]["layout"] = [2, 3, 3]
     with pytest.raises(ValueError, match="malformed reply"):
         LocalUpdate.from_record(update)
+
+
+@pytest.mark.parametrize(("centre", "scale", "reason"), [
+    ([0.0, 1.0], [1.0], "as long"),
+    ([0.0], [0.0], "scale > 0"),
+    ([0.0], [-1.0], "scale > 0"),
+    ([float("inf")], [1.0], "finite number"),
+    ([0.0] * 10_000, [1.0] * 10_000, "at most"),
+])
+def test_a_train_message_with_a_normalisation_no_model_can_use_is_refused(centre: list[float], scale: list[float],
+                                                                          reason: str) -> None:
+    """The device's side of the normalisation: a train message it cannot apply is an error reply, not a
+    model trained on NaN."""
+    weights = [np.zeros((2, 2), np.float32)]
+    record = TrainInstruction(weights, 4, 0.5, 1, centre, scale).to_record()
+    with pytest.raises(ValueError, match=reason):
+        TrainInstruction.from_record(record)
+    back = TrainInstruction.from_record(TrainInstruction(weights, 4, 0.5, 1, [20.0], [2.0]).to_record())
+    assert (back.centre, back.scale) == ([20.0], [2.0])

@@ -468,3 +468,8 @@ def test_a_stored_model_of_another_shape_is_not_resumed_but_its_rounds_go_on(mon
               "moments": {"count": 3.0, "sums": [1.0, 2.0], "squares": [1.0, 2.0]}}
     state = rounds.resume(SimpleNamespace(latest_global_model=lambda: narrow), spec)  # type: ignore[arg-type]
     assert state.round == 7 and state.moments is None
+    for bad in ({"count": None, "sums": moments["sums"], "squares": moments["squares"]},  # a wrong type
+                {**moments, "sums": [float("inf")] * (width - 2)}, {"count": 3.0}):  # inf; fields missing
+        doc = {**fits, "moments": bad}
+        state = rounds.resume(SimpleNamespace(latest_global_model=lambda doc=doc: doc), spec)  # type: ignore[arg-type]
+        assert state.round == 9 and state.moments is None  # started fresh, not a crash loop

@@ -169,18 +169,29 @@ def validate_partitions(rules: Rules) -> Callable[[Iterator[pd.DataFrame]], Iter
 
 
 # ------------------------------------------------------- 2. features, per device
-def save_context(context: Any) -> tuple[bytes]:
-    """A :class:`~core.features.StreamContext` as the state's one column (:data:`STATE_SCHEMA`)."""
-    return (np.asarray(context.to_list(), dtype=np.float64).tobytes(),)
+# The state's layout: [_POSITIONED, loop, seq, *StreamContext.to_list()]; a state without the mark
+# (written before positions were kept) is a bare context, its position unknown.
+_POSITIONED = -1.0
 
 
-def load_context(state: GroupState, fields: int) -> Any:
-    """The device's :class:`~core.features.StreamContext`, or None before its first reading."""
+def save_context(context: Any, position: tuple[int, int] | None) -> tuple[bytes]:
+    """A :class:`~core.features.StreamContext` and the ``(loop, seq)`` of the device's last reading
+    folded into it, as the state's one column (:data:`STATE_SCHEMA`)."""
+    head = [_POSITIONED, *position] if position is not None else []
+    return (np.asarray([*head, *context.to_list()], dtype=np.float64).tobytes(),)
+
+
+def load_context(state: GroupState, fields: int) -> tuple[Any, tuple[int, int] | None]:
+    """The device's ``(StreamContext, position)``, or ``(None, None)`` before its first reading."""
     from core.features import StreamContext
 
     if not state.exists:
-        return None
-    return StreamContext.from_list(np.frombuffer(bytes(state.get[0]), dtype=np.float64).tolist(), fields)
+        return None, None
+    flat = np.frombuffer(bytes(state.get[0]), dtype=np.float64).tolist()
+    position = None
+    if len(flat) >= 3 and flat[0] == _POSITIONED and all(np.isfinite(flat[1:3])):
+        position, flat = (int(flat[1]), int(flat[2])), flat[3:]
+    return StreamContext.from_list(flat, fields), position
 
 
 def device_features(spec_dict: dict[str, Any]) -> Callable[[tuple[Any, ...], Iterator[pd.DataFrame], GroupState],
@@ -203,9 +214,21 @@ def device_features(spec_dict: dict[str, Any]) -> Callable[[tuple[Any, ...], Ite
             return
         device = int(device)
         batch = batch.sort_values(["partition", "offset"], kind="stable")
-        readings = [json.loads(text) for text in batch["reading"]]
-        context = load_context(state, len(spec.features))
+        context, position = load_context(state, len(spec.features))
         skipped: Counter[str] = Counter()
+        # A reading at or before the device's last position is one the producer sent again (a
+        # restart resumes from its checkpoint): scored already, and folding it into the context a
+        # second time would give the device rows the ClientApp, fed by the deduplicating Flink job,
+        # never sees.
+        readings = []
+        for text in batch["reading"]:
+            reading = json.loads(text)
+            at = (int(reading["loop"]), int(reading["seq"]))
+            if position is not None and at <= position:
+                skipped["sent again"] += 1
+                continue
+            readings.append(reading)
+            position = at
         try:
             rows, context = features.rows(readings, spec, context)
             kept = readings
@@ -221,7 +244,7 @@ def device_features(spec_dict: dict[str, Any]) -> Callable[[tuple[Any, ...], Ite
                 found.append(row)
             rows = np.vstack(found) if found else np.empty((0, len(features.columns(spec))))
         if context is not None:
-            state.update(save_context(context))
+            state.update(save_context(context, position))
         yield _feature_frame([device] * len(kept), [r["event_id"] for r in kept], [r["event_time"] for r in kept],
                              [row.tolist() for row in rows], list(skipped), list(skipped.values()), device)
 

@@ -108,6 +108,37 @@ def test_features_across_two_micro_batches_equal_the_whole_series_in_offset_orde
     assert np.array_equal(np.array(out["features"].tolist()), expected)  # exactly: same code, same floats
 
 
+def test_readings_the_producer_sends_again_are_counted_and_leave_the_context_as_it_was() -> None:
+    """A restarted producer resends from its checkpoint: the Flink job drops the copies before the
+    ClientApp's windows, so the scorer must not fold them into the device's context either."""
+    spec = load_config([]).fl.model
+    series = [reading(seq) for seq in range(20)]
+    expected, _ = features.rows([vars(r) for r in series], spec)
+    state = FakeState()
+    first = features_of(checked(series[:12]), state, spec)
+    # The next micro-batch: readings 7..11 again (later offsets), then the new ones; one new copy too.
+    again = [*series[7:12], *series[12:16], series[15], *series[16:]]
+    second = features_of(checked(again, list(range(12, 12 + len(again)))), state, spec)
+    scored = second[second["reason"].isna()]
+    assert dict(zip(second["reason"].dropna(), second["n"][second["reason"].notna()], strict=True)) == {
+        "sent again": 6}
+    out = pd.concat([first, scored], ignore_index=True)
+    assert out["event_id"].tolist() == [r.event_id for r in series]  # each reading once
+    assert np.array_equal(np.array(out["features"].tolist()), expected)
+
+
+def test_a_state_written_before_positions_were_kept_is_read_as_a_bare_context() -> None:
+    spec = load_config([]).fl.model
+    series = [reading(seq) for seq in range(10)]
+    expected, context = features.rows([vars(r) for r in series], spec)
+    state = FakeState()
+    state.update((np.asarray(context.to_list(), dtype=np.float64).tobytes(),))  # the old layout
+    more = [reading(seq) for seq in range(10, 14)]
+    out = features_of(checked(more), state, spec)
+    whole, _ = features.rows([vars(r) for r in series + more], spec)
+    assert np.array_equal(np.array(out["features"].tolist()), whole[10:])
+
+
 def test_the_invalid_records_group_is_a_count_per_reason_and_keeps_no_state() -> None:
     spec = load_config([]).fl.model
     frame = validated([b"nope", None, b"nope", reading(1, device=99).to_json()], [0] * 4, [0, 1, 2, 3], RULES)

@@ -313,7 +313,7 @@ class FlinkConfig:
 
 
 # ------------------------------------------------------------------------ fl
-CONTEXT_KINDS = ("delta", "deviation", "spread", "gap")  # what core/features.py can add to a reading
+CONTEXT_KINDS = ("delta", "deviation", "spread", "repeat", "gap")  # what core/features.py can add to a reading
 def narrower_than_inputs(value: list[int], app: AppConfig) -> str | None:
     from core.features import columns  # lazily: core.features imports this module
 

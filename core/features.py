@@ -17,6 +17,8 @@ context kinds (``fl.model.context``):
   ``fl.model.context_window`` readings (a spike stands out, a slow drift less);
 - ``spread``: the standard deviation of the last ``context_window`` values, this
   one included (a sensor gone noisy);
+- ``repeat``: how many of the device's previous ``context_window`` readings, counted back from
+  the last, hold exactly this value (a stuck sensor repeats itself; sensor noise does not);
 - ``gap``: ``log1p`` of the seconds since the device's previous reading (a mote
   that stalls and resumes);
 - then the time of day as sine and cosine.
@@ -42,7 +44,7 @@ import numpy as np
 
 from core.config import CONTEXT_KINDS, ModelConfig
 
-PER_FIELD = CONTEXT_KINDS[:3]  # one column per sensor field each; the last, gap, is one column
+PER_FIELD = CONTEXT_KINDS[:4]  # one column per sensor field each; the last, gap, is one column
 TIME_COLUMNS = ("time_sin", "time_cos")
 
 
@@ -129,9 +131,12 @@ def rows(readings: Sequence[Mapping[str, object]], spec: ModelConfig,
                 out[i, column:column + n] = x - previous[-1] if len(previous) else 0.0
             elif kind == "deviation":
                 out[i, column:column + n] = x - previous.mean(axis=0) if len(previous) else 0.0
-            else:  # spread: of the last `window` values, this one included
+            elif kind == "spread":  # of the last `window` values, this one included
                 out[i, column:column + n] = np.vstack([previous[-(window - 1):] if window > 1 else previous[:0],
                                                        x]).std(axis=0)
+            else:  # repeat: the unbroken run of this exact value just before it
+                same = np.vstack([previous[::-1] == x, np.zeros((1, n), dtype=bool)])
+                out[i, column:column + n] = same.argmin(axis=0)
             column += n
         now = epoch_seconds(reading["source_time"])
         if gap:

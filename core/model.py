@@ -17,8 +17,8 @@ devices' data pooled, found without sharing a score (each device sends a
 histogram of the received global model's scores on its replay buffer over
 fixed bins, :func:`histogram_of`, the server adds them up,
 :func:`histogram_quantile`), or, with ``fl.threshold=per_device``, the
-device's own quantile of the global model's scores on its buffer, which it
-sends as one number (:func:`score_quantile`). Both describe the model the
+device's own quantile of the global model's scores on its buffer, found the same
+way from its own histogram and sent as one number. Both describe the model the
 devices received, so a new global model carries its predecessor's
 thresholds, one round behind.
 
@@ -262,11 +262,12 @@ def train_locally(spec: ModelConfig, weights: Sequence[np.ndarray], normalisatio
         buffer.add(new_rows, np.random.default_rng(seed))
     norm = normalisation if normalisation is not None else Moments.of(buffer.rows, spec).normalisation()
     inputs = norm.inputs(buffer.rows)
-    received = scores(net, inputs)
+    received = histogram_of(scores(net, inputs))
     result = train(net, inputs, spec, epochs=epochs, seed=seed) if len(inputs) else TrainResult(math.nan, math.nan)
-    return LocalResult(get_weights(net), result.loss, result.score_mean, histogram_of(received),
-                       float(np.quantile(received, spec.threshold_quantile)) if len(received) else math.nan,
-                       Moments.of(new_rows, spec))
+    # The device's threshold follows the global one's rule (the bin's upper edge), so the two differ
+    # only in whose scores they rest on.
+    own = histogram_quantile(np.asarray(received), spec.threshold_quantile) if len(inputs) else math.nan
+    return LocalResult(get_weights(net), result.loss, result.score_mean, received, own, Moments.of(new_rows, spec))
 
 
 def client_seed(spec: ModelConfig, server_round: int, device: int) -> int:

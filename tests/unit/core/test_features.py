@@ -55,6 +55,17 @@ def test_deviation_and_spread_look_back_on_the_window(spec: ModelConfig) -> None
     assert context.values == [[11.0], [12.0], [30.0]]
 
 
+def test_repeat_counts_the_unbroken_run_of_the_same_value_within_the_window() -> None:
+    small = load_config(["fl.model.features=[temperature,humidity]", "fl.model.context=[repeat]",
+                         "fl.model.context_window=3", "fl.model.hidden=[3,2]"]).fl.model
+    values = [(20.0, 40.0), (20.0, 41.0), (20.0, 41.0), (20.0, 41.0), (20.0, 41.0), (20.5, 41.0), (20.0, 41.0)]
+    rows, _ = features.rows([{"temperature": t, "humidity": h, "source_time": f"2004-03-01T00:00:0{i}+00:00"}
+                             for i, (t, h) in enumerate(values)], small)
+    assert features.columns(small)[2:4] == ["temperature_repeat", "humidity_repeat"]
+    # capped at the window (3); a value seen before, but not just before, is no run
+    assert rows[:, 2:4].tolist() == [[0, 0], [1, 0], [2, 1], [3, 2], [3, 3], [0, 3], [0, 3]]
+
+
 @pytest.mark.parametrize("cuts", [[1], [7, 8, 30], [59]])
 def test_a_series_cut_anywhere_gives_the_rows_of_the_whole(spec: ModelConfig, series: list[dict],
                                                            cuts: list[int]) -> None:

@@ -87,6 +87,14 @@ def fraction(value: float, _: AppConfig) -> str | None:
     return None if 0 < value < 1 else "must be between 0 and 1"
 
 
+def below_half(value: float, _: AppConfig) -> str | None:
+    return None if 0 <= value < 0.5 else "must be >= 0 and < 0.5"
+
+
+def at_least_one(value: float, _: AppConfig) -> str | None:
+    return None if value >= 1 else "must be >= 1"
+
+
 def all_positive(value: list[int], _: AppConfig) -> str | None:
     return None if value and all(v > 0 for v in value) else "must be a non-empty list of positive numbers"
 
@@ -403,7 +411,17 @@ class FLConfig:
     executor_poll_seconds: float = checked(0.2, positive)  # its wait between polls of the SuperNodes when idle
     # An update computed from a global model more than this many rounds old is dropped.
     max_staleness_rounds: int = checked(2, non_negative)
-    max_update_norm: float = checked(100.0, positive)  # L2 norm of (update - global); more is rejected
+    # How a tick's updates are combined (server/robust.py): "fedavg", the mean weighted by examples;
+    # "trimmed_mean" (Flower's FedTrimmedAvg) or "median" (FedMedian), per coordinate, unweighted.
+    aggregator: str = checked("trimmed_mean", one_of("fedavg", "trimmed_mean", "median"))
+    # Devices left out at each end (at least one of three or more): by trimmed_mean, and per score
+    # bin by the global threshold whatever the aggregator.
+    trim_fraction: float = checked(0.2, below_half)
+    # An update farther from the global weights than this x the tick's typical (median) distance is
+    # rejected; with fewer than 3 devices the last such tick's typical distance is the reference.
+    max_distance_factor: float = checked(3.0, at_least_one)
+    # A device's example count (and histogram) weighs at most this x the tick's median.
+    max_weight_factor: float = checked(3.0, at_least_one)
     # Which threshold marks a reading an anomaly: "global", the federation's pooled score quantile, or
     # "per_device", each device's own quantile of the global model's scores (the global one until a
     # device has sent its own). Both are sent with every update; this picks what the scorer uses.

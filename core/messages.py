@@ -342,7 +342,10 @@ class RunSettings:
     aggregate_every: float  # seconds
     min_devices: int
     max_staleness_rounds: int
-    max_update_norm: float
+    aggregator: str  # fl.aggregator and its bounds (server.robust.Robustness)
+    trim_fraction: float
+    max_distance_factor: float
+    max_weight_factor: float
     duration: float  # seconds the ServerApp runs; 0 = until stopped
     message_ttl: float  # seconds a train message may stay unanswered
     warmup_train_every: float  # seconds between train messages before the first global round; 0: off
@@ -358,7 +361,9 @@ class RunSettings:
                    model=asdict(fl.model), local_epochs=fl.local_epochs,
                    train_every=fl.local_training_interval_seconds,
                    aggregate_every=fl.global_update_interval_minutes * 60, min_devices=fl.min_devices_for_aggregation,
-                   max_staleness_rounds=fl.max_staleness_rounds, max_update_norm=fl.max_update_norm,
+                   max_staleness_rounds=fl.max_staleness_rounds, aggregator=fl.aggregator,
+                   trim_fraction=fl.trim_fraction, max_distance_factor=fl.max_distance_factor,
+                   max_weight_factor=fl.max_weight_factor,
                    duration=fl.duration_seconds or 0.0,
                    message_ttl=fl.message_ttl_seconds or max(4 * fl.local_training_interval_seconds, 120.0),
                    warmup_train_every=fl.warmup_train_seconds,

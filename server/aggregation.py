@@ -1,4 +1,4 @@
-"""Time-triggered FedAvg: aggregate whatever updates arrived since the last tick.
+"""Time-triggered aggregation: aggregate whatever updates arrived since the last tick.
 
 Flower's :class:`~flwr.serverapp.strategy.FedAvg` runs rounds as fast as
 replies come back. Here the clock decides (:class:`Clock`): every local
@@ -11,20 +11,24 @@ docstring), which
    ``max_staleness_rounds`` behind (dropped, not down-weighted: a stale model
    pulls the average back towards an old state whatever its weight);
 2. *rejects* invalid ones with a reason: a base round ahead of the current
-   one, wrong shapes or dtypes, values that are not finite, or an L2 distance to the current global model above
-   ``max_update_norm``; a rejected update never reaches the average;
+   one, wrong shapes or dtypes, values that are not finite, or an L2 distance to the current global
+   model above ``max_distance_factor`` x the tick's typical distance (:mod:`server.robust`);
+   a rejected update never reaches the average;
 3. keeps each device's newest update (it was trained on the device's replay
    buffer, which holds the earlier windows too), weighted by all the new
-   readings that device reported since the last aggregation;
-4. averages them with FedAvg's own weighted mean (``num-examples``) if at
-   least ``min_devices`` devices are left, else records a skipped round and why,
-   and hands the valid updates to the next tick (:attr:`RoundOutcome.carried_over`).
+   readings that device reported since the last aggregation, at most
+   ``max_weight_factor`` x the tick's typical count;
+4. aggregates them by ``fl.aggregator`` (FedAvg's own weighted mean, ``num-examples``,
+   or Flower's trimmed mean or median) if at least ``min_devices`` devices are left,
+   else records a skipped round and why, and hands the valid updates to the next tick
+   (:attr:`RoundOutcome.carried_over`).
 
 The global anomaly threshold is the ``threshold_quantile`` of the devices'
-score histograms added up (``core.model.histogram_quantile``): the pooled
-quantile, computed for the global model the devices received (so the
-threshold lags the weights by one round). Each device's own threshold is
-kept beside it (the newest it sent), for ``fl.threshold=per_device``.
+score histograms pooled, with the devices of extreme shares trimmed per bin
+(:func:`server.robust.global_threshold`, on ``core.model.histogram_quantile``),
+computed for the global model the devices received (so the threshold lags the
+weights by one round). Each device's own threshold is kept beside it (the
+newest it sent), for ``fl.threshold=per_device``.
 
 The normalisation the next global model ships is the mean and spread of every
 reading the federation has trained on: the devices' moments (count, sums,
@@ -42,7 +46,9 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
 from core.messages import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate, TrainInstruction
-from core.model import HISTOGRAM_EDGES, Moments, Normalisation, histogram_quantile
+from core.model import HISTOGRAM_EDGES, Moments, Normalisation
+from server import robust
+from server.robust import Robustness
 
 AGGREGATED, SKIPPED = "aggregated", "skipped"
 
@@ -130,11 +136,12 @@ class Clock:
 
 
 class TimedAggregation:
-    """One tick's aggregation: staleness, validation, a minimum of devices, then FedAvg's weighted mean.
+    """One tick's aggregation: staleness, validation, a minimum of devices, then the aggregator.
 
     Not a Flower :class:`~flwr.serverapp.strategy.Strategy` (on purpose), but
     averaging with Flower's FedAvg helpers (``aggregate_arrayrecords``,
-    ``aggregate_metricrecords``, weighted by ``num-examples``). A Strategy's
+    ``aggregate_metricrecords``, weighted by ``num-examples``) or FedTrimmedAvg's and
+    FedMedian's functions (:mod:`server.robust`). A Strategy's
     hooks serve ``Strategy.start``'s synchronous rounds: ``configure_train``
     samples the nodes of a round, ``aggregate_train(server_round, replies)``
     averages that round's replies. Here participation is partial and
@@ -152,21 +159,23 @@ class TimedAggregation:
         Devices with new data needed for an aggregation.
     max_staleness_rounds
         How far behind the current global round an update's base round may be.
-    max_update_norm
-        Largest L2 distance between an update and the current global weights.
     threshold_quantile
         The quantile of the pooled scores that becomes the anomaly threshold.
     normalised_columns
         The row columns the moments describe (``core.features.normalised_width``).
+    robust
+        The aggregator and the bounds on what one device can move (``Robustness.of(cfg.fl)``).
     """
 
-    def __init__(self, min_devices: int, max_staleness_rounds: int, max_update_norm: float,
-                 threshold_quantile: float, normalised_columns: int) -> None:
+    def __init__(self, min_devices: int, max_staleness_rounds: int, threshold_quantile: float,
+                 normalised_columns: int, robust: Robustness) -> None:
         self.min_devices = min_devices
         self.max_staleness_rounds = max_staleness_rounds
-        self.max_update_norm = max_update_norm
         self.threshold_quantile = threshold_quantile
         self.normalised_columns = normalised_columns
+        self.robust = robust
+        # The typical distance of the last tick with enough devices to have one (server.robust).
+        self.reference_distance: float | None = None
 
     def invalid(self, update: LocalUpdate, current: GlobalState) -> str:
         """Why ``update`` may not count ("" if it may)."""
@@ -179,15 +188,11 @@ class TimedAggregation:
                 return f"array {i} is {got.dtype}{list(got.shape)}, expected {want.dtype}{list(want.shape)}"
             if not np.all(np.isfinite(got)):
                 return f"array {i} has values that are not finite"
-        distance = float(np.sqrt(sum(float(np.sum((g.astype(np.float64) - w) ** 2))
-                                     for g, w in zip(update.weights, current.weights, strict=True))))
-        if distance > self.max_update_norm:
-            return f"update norm {distance:.3g} exceeds {self.max_update_norm:g}"
         loss = update.metrics.get("loss")
         if loss is None or not np.isfinite(loss):
             return "metric loss missing or not finite"
         counts = np.asarray(update.histogram, dtype=np.float64)
-        if len(counts) != len(HISTOGRAM_EDGES) - 1 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        if len(counts) != len(HISTOGRAM_EDGES) - 1 or not np.isfinite(counts.sum()) or np.any(counts < 0):
             return f"score histogram must be {len(HISTOGRAM_EDGES) - 1} finite counts >= 0"
         if not update.moments:
             return ""  # it adds nothing to the normalisation (every ClientApp of ours sends them)
@@ -199,12 +204,29 @@ class TimedAggregation:
             return f"moments of {moments.count:g} rows for {update.num_examples} examples"
         return ""
 
+    def too_far(self, valid: list[LocalUpdate], current: GlobalState) -> list[tuple[LocalUpdate, str]]:
+        """The updates farther from the current weights than ``max_distance_factor`` x the tick's
+        typical distance (the lower median over the devices, each device's newest update once), with
+        their reasons. Below :data:`~server.robust.MIN_DEVICES_FOR_REFERENCE` devices the last tick
+        with enough sets the reference; before any, nothing is judged on distance."""
+        distances = {id(u): robust.distance(u.weights, current.weights) for u in valid}
+        newest: dict[int, LocalUpdate] = {}
+        for u in valid:
+            if u.device_id not in newest or u.received_at >= newest[u.device_id].received_at:
+                newest[u.device_id] = u
+        if len(newest) >= robust.MIN_DEVICES_FOR_REFERENCE:
+            self.reference_distance = robust.lower_median([distances[id(u)] for u in newest.values()])
+        reference, factor = self.reference_distance, self.robust.max_distance_factor
+        if reference is None or reference <= 0 or not np.isfinite(factor):
+            return []
+        return [(u, f"distance {distances[id(u)]:.3g} to the global weights exceeds {factor:g} x the "
+                    f"typical {reference:.3g}") for u in valid if distances[id(u)] > factor * reference]
+
     def aggregate_round(self, updates: list[LocalUpdate], current: GlobalState) -> RoundOutcome:
-        """Sort the updates (stale, rejected, idle, accepted) and average the accepted ones."""
+        """Sort the updates (stale, rejected, idle, accepted) and aggregate the accepted ones."""
         next_round = current.round + 1
         outcome = RoundOutcome(status=SKIPPED, round=current.round)
-        newest: dict[int, LocalUpdate] = {}
-        examples: dict[int, int] = {}
+        valid: list[LocalUpdate] = []
         for update in updates:
             if update.num_examples <= 0:
                 outcome.idle.append(update)
@@ -213,28 +235,39 @@ class TimedAggregation:
             elif reason := self.invalid(update, current):
                 outcome.rejected.append((update, reason))
             else:
-                examples[update.device_id] = examples.get(update.device_id, 0) + update.num_examples
-                previous = newest.get(update.device_id)
-                if previous is None or update.received_at >= previous.received_at:
-                    newest[update.device_id] = update
-                    if previous is not None:
-                        outcome.superseded.append(previous)
-                else:
-                    outcome.superseded.append(update)
+                valid.append(update)
+        far = self.too_far(valid, current)
+        outcome.rejected += far
+        rejected = {id(u) for u, _ in far}
+        newest: dict[int, LocalUpdate] = {}
+        examples: dict[int, int] = {}
+        for update in (u for u in valid if id(u) not in rejected):
+            examples[update.device_id] = examples.get(update.device_id, 0) + update.num_examples
+            previous = newest.get(update.device_id)
+            if previous is None or update.received_at >= previous.received_at:
+                newest[update.device_id] = update
+                if previous is not None:
+                    outcome.superseded.append(previous)
+            else:
+                outcome.superseded.append(update)
         outcome.accepted = [newest[d] for d in sorted(newest)]
         if len(outcome.accepted) < self.min_devices:
             outcome.reason = (f"{len(outcome.accepted)} device(s) with a valid update, need {self.min_devices} "
                               f"({len(outcome.idle)} without new data, {len(outcome.stale)} stale, "
                               f"{len(outcome.rejected)} rejected)")
             return outcome
+        # What each device's update weighs: its new readings, at most max_weight_factor x the typical.
+        weights = robust.capped([examples[u.device_id] for u in outcome.accepted], self.robust.max_weight_factor)
         records = [RecordDict({ARRAYS: ArrayRecord(u.weights), METRICS: MetricRecord(
-            {NUM_EXAMPLES: examples[u.device_id], **u.metrics})}) for u in outcome.accepted]
-        arrays = aggregate_arrayrecords(records, NUM_EXAMPLES)
+            {NUM_EXAMPLES: max(1, int(w)), **u.metrics})}) for u, w in zip(outcome.accepted, weights, strict=True)]
+        if self.robust.aggregator == "fedavg":
+            arrays = aggregate_arrayrecords(records, NUM_EXAMPLES).to_numpy_ndarrays()
+        else:
+            arrays = robust.combine([u.weights for u in outcome.accepted], weights, self.robust)
         metrics = {k: float(v) for k, v in aggregate_metricrecords(records, NUM_EXAMPLES).items()}  # type: ignore[arg-type]
         outcome.status, outcome.round = AGGREGATED, next_round
         outcome.num_examples = sum(examples[u.device_id] for u in outcome.accepted)
         outcome.metrics = metrics
-        pooled = np.sum([np.asarray(u.histogram) for u in outcome.accepted], axis=0)
         totals = current.moments
         for update in [*outcome.accepted, *outcome.superseded]:  # every valid update's readings count once
             if not update.moments:
@@ -243,7 +276,8 @@ class TimedAggregation:
             totals = new if totals is None else totals + new
         thresholds = {**current.device_thresholds,
                       **{u.device_id: u.threshold for u in outcome.accepted if np.isfinite(u.threshold)}}
-        outcome.state = GlobalState(round=next_round, weights=arrays.to_numpy_ndarrays(),
-                                    threshold=histogram_quantile(pooled, self.threshold_quantile),
+        threshold = robust.global_threshold([u.histogram for u in outcome.accepted], self.threshold_quantile,
+                                            self.robust)
+        outcome.state = GlobalState(round=next_round, weights=arrays, threshold=threshold,
                                     moments=totals, device_thresholds=thresholds)
         return outcome

@@ -25,6 +25,7 @@ from core import model, quality
 from core.features import normalised_width
 from core.messages import LocalUpdate
 from server.aggregation import GlobalState, TimedAggregation
+from server.robust import Robustness
 
 log = logging.getLogger("server.evaluation")
 REPLY_TIMEOUT = 600.0  # seconds for one round's replies
@@ -36,9 +37,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     settings = quality.EvaluationSettings.from_env()
     spec = settings.model_config()
-    aggregation = TimedAggregation(min_devices=1, max_staleness_rounds=0, max_update_norm=math.inf,
-                                   threshold_quantile=spec.threshold_quantile,
-                                   normalised_columns=normalised_width(spec))
+    # Every device believed, as before fl.aggregator (the evaluation does not carry it yet).
+    aggregation = TimedAggregation(min_devices=1, max_staleness_rounds=0, threshold_quantile=spec.threshold_quantile,
+                                   normalised_columns=normalised_width(spec), robust=Robustness.none())
     state = GlobalState(0, model.get_weights(model.build(spec)), math.inf)
     nodes = _wait_for_nodes(grid, len(settings.devices))
     for _ in range(settings.rounds):

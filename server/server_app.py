@@ -36,6 +36,7 @@ from core.messages import LocalUpdate, MalformedReply, RunSettings, ServerSettin
 from core.storage import Storage
 from server import rounds
 from server.aggregation import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedAggregation
+from server.robust import Robustness
 
 log = logging.getLogger("server.global")
 HOPS = ("delivery", "work", "return")  # of a message's way, measured per reply (Transport)
@@ -155,9 +156,11 @@ class TimedServer:
     def __init__(self, settings: RunSettings, grid: Grid, store: Storage) -> None:
         self.settings, self.grid, self.store = settings, grid, store
         self.devices = set(settings.devices)
-        self.aggregation = TimedAggregation(settings.min_devices, settings.max_staleness_rounds,
-                                            settings.max_update_norm, settings.model_config().threshold_quantile,
-                                            normalised_width(settings.model_config()))
+        self.aggregation = TimedAggregation(
+            settings.min_devices, settings.max_staleness_rounds, settings.model_config().threshold_quantile,
+            normalised_width(settings.model_config()), Robustness(settings.aggregator, settings.trim_fraction,
+                                                                  settings.max_distance_factor,
+                                                                  settings.max_weight_factor))
         self.backoff = Backoff()
         self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included

@@ -41,6 +41,7 @@ from core import features, model, quality
 from core.config import AppConfig, ModelConfig
 from core.messages import LocalUpdate
 from server.aggregation import GlobalState, TimedAggregation
+from server.robust import Robustness
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def evaluate(cfg: AppConfig, frame: pd.DataFrame, normal: str = "normal") -> dic
     per_tick, every = cadence(cfg)
     devices = sorted(int(d) for d in frame["device_id"].unique())
     aggregation = TimedAggregation(min(fl.min_devices_for_aggregation, len(devices)), fl.max_staleness_rounds,
-                                   fl.max_update_norm, spec.threshold_quantile, features.normalised_width(spec))
+                                   spec.threshold_quantile, features.normalised_width(spec), Robustness.of(fl))
     state = GlobalState(0, model.get_weights(model.build(spec)), math.inf)
     width = len(features.columns(spec))
     contexts: dict[int, features.StreamContext | None] = dict.fromkeys(devices)

@@ -20,6 +20,7 @@ from core.model import HISTOGRAM_EDGES
 from core.storage import encode_weights
 from server import rounds
 from server.aggregation import AGGREGATED, SKIPPED, Clock, GlobalState, TimedAggregation
+from server.robust import Robustness
 from server.server_app import Backoff, TimedServer
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -56,8 +57,8 @@ def stand_in_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def aggregation() -> TimedAggregation:
-    return TimedAggregation(min_devices=3, max_staleness_rounds=2, max_update_norm=20.0, threshold_quantile=0.5,
-                            normalised_columns=2)
+    return TimedAggregation(min_devices=3, max_staleness_rounds=2, threshold_quantile=0.5, normalised_columns=2,
+                            robust=Robustness("fedavg", 0.2, 3.0, 3.0))
 
 
 def test_clock_trains_every_local_interval_and_aggregates_every_global_one() -> None:
@@ -100,8 +101,9 @@ def test_weighted_average_of_the_devices(aggregation: TimedAggregation) -> None:
     expected = (1.0 * 10 + 2.0 * 30 + 4.0 * 60) / 100
     assert out.state is not None
     np.testing.assert_allclose(out.state.weights[0], expected, rtol=1e-6)
-    # The median of the pooled scores (10 x 1.0, 30 x 2.0, 60 x 4.0) is 4.0: the upper edge of its bin.
-    assert 4.0 < out.state.threshold <= 4.0 * 1.1
+    # Of three devices the threshold trims one at each end per bin (server.robust.global_threshold), so the
+    # median rests on the middle device's scores (30 x 2.0): the upper edge of its bin.
+    assert 2.0 < out.state.threshold <= 2.0 * 1.1
     assert out.num_examples == 100
 
 
@@ -129,7 +131,7 @@ def test_stale_updates_are_dropped(aggregation: TimedAggregation) -> None:
     (LocalUpdate(4, 5, 10, [np.zeros((3, 2), np.float64), np.zeros(2, np.float32)],
                  {"loss": 0.1}, histogram(1.0, 10)), "expected float32"),
     (LocalUpdate(4, 5, 10, weights(0.0)[:1], {"loss": 0.1}, histogram(1.0, 10)), "1 weight arrays"),
-    (update(4, 100.0), "norm"),
+    (update(4, 100.0), "exceeds 3 x the typical"),
     (update(4, 1.0, loss=float("inf")), "metric loss"),
     (LocalUpdate(4, 5, 10, weights(1.0), {"loss": 0.1}, [1.0, 2.0]), "score histogram"),
 ])
@@ -223,7 +225,8 @@ class MongoStand:
 def server(store: MongoStand, **changes: Any) -> TimedServer:
     settings = RunSettings(
         kafka_bootstrap="", windows_topic="", devices=[1, 2, 3, 4], group_prefix="", model={}, local_epochs=1,
-        train_every=0.2, aggregate_every=1.0, min_devices=3, max_staleness_rounds=2, max_update_norm=20.0,
+        train_every=0.2, aggregate_every=1.0, min_devices=3, max_staleness_rounds=2, aggregator="fedavg",
+        trim_fraction=0.2, max_distance_factor=3.0, max_weight_factor=3.0,
         duration=0, message_ttl=30, warmup_train_every=0, server_settings="")
     for name, value in changes.items():
         setattr(settings, name, value)

@@ -68,6 +68,8 @@ def train(msg: Message, context: Context) -> Message:
                     device, REPLY_MARGIN_SECONDS)
         empty = LocalUpdate(device_id=device, base_round=instruction.server_round, num_examples=0, weights=[])
         return Message(empty.to_record(), reply_to=msg)
+    if FORGE in context.node_config:
+        return Message(forged(device, instruction, int(context.node_config[FORGE])).to_record(), reply_to=msg)
     reader = WindowReader(settings.kafka_bootstrap, settings.windows_topic, settings.partition_of(device),
                           f"{settings.group_prefix}-{device}", device)
     try:
@@ -111,6 +113,21 @@ CHAOS = {
     "wrong-dtype": lambda r: _set_weights(r, lambda w: w.astype(np.int64)),
 }
 CYCLE = "cycle"  # every kind of CHAOS in turn, one per reply (the count kept in Context.state)
+
+
+# Security testing only (SuperNode ``--node-config "device-id=<another's> forge=<readings>"``): a rogue
+# that poses as the device its node config names and reads nothing (so that device loses no window):
+# a well-formed reply of the weights it was sent, ``forge`` readings and a histogram of them all in
+# the lowest bin. Only the transport can tell it from the real device (server/admission.py).
+FORGE = "forge"
+
+
+def forged(device: int, instruction: TrainInstruction, readings: int) -> LocalUpdate:
+    counts = [0.0] * (len(model.HISTOGRAM_EDGES) - 1)
+    counts[0] = float(readings)
+    log.warning("forge: this node sends device %d a forged update of %d readings", device, readings)
+    return LocalUpdate(device_id=device, base_round=instruction.server_round, num_examples=readings,
+                       weights=instruction.weights, metrics={"loss": 0.0, "score-mean": 0.0}, histogram=counts)
 
 
 def corrupt(content: RecordDict, how: str, context: Context) -> None:

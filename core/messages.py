@@ -407,16 +407,25 @@ class RunSettings:
 
 @dataclass
 class ServerSettings:
-    """What only the ServerApp's machine knows: where to persist, where to log."""
+    """What only the ServerApp's machine knows: where to persist, where to log, and what it trusts
+    about devices (``server/admission.py``): how many readings the stream can bring a device, and
+    each device's registered public key (with SuperNode authentication)."""
 
     mongo_uri: str
     mongo_database: str
     mongo_timeout_ms: int
     logs_dir: str
+    records_per_second: float = 0.0  # the whole stream's (stream.records_per_second); 0: unpaced, no bound
+    max_window_readings: int = 0  # readings one window record holds at most (flink.max_window_readings)
+    device_keys: dict[str, str] = field(default_factory=dict)  # device id -> its public key (OpenSSH text)
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> ServerSettings:
-        return cls(cfg.mongo.uri, cfg.mongo.database, cfg.mongo.server_selection_timeout_ms, cfg.paths.logs_dir)
+        return cls(cfg.mongo.uri, cfg.mongo.database, cfg.mongo.server_selection_timeout_ms, cfg.paths.logs_dir,
+                   records_per_second=cfg.stream.records_per_second if cfg.stream.pace else 0.0,
+                   max_window_readings=cfg.flink.max_window_readings,
+                   device_keys=registered_keys(Path(cfg.fl.security.certs_dir)) if cfg.fl.security.supernode_auth
+                   else {})
 
     def save(self, path: str) -> None:
         write_json(path, self.__dict__, mode=0o600)  # it may hold database credentials
@@ -424,3 +433,17 @@ class ServerSettings:
     @classmethod
     def load(cls, path: str) -> ServerSettings:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def registered_keys(certs_dir: Path) -> dict[str, str]:
+    """The devices' public keys under ``certs_dir`` (``core.certs``: ``supernodes/device-<id>.pub``, the
+    keys ``fl-app fl up`` registers with the SuperLink), by device id."""
+    from core.certs import CertPaths
+
+    folder = CertPaths(certs_dir).supernode_public_key(0).parent
+    keys = {}
+    for path in sorted(folder.glob("device-*.pub")):
+        device = path.stem.removeprefix("device-")
+        if device.isdigit():
+            keys[device] = path.read_text().strip()
+    return keys

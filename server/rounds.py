@@ -97,10 +97,13 @@ class TickDocuments:
 
 
 def documents(outcome: RoundOutcome, transport: dict[str, Any] | None = None,
-              refused: Sequence[tuple[int, str]] = (), malformed: int = 0) -> TickDocuments:
+              refused: Sequence[tuple[int, str]] = (), malformed: int = 0,
+              capped: Sequence[dict[str, Any]] = ()) -> TickDocuments:
     """The documents of one tick: the global model and its local updates if it aggregated, the tick
     always (with the message layer's numbers since the previous tick, ``transport``; the replies
-    refused as malformed, per device where it was known, ``refused``, and the others, ``malformed``)."""
+    refused as malformed or by ``server.admission``, per device where it was known, ``refused``, and
+    the others, ``malformed``; the updates whose readings were capped, ``capped``: device, claimed,
+    counted, reason)."""
     global_doc = None
     if outcome.status == AGGREGATED and outcome.state is not None:
         global_doc = {
@@ -120,7 +123,8 @@ def documents(outcome: RoundOutcome, transport: dict[str, Any] | None = None,
             "reason": outcome.reason, "accepted": outcome.device_ids,
             "rejected": [{"device_id": device, "reason": why} for device, why in rejected],
             "stale": [u.device_id for u in outcome.stale], "idle": [u.device_id for u in outcome.idle],
-            "malformed": malformed, **({"transport": transport} if transport is not None else {})}
+            "malformed": malformed, "capped": [dict(c) for c in capped],
+            **({"transport": transport} if transport is not None else {})}
     return TickDocuments(global_doc, local_docs, tick)
 
 

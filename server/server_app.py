@@ -8,7 +8,12 @@ aggregation tick (late ones too), and lets :class:`server.aggregation.TimedAggre
 aggregation and accepted update is persisted (``server/rounds.py``); on
 restart the round numbers continue from MongoDB.
 A reply is parsed totally (``LocalUpdate.from_record``): a malformed one is
-refused with its reason, recorded in the next tick. A MongoDB outage is
+refused with its reason, recorded in the next tick. Who sent it, which round
+it may answer and how many readings it may count come from the transport and
+from what this app sent, not from the reply (``server/admission.py``): a reply
+claiming another device, answering with another round than it was sent, or
+sent again is refused, an inflated count capped, each with its reason in the
+tick. A MongoDB outage is
 waited out (:class:`TimedServer`), never a reason to stop.
 One line per tick and per aggregation goes to ``logs/global_server.log``.
 """
@@ -22,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pymongo
@@ -35,6 +40,7 @@ from core.features import normalised_width
 from core.messages import LocalUpdate, MalformedReply, RunSettings, ServerSettings
 from core.storage import Storage
 from server import rounds
+from server.admission import Admission, Bindings, ReadingLimit, Sent
 from server.aggregation import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedAggregation
 from server.robust import Robustness
 
@@ -59,7 +65,7 @@ def main(grid: Grid, context: Context) -> None:
     fetch_backoff.shorten(fetch_backoff.SERVERAPP_FETCH)  # replies' data arrives just after them
     try:
         with Storage(server.mongo_uri, server.mongo_database, server.mongo_timeout_ms) as store:
-            TimedServer(settings, grid, store).run()
+            TimedServer(settings, grid, store, server).run()
     except BaseException:
         # The SuperLink starts this process with its output discarded: the log is the only witness.
         log.exception("the ServerApp stops on an error")
@@ -153,7 +159,7 @@ class TimedServer:
     while this process lives.
     """
 
-    def __init__(self, settings: RunSettings, grid: Grid, store: Storage) -> None:
+    def __init__(self, settings: RunSettings, grid: Grid, store: Storage, server: ServerSettings | None = None) -> None:
         self.settings, self.grid, self.store = settings, grid, store
         self.devices = set(settings.devices)
         self.aggregation = TimedAggregation(
@@ -162,9 +168,14 @@ class TimedServer:
                                                                   settings.max_distance_factor,
                                                                   settings.max_weight_factor))
         self.backoff = Backoff()
-        self.outstanding: dict[str, tuple[int, float]] = {}  # message id -> (node id, sent at)
+        self.outstanding: dict[str, Sent] = {}  # message id -> to whom, when, which round
         self.pending: list[LocalUpdate] = []  # replies since the last aggregation, late ones included
-        self.refused: list[tuple[int, str]] = []  # malformed replies of known devices since the last tick
+        self.refused: list[tuple[int, str]] = []  # malformed or refused replies of known devices since the last tick
+        self.capped: list[dict[str, Any]] = []  # updates whose readings were capped since the last tick
+        keys = {int(d): k for d, k in server.device_keys.items()} if server is not None else {}
+        limit = (ReadingLimit(server.records_per_second, settings.train_every, server.max_window_readings)
+                 if server is not None else None)
+        self.admission = Admission(Bindings(keys), limit, started=time.monotonic())
         self.malformed = 0  # malformed replies naming no valid device since the last tick
         self.unwritten: Unwritten | None = None
         self.state_dirty = False  # fl_server "state" is behind (its write failed or is due)
@@ -290,8 +301,11 @@ class TimedServer:
         self.state_dirty = not ok
 
     def send_train_messages(self, now: float) -> None:
-        online = sorted(self.grid.get_node_ids())
-        busy = {node for node, _ in self.outstanding.values()}
+        bindings = self.admission.bindings
+        # With a key registry, each node's public key too (NodeInfo; the same call get_node_ids makes).
+        bindings.seen(self.grid.get_nodes() if bindings.by_registry else self.grid.get_node_ids())
+        online = sorted(bindings.online)
+        busy = {sent.node for sent in self.outstanding.values()}
         targets = [n for n in online if n not in busy]  # one message at a time per device
         record = self.state.instruction(self.settings.local_epochs).to_record()
         messages = [Message(record, dst_node_id=node, message_type=MessageType.TRAIN, ttl=self.ttl)
@@ -300,7 +314,7 @@ class TimedServer:
         ids = list(self.grid.push_messages(messages)) if messages else []
         pushed = time.monotonic() - pushed
         for node, message_id in zip(targets, ids, strict=True):
-            self.outstanding[message_id] = (node, now)
+            self.outstanding[message_id] = Sent(node, now, self.state.round)
         self.transport.online, self.transport.sent = len(online), self.transport.sent + len(ids)
         log.info("tick: round %d, %d devices online, %d train messages sent in %.1fs, %d still out, "
                  "%d updates pending", self.state.round, len(online), len(ids), pushed,
@@ -311,16 +325,40 @@ class TimedServer:
             return
         for reply in self.grid.pull_messages(list(self.outstanding)):
             sent = self.outstanding.pop(reply.metadata.reply_to_message_id, None)
-            update = self.parse(reply)
+            update = self.receive(reply, sent, now)
             if sent is not None:
-                self.transport.add(time.monotonic() - sent[1], *((update.delivery_seconds, update.work_seconds)
+                self.transport.add(time.monotonic() - sent.at, *((update.delivery_seconds, update.work_seconds)
                                                                  if update is not None else (math.nan, math.nan)))
             if update is not None:
                 self.pending.append(update)
-        expired = [mid for mid, (_, sent) in self.outstanding.items() if now - sent > self.ttl]
+        expired = [mid for mid, sent in self.outstanding.items() if now - sent.at > self.ttl]
         for mid in expired:
             del self.outstanding[mid]
         self.transport.expired += len(expired)
+
+    def receive(self, reply: Message, sent: Sent | None, now: float) -> LocalUpdate | None:
+        """The reply's update if it may count (:meth:`parse`, then :class:`Admission`), else None: refused
+        with its reason, recorded in the next tick against the device it claims; a capped count is
+        recorded too."""
+        update = self.parse(reply)
+        if update is None:
+            return None
+        node = reply.metadata.src_node_id
+        why, cap = self.admission.admit(update, node, sent, now)
+        if why:
+            self.refuse(update.device_id, why)
+            log.warning("node %d: %s; refused", node, why[:MAX_REASON])
+            return None
+        if cap is not None:
+            self.capped.append(cap.doc())
+            log.warning("node %d, device %d: %s; counted as %d", node, cap.device_id, cap.reason, cap.counted)
+        return update
+
+    def refuse(self, device: int, reason: str) -> None:
+        if len(self.refused) < MAX_REFUSED:
+            self.refused.append((device, reason[:MAX_REASON]))
+        else:
+            self.malformed += 1
 
     def parse(self, reply: Message) -> LocalUpdate | None:
         """The reply's update, or None: an error reply is logged; a malformed one is refused with its
@@ -351,8 +389,10 @@ class TimedServer:
             return
         outcome = self.aggregation.aggregate_round(self.pending, self.state)
         transport = {**self.transport.summary(len(self.outstanding)), "malformed": self.malformed}
-        self.unwritten = Unwritten(outcome, rounds.documents(outcome, transport, self.refused, self.malformed))
+        self.unwritten = Unwritten(outcome, rounds.documents(outcome, transport, self.refused, self.malformed,
+                                                             self.capped))
         self.transport, self.refused, self.malformed = Transport(online=self.transport.online), [], 0
+        self.capped = []
         self.pending = outcome.carried_over
         log.info("messages since the last tick: %d devices online, %d sent, %d replies (reply after p50 %.1fs, "
                  "p99 %.1fs; p50 of delivery %.1fs, work %.1fs, return %.1fs), %d expired, %d still out, "

@@ -10,7 +10,7 @@ command is a function of the composed config, registered with :func:`command`::
 
 The decorator gives it trailing ``KEY=VALUE`` overrides and ``--cfg`` (print
 the composed configuration and exit), sets up ``logs/<log>.log``, exits 2 with
-the key named for a bad config, and turns a failure a user can cause and fix
+the key named for a bad config (and never a secret: :mod:`core.secrets`), and turns a failure a user can cause and fix
 into one red line and exit 1 instead of a traceback. A command that needs the
 raw overrides (to start processes with the same ones) takes a parameter named
 ``overrides``.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
@@ -32,6 +33,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core import secrets
 from core.config import AppConfig, ConfigError, load_config, to_yaml
 from core.services.runner import State, Status
 
@@ -48,27 +50,39 @@ PRINT_CFG = typer.Option(False, "--cfg", help="Print the composed configuration 
 Command = TypeVar("Command", bound=Callable[..., None])
 
 
+PRIVATE_UMASK = 0o077  # files this process makes (logs, .run/flink_job.json, ...) are its owner's only
+
+
+def with_secret_overrides(overrides: list[str] | None) -> list[str]:
+    """The command line's overrides plus the secret ones the service runner passed in the environment
+    (:mod:`core.secrets`: never on a command line, which every local user can read)."""
+    return [*(overrides or []), *secrets.take_env_overrides()]
+
+
 def load(overrides: list[str] | None, print_cfg: bool, log_name: str) -> AppConfig:
-    """Compose the config (exit 2 with the key named if bad) and set up logging."""
+    """Compose the config (exit 2 with the key named if bad) and set up logging; secrets never
+    reach the output, the log or a file another local user can read."""
+    os.umask(PRIVATE_UMASK | os.umask(PRIVATE_UMASK))
     try:
         cfg = load_config(overrides or [])
     except ConfigError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {secrets.redact_url(str(exc))}", highlight=False, markup=True)
         raise typer.Exit(2) from None
     if print_cfg:
-        console.print(to_yaml(cfg), highlight=False, markup=False)
+        console.print(to_yaml(secrets.redacted(cfg)), highlight=False, markup=False)
         raise typer.Exit(0)
     from core.logs import setup_logging
 
     # On a terminal, log lines show there too; in the background (fl-app run)
     # stdout is already the log file, so only the file handler writes.
     setup_logging(cfg.paths.logs_dir, log_name, console=sys.stderr.isatty())
+    secrets.install_log_filter(secrets.values(cfg))
     return cfg
 
 
 def fail(exc: Exception) -> NoReturn:
     """One red line, exit 2 for a bad config and 1 for anything else."""
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]error:[/] {secrets.redact_url(str(exc))}", highlight=False)
     raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)
 
 
@@ -83,9 +97,10 @@ def command(app: typer.Typer, name: str | None = None, *, log: str) -> Callable[
 
         @functools.wraps(fn)
         def run(overrides: list[str] | None = None, print_cfg: bool = False, **values: object) -> None:
+            overrides = with_secret_overrides(overrides)
             cfg = load(overrides, print_cfg, log)
             if takes_overrides:
-                values["overrides"] = list(overrides or [])
+                values["overrides"] = overrides
             try:
                 fn(cfg, **values)
             except (click.exceptions.Exit, click.exceptions.Abort):  # RuntimeErrors, but not failures

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from core.records import SENSOR_FIELDS
+from core.secrets import MASK, is_secret_key, redact_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -366,6 +367,29 @@ def non_empty(value: list[str], _: AppConfig) -> str | None:
     return None if value else "must not be empty"
 
 
+def on_in_production(value: bool, app: AppConfig) -> str | None:
+    """Production refuses an insecure federation unless the operator says so in so many words."""
+    if value or app.profile_name != "production" or app.fl.security.allow_insecure:
+        return None
+    return "must be true in profile=production (to run without it anyway: fl.security.allow_insecure=true)"
+
+
+def loopback_address_or_null(value: str | None, _: AppConfig) -> str | None:
+    split = None if value is None else _split_address(value)
+    if value is None or (split and split[0] in ("127.0.0.1", "localhost", "::1")):
+        return None
+    return "must be null or 127.0.0.1:port (the Control API is never on a device network)"
+
+
+MIN_API_KEY = 16
+
+
+def set_in_production(value: str, app: AppConfig) -> str | None:
+    if app.profile_name != "production" or len(value) >= MIN_API_KEY:
+        return None
+    return f"must be set in profile=production ($FL_APP_API_KEY or api.api_key, at least {MIN_API_KEY} characters)"
+
+
 @dataclass
 class FLSecurityConfig:
     """Flower's own TLS and SuperNode authentication (the production profile turns both on).
@@ -375,9 +399,12 @@ class FLSecurityConfig:
     (``fl-app fl up`` makes any that are missing).
     """
 
-    tls: bool = False  # every SuperLink API over HTTPS; SuperNodes and `flwr` verify it with the CA
+    # every SuperLink API over HTTPS; SuperNodes and `flwr` verify it with the CA
+    tls: bool = checked(False, on_in_production)
     # Only SuperNodes whose public key was registered (`flwr supernode register`) may connect.
-    supernode_auth: bool = checked(False, only_with("fl.security.tls"))
+    supernode_auth: bool = checked(False, only_with("fl.security.tls"), on_in_production)
+    # true: profile=production may run with tls or supernode_auth off (refused otherwise, exit 2).
+    allow_insecure: bool = False
     certs_dir: str = "${paths.data_dir}/flwr-certs"
     hostnames: list[str] = checked(MISSING, non_empty, factory=lambda: ["localhost", "127.0.0.1"])  # SuperLink SANs
     certificate_days: int = checked(365, positive)
@@ -390,7 +417,11 @@ class FLConfig:
     local_training_interval_seconds: float = checked(30.0, positive)
     global_update_interval_minutes: float = checked(1.0, positive)
     min_devices_for_aggregation: int = checked(3, positive, at_most("stream.num_devices"))
-    superlink_address: str = checked("127.0.0.1:9091", address)  # all of the SuperLink's APIs (HTTP)
+    # The SuperLink's Fleet API, the one address devices get: 0.0.0.0:9091 to serve other machines.
+    superlink_address: str = checked("127.0.0.1:9091", address)
+    # Its Control API (`flwr` run/ls/stop/supernode register) and the ServerApp's Runtime API, on
+    # loopback only (fl_app/federation/superlink.py); null = 127.0.0.1:<superlink_address's port + 1>.
+    control_address: str | None = checked(None, loopback_address_or_null)
     supernode_base_port: int = checked(9100, tcp_port)  # SuperNode i serves its runtime API on base + i
     # "deployment": flower-superlink + one flower-supernode per device;
     # "simulation": the same apps on Flower's simulation runtime.
@@ -480,7 +511,7 @@ class ApiConfig:
     port: int = checked(8000, tcp_port)
     # The key admin actions need (header X-API-Key). "" = $FL_APP_API_KEY; with neither, admin
     # actions are refused (403) and everything else works.
-    api_key: str = "${oc.env:FL_APP_API_KEY,''}"
+    api_key: str = checked("${oc.env:FL_APP_API_KEY,''}", set_in_production)  # required in production
     max_page_size: int = checked(500, positive)
     # How often the service samples counts, offsets and lag for rates and the live page.
     sample_seconds: float = checked(5.0, positive)
@@ -572,7 +603,8 @@ def validate(node: Any, app: AppConfig | None = None, prefix: str = "") -> None:
         for check in f.metadata.get("checks", ()):
             problem = check(value, root)
             if problem:
-                raise ConfigError(f"{key} {problem}, got {value!r}")
+                shown = MASK if value and is_secret_key(key) else redact_url(repr(value))
+                raise ConfigError(f"{key} {problem}, got {shown}")
         if is_dataclass(value):
             validate(value, root, key + ".")
 

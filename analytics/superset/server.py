@@ -93,13 +93,21 @@ def bundle_zip(cfg: AppConfig, dest: Path) -> Path:
     return dest
 
 
-def _superset(cfg: AppConfig, *args: str, timeout: float = 300) -> str:
+def password_env(command: str, password: str) -> dict[str, str]:
+    """The admin's password for ``superset fab <command>`` in its environment, not on its command line
+    (world-readable in ``ps``): Flask's CLI reads an option from ``FLASK_<GROUP>_<COMMAND>_<OPTION>``
+    (``auto_envvar_prefix="FLASK"``, flask/cli.py FlaskGroup)."""
+    return {f"FLASK_FAB_{command.upper().replace('-', '_')}_PASSWORD": password}
+
+
+def _superset(cfg: AppConfig, *args: str, timeout: float = 300, secret_env: dict[str, str] | None = None) -> str:
     venv = python_env(cfg)
     command = [str(venv / "bin" / "superset"), *args]
     started = time.monotonic()
-    proc = subprocess.run(command, env=environment(cfg), capture_output=True, text=True, timeout=timeout,
-                          cwd=_home(cfg))
-    shown = " ".join("***" if before == "--password" else a for before, a in zip(["", *args[:-1]], args, strict=True))
+    # A session of its own: no terminal to prompt on, should an option be missing (the password).
+    proc = subprocess.run(command, env={**environment(cfg), **(secret_env or {})}, capture_output=True, text=True,
+                          timeout=timeout, cwd=_home(cfg), stdin=subprocess.DEVNULL, start_new_session=True)
+    shown = " ".join(args)
     if proc.returncode != 0:
         raise ServiceError(f"`superset {shown}` failed (exit {proc.returncode}):\n"
                            + (proc.stdout + proc.stderr)[-3000:])
@@ -122,13 +130,13 @@ def prepare(cfg: AppConfig) -> None:
     if not stamp.exists() or stamp.read_text().strip() != installed:
         _superset(cfg, "db", "upgrade")
         _superset(cfg, "fab", "create-admin", "--username", user, "--firstname", "FL", "--lastname", "Admin",
-                  "--email", f"{user}@localhost", "--password", password)
+                  "--email", f"{user}@localhost", secret_env=password_env("create-admin", password))
         _superset(cfg, "init")
         write_text(stamp, installed + "\n")
         if not password_stamp.exists():  # the admin was made just now, with this password
             write_text(password_stamp, digest + "\n", mode=0o600)
     if password_stamp.read_text().strip() != digest:  # changed in the config since
-        _superset(cfg, "fab", "reset-password", "--username", user, "--password", password)
+        _superset(cfg, "fab", "reset-password", "--username", user, secret_env=password_env("reset-password", password))
         write_text(password_stamp, digest + "\n", mode=0o600)
     with tempfile.TemporaryDirectory() as tmp:
         _superset(cfg, "import-dashboards", "-p", str(bundle_zip(cfg, Path(tmp) / "dashboards.zip")), "-u", user)

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from core.config import AppConfig
+from core.secrets import redact_url
 from core.services import kafka, mongo
 from core.services.runner import ManagedProcess, ServiceError, State, Status
 
@@ -62,7 +63,7 @@ def provision(cfg: AppConfig) -> Readiness:
             store.ensure_schema()
             ready.collections = store.counts()
     except Exception as exc:  # pymongo errors
-        raise ServiceError(f"cannot set up MongoDB at {cfg.mongo.uri}: {exc}") from exc
+        raise ServiceError(f"cannot set up MongoDB at {redact_url(cfg.mongo.uri)}: {exc}") from exc
     return ready
 
 

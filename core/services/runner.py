@@ -11,6 +11,7 @@ stopping escalates from SIGTERM to SIGKILL on the whole process group.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -22,12 +23,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from core import processes
+from core import processes, secrets
 
 log = logging.getLogger(__name__)
 
 KILL_WAIT_SECONDS = 2.0  # after SIGKILL, how long stop() waits for the group to be gone
 HealthCheck = Callable[[], bool]
+PRIVATE_FILE = 0o600  # logs: a component may print what it was given
+PRIVATE_UMASK = 0o077
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})  # addresses whose servers we may start here
 
 
@@ -258,23 +261,31 @@ class ManagedProcess:
                     f"by another process (find it with `ss -ltnp 'sport = :{port}'`), "
                     "or choose another port in the config"
                 )
-        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-        Path(self.logs_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(self.logs_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.prepare is not None:
             self.argv = list(self.prepare())
-        env = {**os.environ, **self.env}
-        with open(self.log_file, "ab") as out:
-            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
+        # Secret overrides go in the environment (its owner's only), never on the command line
+        # (world-readable in /proc/<pid>/cmdline) nor in the log (core/secrets.py).
+        argv, hidden = secrets.split_overrides(self.argv)
+        env = {k: v for k, v in {**os.environ, **self.env}.items() if k != secrets.ENV}
+        if hidden:
+            env[secrets.ENV] = json.dumps(hidden)
+        shown = " ".join(secrets.redact_override(word) for word in argv)
+        with open(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE), "ab") as out:
+            os.fchmod(out.fileno(), PRIVATE_FILE)  # also a log made before, world-readable
+            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shown}\n".encode())
             out.flush()
             try:
                 proc = subprocess.Popen(
-                    list(self.argv),
+                    argv,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     env=env,
                     cwd=self.cwd,
                     start_new_session=True,  # own process group: stop() kills all of it
+                    umask=PRIVATE_UMASK,  # what it writes (logs, settings with a URI) is its owner's only
                 )
             except FileNotFoundError as exc:
                 raise ServiceError(f"cannot start {self.name}: {exc.filename} not found") from exc
@@ -331,7 +342,7 @@ class ManagedProcess:
 
     def tail(self, lines: int = 20) -> str:
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+            return secrets.redact_url("\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:]))
         except OSError:
             return "(no log)"
 

@@ -20,8 +20,11 @@ def test_testing_profile_is_the_default_and_holds_the_seed_values() -> None:
     assert cfg.fl.min_devices_for_aggregation == 3
 
 
+PRODUCTION_KEY = "api.api_key=a-test-key-of-16-chars"  # production refuses to start without one
+
+
 def test_production_profile() -> None:
-    cfg = load_config(["profile=production"])
+    cfg = load_config(["profile=production", PRODUCTION_KEY])
     assert cfg.profile_name == "production"
     assert cfg.stream.records_per_second == 100
     assert cfg.fl.local_training_interval_seconds == 300
@@ -29,7 +32,7 @@ def test_production_profile() -> None:
 
 
 def test_command_line_override_beats_the_profile() -> None:
-    cfg = load_config(["profile=production", "stream.records_per_second=50"])
+    cfg = load_config(["profile=production", PRODUCTION_KEY, "stream.records_per_second=50"])
     assert cfg.stream.records_per_second == 50
     assert cfg.fl.global_update_interval_minutes == 30  # rest of the profile kept
 
@@ -83,7 +86,7 @@ def test_unknown_profile_lists_the_available_ones() -> None:
 
 def test_yaml_round_trips_to_the_same_config(tmp_path) -> None:
     """What `fl-app config` prints composes back into an equal config (every key, not one)."""
-    cfg = load_config(["profile=production", "stream.batch_size=25", "flink.valid_ranges.light=[1,2]",
+    cfg = load_config(["profile=production", PRODUCTION_KEY, "stream.batch_size=25", "flink.valid_ranges.light=[1,2]",
                        "stream.max_records=7", f"paths.home={tmp_path}"])
     back = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AppConfig), OmegaConf.create(to_yaml(cfg))))
     assert back == cfg

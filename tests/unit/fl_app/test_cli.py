@@ -26,7 +26,8 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_config_prints_the_composed_profile() -> None:
-    result = runner.invoke(app, ["config", "profile=production", "stream.records_per_second=55"])
+    result = runner.invoke(app, ["config", "profile=production", "api.api_key=a-test-key-of-16-chars",
+                                 "stream.records_per_second=55"])
     assert result.exit_code == 0, result.output
     assert "profile_name: production" in result.output
     assert "records_per_second: 55.0" in result.output

@@ -15,6 +15,7 @@ import os
 import threading
 from pathlib import Path
 
+from core.atomic import write_text
 from core.certs import CertPaths
 from core.config import PROJECT_ROOT, AppConfig
 from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, kill_all
@@ -45,18 +46,36 @@ def _env(cfg: AppConfig) -> dict[str, str]:
             "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS": str(OBJECT_TRANSFERS)}
 
 
-def superlink_process(cfg: AppConfig) -> ManagedProcess:
+def control_address(cfg: AppConfig) -> str:
+    """The SuperLink's Control and Runtime APIs (``flwr``, the ServerApp): ``fl.control_address``, by
+    default loopback at the Fleet API's port + 1. Never a device's address (core/config.py checks)."""
     from core.config import host_port
+
+    return cfg.fl.control_address or f"127.0.0.1:{host_port(cfg.fl.superlink_address)[1] + 1}"
+
+
+def superlink_process(cfg: AppConfig) -> ManagedProcess:
+    """Our SuperLink launcher (``fl_app/federation/superlink.py``): the Fleet API alone on
+    ``fl.superlink_address``, which devices reach; everything else on :func:`control_address`."""
+    import sys
+
+    from core.config import ConfigError, host_port
     from core.services.runner import port_is_open
 
     host, port = host_port(cfg.fl.superlink_address)
+    control_host, control_port = host_port(control_address(cfg))
+    if control_port == port:
+        raise ConfigError(f"fl.control_address must use another port than fl.superlink_address ({port})")
     return ManagedProcess(
         name="fl_superlink",
-        argv=[_bin("flower-superlink"), *superlink_flags(cfg), "--disable-runtime-dependency-installation",
-              "--host", host, "--port", str(port)],
-        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), ports=[(host, port)],
-        health_check=lambda: port_is_open(host, port), env=_env(cfg), startup_timeout=60, stop_timeout=10,
-        address=f"{host}:{port}")
+        argv=[sys.executable, "-m", "fl_app.federation.superlink", "--fleet-host", host, "--fleet-port", str(port),
+              *superlink_flags(cfg), "--disable-runtime-dependency-installation",
+              "--host", control_host, "--port", str(control_port)],
+        run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir),
+        ports=[(host, port), (control_host, control_port)],
+        health_check=lambda: port_is_open(host, port) and port_is_open(control_host, control_port),
+        env={**_env(cfg), "PYTHONPATH": str(PROJECT_ROOT)}, cwd=PROJECT_ROOT, startup_timeout=60, stop_timeout=10,
+        address=f"{host}:{port} (control {control_host}:{control_port})")
 
 
 def supernode_process(cfg: AppConfig, index: int, device: int, node_config: str = "") -> ManagedProcess:
@@ -75,14 +94,15 @@ def supernode_process(cfg: AppConfig, index: int, device: int, node_config: str 
 
 
 def write_flwr_config(cfg: AppConfig) -> None:
-    """``$FLWR_HOME/config.toml``: how the ``flwr`` CLI reaches our SuperLink (and trusts it, with TLS)."""
+    """``$FLWR_HOME/config.toml``: how the ``flwr`` CLI reaches our SuperLink's Control API (and trusts
+    it, with TLS)."""
     home = flwr_home(cfg)
     home.mkdir(parents=True, exist_ok=True)
     trust = (f'root-certificates = "{CertPaths(Path(cfg.fl.security.certs_dir)).ca_cert}"\n'
              if cfg.fl.security.tls else "insecure = true\n")
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
-        f'address = "{cfg.fl.superlink_address}"\n{trust}')
+        f'address = "{control_address(cfg)}"\n{trust}')
 
 
 def register_supernodes(cfg: AppConfig) -> int:
@@ -195,7 +215,9 @@ def submit(cfg: AppConfig, fresh: bool = True) -> str:
             store.clear_server_control()
     run_config = Path(cfg.paths.run_dir) / "fl_run_config.toml"
     # A JSON string literal is a valid TOML basic string.
-    run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.to_run_config().items()))
+    # It holds the MongoDB URI (with its password, if any): its owner's only.
+    write_text(run_config, "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.to_run_config().items()),
+               mode=0o600)
     proc = subprocess.run([_bin("flwr"), "run", str(PROJECT_ROOT), FEDERATION, "--run-config", str(run_config),
                            "--format", "json"], capture_output=True, text=True, env={**os.environ, **_env(cfg)},
                           timeout=120)

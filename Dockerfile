@@ -1,5 +1,7 @@
 # One image for every app service of docker-compose.yml (profile "app").
 # Not built in CI (no Docker engine there); mirrors what scripts/setup.sh does.
+# Built as root, run as `app` (uid 10001): the code and environments are root's and read-only
+# to it; it writes only /app/.data (the compose volume), /app/.run and /app/logs.
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven make \
@@ -18,3 +20,9 @@ RUN uv sync --frozen --no-dev --no-install-project \
 COPY . .
 RUN uv sync --frozen --no-dev \
  && .venv/bin/python -c 'from core.config import load_config; from stream.flink import launch; from core.services import jars; cfg = load_config(); jars.resolve("kafka-broker", jars.default_cache_dir()); jars.resolve("spark-kafka", jars.default_cache_dir()); launch.job_jars(cfg)'
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /app --shell /usr/sbin/nologin app \
+ && mkdir -p /app/.data /app/.run /app/logs /app/.cache \
+ && chown app:app /app/.data /app/.run /app/logs \
+ && chown -R app:app /app/.cache \
+ && chmod 0700 /app/.data /app/.run /app/logs
+USER 10001:10001

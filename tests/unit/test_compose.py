@@ -51,26 +51,69 @@ def compose_command() -> list[str]:
     return [str(LOCAL_COMPOSE)]
 
 
+SECRETS = {"SUPERSET_ADMIN_PASSWORD": "only-for-validation", "FL_APP_API_KEY": "only-for-validation-0123"}
+
+
 def test_compose_file_validates(compose_command: list[str]) -> None:
-    env = {**os.environ, "SUPERSET_ADMIN_PASSWORD": "only-for-validation"}
-    for profile in ([], ["--profile", "app"]):
+    env = {**os.environ, **SECRETS}
+    for profile in ([], ["--profile", "app"], ["--profile", "debug"]):
         proc = subprocess.run([*compose_command, "-f", str(COMPOSE_FILE), *profile, "config", "-q"],
                               capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
         assert proc.returncode == 0, proc.stderr
-    env.pop("SUPERSET_ADMIN_PASSWORD")
-    refused = subprocess.run([*compose_command, "-f", str(COMPOSE_FILE), "--profile", "app", "config", "-q"],
-                             capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
-    assert refused.returncode != 0 and "SUPERSET_ADMIN_PASSWORD" in refused.stderr
+    for secret in SECRETS:  # no default for either: compose refuses to start the app without it
+        refused = subprocess.run([*compose_command, "-f", str(COMPOSE_FILE), "--profile", "app", "config", "-q"],
+                                 capture_output=True, text=True, cwd=PROJECT_ROOT,
+                                 env={k: v for k, v in env.items() if k != secret})
+        assert refused.returncode != 0 and secret in refused.stderr
 
 
-def test_compose_uses_official_images_and_exposes_the_documented_ports() -> None:
-    spec = yaml.safe_load(COMPOSE_FILE.read_text())
-    services = spec["services"]
+def test_compose_uses_official_images() -> None:
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["mongo"]["image"].startswith("mongo:")
-    assert "8080:8080" in services["kafka-ui"]["ports"]
-    assert "9092:9092" in services["kafka"]["ports"]
-    assert "27017:27017" in services["mongo"]["ports"]
+
+
+PUBLISHED = {"api": ["8000:8000"], "superset": ["8088:8088"], "federation": ["9091:9091"]}  # what users open
+
+
+def test_compose_publishes_only_what_users_open_and_keeps_the_rest_internal() -> None:
+    spec = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert spec["networks"]["internal"]["internal"] is True  # no route out, nothing published
+    for name, service in spec["services"].items():
+        assert service.get("ports", []) == PUBLISHED.get(name, []), name
+        assert "network_mode" not in service, name
+        assert set(service["networks"]) == ({"internal", "public"} if name in PUBLISHED else {"internal"}), name
+    # The federation's published port is the Fleet API alone; its Control API stays on the container's loopback.
+    command = spec["services"]["federation"]["command"]
+    assert "fl.superlink_address=0.0.0.0:9091" in command and not any("control_address" in c for c in command)
+
+
+def test_containers_run_as_non_root_users() -> None:
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    for name, service in services.items():
+        user = str(service.get("user", ""))
+        assert user and user.split(":")[0] not in ("0", "root"), f"{name} runs as root"
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text().splitlines()
+    users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")  # the image's last word
+    built_user = users[-1]
+    assert all(s["user"] == built_user for s in services.values() if s.get("image") == "fl-iot-stream:latest")
+
+
+def test_no_secret_is_committed() -> None:
+    """Secrets come from the environment or an uncommitted .env: never a literal in the file, never tracked."""
+    from core.secrets import is_secret_key, url_passwords
+
+    spec = yaml.safe_load(COMPOSE_FILE.read_text())
+    for name, service in spec["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if is_secret_key(key):
+                assert str(value).startswith("${") and ":?" in str(value), f"{name}: {key} has a literal value"
+            assert not url_passwords(str(value)), f"{name}: {key} holds a password"
+    for ignore in (".gitignore", ".dockerignore"):  # not committed, not copied into the image
+        assert ".env" in (PROJECT_ROOT / ignore).read_text().split(), ignore
+    tracked = subprocess.run(["git", "ls-files", ".env", "*.env"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert tracked.stdout.strip() == ""
 
 
 def test_compose_runs_every_component_of_the_pipeline_and_the_documented_ports() -> None:
@@ -85,7 +128,5 @@ def test_compose_runs_every_component_of_the_pipeline_and_the_documented_ports()
             continue
         wanted = ["fl-app", *component.command]
         assert any(c[:len(wanted)] == wanted for c in commands), f"no service runs {' '.join(wanted)}"
-    assert "8000:8000" in services["api"]["ports"] and "8088:8088" in services["superset"]["ports"]
-    assert "9091:9091" in services["federation"]["ports"]
     # Superset has no default password: compose refuses to start without one.
     assert services["superset"]["environment"]["SUPERSET_ADMIN_PASSWORD"].startswith("${SUPERSET_ADMIN_PASSWORD:?")

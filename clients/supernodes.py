@@ -18,6 +18,17 @@ then SIGKILL) and leaves.
 
 The spec is JSON: ``{"stagger_seconds": 0.2, "nodes": [{"name", "args" (the
 flags after ``flower-supernode``), "pid_file", "log_file"}, ...]}``.
+
+Each insecure SuperNode (the testing profile) gets its identity from here:
+flwr refuses a SuperNode key with ``--insecure``, and a node then registers
+with a key pair of its own making, which tells the ServerApp nothing. So the
+parent makes each device's node a key pair, hands it to the child (in memory:
+the private key is never written), which registers with it, and writes the
+public keys by device to ``fl_device_keys.json`` beside the spec. The ServerApp
+reads that file (``core.messages.ServerSettings.device_keys_file``) and takes a
+node for the device whose key it holds, whatever its replies claim
+(``server/admission.py``). With SuperNode authentication (production) the
+operator's registered keys do this instead.
 """
 
 from __future__ import annotations
@@ -36,7 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from core import processes
+from core.atomic import read_json, write_json
+from core.messages import DEVICE_KEYS_FILE
 from core.services.runner import pid_from_file, write_pid_file
 
 log = logging.getLogger("clients.supernodes")
@@ -60,10 +76,48 @@ def save_spec(path: Path, nodes: Sequence[NodeSpec], stagger_seconds: float) -> 
     path.write_text(json.dumps({"stagger_seconds": stagger_seconds, "nodes": [vars(n) for n in nodes]}, indent=1))
 
 
-def _run_node(node: NodeSpec, entry_point: Callable[[], None]) -> None:
+def device_of(node: NodeSpec) -> int | None:
+    """The ``device-id`` of the node's ``--node-config`` (None if it names none)."""
+    args = node.args
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--node-config":
+            for item in value.split():
+                key, _, text = item.partition("=")
+                if key == "device-id" and text.isdigit():
+                    return int(text)
+    return None
+
+
+def needs_key(node: NodeSpec) -> bool:
+    """An insecure node: it would register with a key of its own making (a secure one has the operator's)."""
+    return "--insecure" in node.args and "--auth-supernode-private-key" not in node.args
+
+
+def register_key(keys_file: Path, device: int, key: ec.EllipticCurvePrivateKey) -> None:
+    """Add (or replace) ``device``'s public key in the file the ServerApp reads (PEM, as Flower's NodeInfo
+    shows it), before its node registers with it."""
+    keys = read_json(keys_file, {})
+    keys[str(device)] = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    write_json(keys_file, keys, mode=0o600)
+
+
+def _use_key(key: ec.EllipticCurvePrivateKey) -> None:
+    """Make the SuperNode in this process register with ``key``: flwr 1.42 makes an insecure node's key in
+    ``fleet_http_connection`` with ``generate_key_pairs()`` (``supernode/fleet_http_connection.py``, where
+    no key is given); this process is one node, so that function gives ours."""
+    from flwr.supernode import fleet_http_connection
+
+    if not hasattr(fleet_http_connection, "generate_key_pairs"):
+        raise RuntimeError("flwr.supernode.fleet_http_connection.generate_key_pairs is gone: "
+                           "this flwr cannot be given a node's key")
+    fleet_http_connection.generate_key_pairs = lambda: (key, key.public_key())
+
+
+def _run_node(node: NodeSpec, entry_point: Callable[[], None], key: ec.EllipticCurvePrivateKey | None = None) -> None:
     """What the forked child runs (:func:`core.processes.fork` gives it its own session, so stopping one
     device stops only that one, default signals and its exit code): own log and pid file, then Flower's
-    SuperNode."""
+    SuperNode (registering with ``key``, if given)."""
     Path(node.log_file).parent.mkdir(parents=True, exist_ok=True)
     out = os.open(node.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -76,6 +130,8 @@ def _run_node(node: NodeSpec, entry_point: Callable[[], None]) -> None:
     os.write(1, f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} forked: flower-supernode "
                 f"{' '.join(node.args)}\n".encode())
     write_pid_file(Path(node.pid_file), os.getpid())
+    if key is not None:
+        _use_key(key)
     sys.argv = ["flower-supernode", *node.args]
     entry_point()
 
@@ -83,8 +139,9 @@ def _run_node(node: NodeSpec, entry_point: Callable[[], None]) -> None:
 class Launcher:
     """Forks one SuperNode per :class:`NodeSpec` from this (warm) process and watches them."""
 
-    def __init__(self, entry_point: Callable[[], None]) -> None:
+    def __init__(self, entry_point: Callable[[], None], keys_file: Path | None = None) -> None:
         self.entry_point = entry_point  # tests swap in their own
+        self.keys_file = keys_file  # where insecure nodes' public keys go (None: they make their own)
         self.children: dict[int, NodeSpec] = {}
 
     def start(self, nodes: Sequence[NodeSpec], stagger_seconds: float, stop: Event) -> int:
@@ -97,7 +154,11 @@ class Launcher:
                 log.info("%s already running", node.name)
                 continue
             Path(node.pid_file).unlink(missing_ok=True)
-            pid = processes.fork(functools.partial(_run_node, node, self.entry_point), new_session=True)
+            key, device = None, device_of(node)
+            if self.keys_file is not None and device is not None and needs_key(node):
+                key = ec.generate_private_key(ec.SECP384R1())  # the curve flwr's own node keys use
+                register_key(self.keys_file, device, key)
+            pid = processes.fork(functools.partial(_run_node, node, self.entry_point, key), new_session=True)
             self.children[pid] = node
             forked += 1
             self.reap()
@@ -145,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stop = Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    launcher = Launcher(flower_supernode)
+    launcher = Launcher(flower_supernode, keys_file=args.spec.parent / DEVICE_KEYS_FILE)
     try:
         forked = launcher.start(nodes, stagger, stop)
         log.info("%d SuperNodes forked in %.1fs", forked, time.monotonic() - started)

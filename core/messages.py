@@ -320,6 +320,7 @@ class LocalUpdate:
 
 # ------------------------------------------------------------------ settings
 RUN_CONFIG_ENV = "FL_APP_RUN_CONFIG"  # the run config as JSON, for Flower's simulation Python API
+DEVICE_KEYS_FILE = "fl_device_keys.json"  # in the run folder, beside the SuperNode launcher's spec
 
 
 @dataclass
@@ -418,14 +419,18 @@ class ServerSettings:
     records_per_second: float = 0.0  # the whole stream's (stream.records_per_second); 0: unpaced, no bound
     max_window_readings: int = 0  # readings one window record holds at most (flink.max_window_readings)
     device_keys: dict[str, str] = field(default_factory=dict)  # device id -> its public key (OpenSSH text)
+    # Insecure warm SuperNodes' public keys, as their launcher (clients/supernodes.py) writes them; "": none.
+    device_keys_file: str = ""
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> ServerSettings:
+        auth = cfg.fl.security.supernode_auth
+        launched = not auth and cfg.fl.isolation == "warm" and cfg.fl.runtime == "deployment"
         return cls(cfg.mongo.uri, cfg.mongo.database, cfg.mongo.server_selection_timeout_ms, cfg.paths.logs_dir,
                    records_per_second=cfg.stream.records_per_second if cfg.stream.pace else 0.0,
                    max_window_readings=cfg.flink.max_window_readings,
-                   device_keys=registered_keys(Path(cfg.fl.security.certs_dir)) if cfg.fl.security.supernode_auth
-                   else {})
+                   device_keys=registered_keys(Path(cfg.fl.security.certs_dir)) if auth else {},
+                   device_keys_file=str(Path(cfg.paths.run_dir) / DEVICE_KEYS_FILE) if launched else "")
 
     def save(self, path: str) -> None:
         write_json(path, self.__dict__, mode=0o600)  # it may hold database credentials

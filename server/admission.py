@@ -12,14 +12,16 @@ checks it against what it knows itself (:class:`Admission`):
   and signs every Fleet request with the node's key (``superlink/routers/fleet/
   node_auth.py``, in every profile), so a node cannot pose as another node.
 - **its device** (:class:`Bindings`): the node's public key, which the
-  ServerApp sees in ``grid.get_nodes()`` (``NodeInfo.public_key``, PEM), looked
-  up among the devices' registered keys (production: the operator's
-  ``supernodes/device-<id>.pub``). With a key registry, a node whose key is
-  not in it is no device at all. Without one (testing: Flower refuses a
-  SuperNode key with ``--insecure``, so each node makes its own), a node is
-  bound to the device of its first reply, and that device to it, while the
-  node stays online; a node that left frees its device for the next one (a
-  restarted SuperNode registers under a new node id).
+  ServerApp sees in ``grid.get_nodes()`` (``NodeInfo.public_key``, PEM; Flower
+  shows it no node config), looked up among the devices' keys: production, the
+  operator's registered ``supernodes/device-<id>.pub``; testing, the keys the
+  SuperNode launcher gave the nodes it started for each device
+  (``clients/supernodes.py``: Flower refuses a key with ``--insecure``, and a
+  node would make its own). A node whose key is not among them is no device
+  at all. Without any registry (stock SuperNodes in testing, the simulation
+  runtime) a node is bound to the device of its first reply, and that device
+  to it, while the node stays online; a node that left frees its device for
+  the next one (a restarted SuperNode registers under a new node id).
 - **the message it answers** (:class:`Sent`): a reply must answer the one
   message outstanding for its node (Flower stores one reply per message; the
   ServerApp keeps one message per node at a time), and its base round must be
@@ -37,10 +39,12 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives import serialization
 
+from core.atomic import read_json
 from core.messages import LocalUpdate
 
 log = logging.getLogger("server.global")
@@ -68,18 +72,42 @@ def key_der(key: bytes | str) -> bytes | None:
 
 
 class Bindings:
-    """Which device each node is: by registered key where there is a registry, else by first contact."""
+    """Which device each node is: by registered key where there is a registry, else by first contact.
 
-    def __init__(self, keys: Mapping[int, bytes | str]) -> None:
+    The registry: ``keys`` (the operator's, production), and ``keys_file`` (what the SuperNode launcher
+    gave its insecure nodes, testing; read again when a node shows a key not yet in it).
+    """
+
+    def __init__(self, keys: Mapping[int, bytes | str], keys_file: str = "") -> None:
+        self.keys, self.keys_file = dict(keys), keys_file
+        self.file_stamp: tuple[float, int] | None = None
         self.by_key: dict[bytes, int] = {}
+        self.node_key: dict[int, bytes | None] = {}  # node -> its key (DER), as the SuperLink showed it
+        self.device_node: dict[int, int] = {}  # first contact: device -> node
+        self.online: set[int] = set()
+        self.load()
+
+    def load(self) -> None:
+        """(Re)read the registry; the file only when it changed (a missing file: no keys from it)."""
+        try:
+            stat = Path(self.keys_file).stat() if self.keys_file else None
+        except OSError:
+            stat = None
+        stamp = (stat.st_mtime, stat.st_size) if stat is not None else None
+        if self.by_key and stamp == self.file_stamp:
+            return
+        self.file_stamp = stamp
+        listed = read_json(self.keys_file, {}) if stamp is not None else {}
+        keys: dict[int, bytes | str] = {**self.keys, **({int(d): k for d, k in listed.items()
+                                                          if str(d).isdigit() and isinstance(k, str)}
+                                                         if isinstance(listed, dict) else {})}
+        by_key = {}
         for device, key in keys.items():
             if (der := key_der(key)) is None:
                 log.warning("device %d's registered public key cannot be read: that device cannot be served", device)
             else:
-                self.by_key[der] = device
-        self.node_key: dict[int, bytes | None] = {}  # node -> its key (DER), as the SuperLink showed it
-        self.device_node: dict[int, int] = {}  # first contact: device -> node
-        self.online: set[int] = set()
+                by_key[der] = device
+        self.by_key = by_key
 
     @property
     def by_registry(self) -> bool:
@@ -96,6 +124,8 @@ class Bindings:
             if node.node_id not in self.node_key:
                 self.node_key[int(node.node_id)] = key_der(node.public_key)
         self.online = online
+        if any(self.node_key.get(n) not in self.by_key for n in online):
+            self.load()  # a node the launcher started since (its key written before it registered)
 
     def device_of(self, node: int) -> int | None:
         """The device ``node`` is bound to (None: none yet, or it holds no registered key)."""

@@ -175,7 +175,8 @@ class TimedServer:
         keys = {int(d): k for d, k in server.device_keys.items()} if server is not None else {}
         limit = (ReadingLimit(server.records_per_second, settings.train_every, server.max_window_readings)
                  if server is not None else None)
-        self.admission = Admission(Bindings(keys), limit, started=time.monotonic())
+        self.admission = Admission(Bindings(keys, server.device_keys_file if server is not None else ""), limit,
+                                   started=time.monotonic())
         self.malformed = 0  # malformed replies naming no valid device since the last tick
         self.unwritten: Unwritten | None = None
         self.state_dirty = False  # fl_server "state" is behind (its write failed or is due)

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import RecordDict
 
+from core.atomic import write_json
 from core.config import load_config
 from core.messages import RunSettings, ServerSettings
 from server import rounds
@@ -23,7 +24,7 @@ from server.aggregation import AGGREGATED, GlobalState
 from server.server_app import TimedServer
 from tests.unit.server.test_aggregation import LATEST, MongoStand, update, weights
 
-DEVICES = [1, 2, 3, 4]
+DEVICES = [1, 2, 3, 4, 57]
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +80,7 @@ def key_pair() -> tuple[bytes, str]:
 
 
 def make_server(store: MongoStand, grid: Grid, device_keys: dict[str, str] | None = None,
-                per_second: float = 0.0) -> TimedServer:
+                per_second: float = 0.0, keys_file: str = "") -> TimedServer:
     settings = RunSettings(
         kafka_bootstrap="", windows_topic="", devices=DEVICES, group_prefix="", model={}, local_epochs=1,
         train_every=10.0, aggregate_every=60.0, min_devices=3, max_staleness_rounds=2, aggregator="fedavg",
@@ -88,7 +89,7 @@ def make_server(store: MongoStand, grid: Grid, device_keys: dict[str, str] | Non
         duration=0, message_ttl=30, warmup_train_every=0, server_settings="")
     settings.model_config = lambda: load_config().fl.model  # type: ignore[method-assign]
     server = ServerSettings("", "", 1, "/tmp", records_per_second=per_second, max_window_readings=2000,
-                            device_keys=device_keys or {})
+                            device_keys=device_keys or {}, device_keys_file=keys_file)
     return TimedServer(settings, grid, store, server)  # type: ignore[arg-type]
 
 
@@ -148,6 +149,27 @@ def test_with_registered_keys_only_the_key_decides_which_device_a_node_is() -> N
     assert doc["accepted"] == [1, 2, 4]
     assert reasons(doc) == [(4, "node 13 holds device 3's key, its reply claims device 4"),
                             (3, "node 99 holds no device's registered key (its reply claims device 3)")]
+
+
+def test_keys_the_launcher_writes_after_the_start_are_read_when_their_node_shows_up(tmp_path: Any) -> None:
+    """Testing profile: the SuperNode launcher writes its nodes' keys (clients/supernodes.py); a node
+    registered later (a restarted launcher) is looked up in the file again. Nodes with other keys are
+    no device."""
+    keys_file = tmp_path / "fl_device_keys.json"
+    pems = {d: key_pair()[0] for d in DEVICES}
+    write_json(keys_file, {str(d): pems[d].decode() for d in (1, 2)})
+    store = MongoStand(dict(LATEST))
+    grid = Grid({21: pems[1], 22: pems[2], 77: key_pair()[0]})
+    app = make_server(store, grid, keys_file=str(keys_file))
+    app.send_train_messages(time.monotonic())
+    write_json(keys_file, {str(d): pems[d].decode() for d in (1, 2, 3)})  # node 23 comes, with device 3's key
+    grid.keys[23] = pems[3]
+    app.send_train_messages(time.monotonic())
+    for node in (21, 22, 23, 77):
+        grid.answer(node, reply(node - 20))
+    doc = tick(app)
+    assert doc["accepted"] == [1, 2, 3]
+    assert reasons(doc) == [(57, "node 77 holds no device's registered key (its reply claims device 57)")]
 
 
 def test_a_replayed_update_with_an_old_base_round_is_refused() -> None:

@@ -38,6 +38,7 @@ the running totals (``core.model.Moments``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -62,6 +63,11 @@ class GlobalState:
     threshold: float
     moments: Moments | None = None  # the running totals of every reading trained on; None before any
     device_thresholds: dict[int, float] = field(default_factory=dict)  # the newest each device sent
+    # Most of this round's devices flagged (and so did not learn) most of their new readings:
+    # the stream changed as a whole (a sunrise the model has not seen, a new site), not an anomaly,
+    # which is rare by definition. The next round learns what it flags, or the change stays flagged
+    # for good: measured, every reading from the first daylight on, on the generated data set.
+    learn_flagged: bool = False
 
     def normalisation(self) -> Normalisation | None:
         return self.moments.normalisation() if self.moments is not None and self.moments.count > 0 else None
@@ -70,7 +76,17 @@ class GlobalState:
         """The train message of this global model."""
         norm = self.normalisation()
         centre, scale = norm.to_lists() if norm is not None else ([], [])
-        return TrainInstruction(self.weights, self.round, self.threshold, local_epochs, centre, scale)
+        flag_above = math.inf if self.learn_flagged else self.threshold  # what the devices hold back from training
+        return TrainInstruction(self.weights, self.round, flag_above, local_epochs, centre, scale)
+
+
+def flagged_share(updates: list[LocalUpdate], columns: int) -> float:
+    """The median over the updates' devices of the share of their new readings they held back as
+    flagged (the readings a window brought minus those its moments count): a median, so that the
+    stream counts as changed only when most devices say so, never on one device's claim."""
+    shares = [1.0 - min(Moments.from_list(u.moments, columns).count, u.num_examples) / u.num_examples
+              for u in updates if u.moments and u.num_examples > 0]
+    return float(np.median(shares)) if shares else 0.0
 
 
 @dataclass
@@ -279,5 +295,6 @@ class TimedAggregation:
         threshold = robust.global_threshold([u.histogram for u in outcome.accepted], self.threshold_quantile,
                                             self.robust)
         outcome.state = GlobalState(round=next_round, weights=arrays, threshold=threshold,
-                                    moments=totals, device_thresholds=thresholds)
+                                    moments=totals, device_thresholds=thresholds,
+                                    learn_flagged=flagged_share(outcome.accepted, self.normalised_columns) > 0.5)
         return outcome

@@ -82,6 +82,8 @@ class Own:
     buffer: model.ReplayBuffer
     moments: model.Moments | None = None
     threshold: float = math.inf
+    pooled: bool = False  # sees the whole stream (central): learns a change of it, as the federation does
+    learn_flagged: bool = False
 
     def normalisation(self) -> model.Normalisation | None:
         return self.moments.normalisation() if self.moments is not None else None
@@ -89,7 +91,9 @@ class Own:
     def step(self, spec: ModelConfig, rows: np.ndarray, epochs: int, seed: int) -> None:
         """Train on ``rows`` (the live step), then take the threshold of the trained model on the buffer."""
         result = model.train_locally(spec, self.weights, self.normalisation(), self.buffer, rows, epochs, seed,
-                                     threshold=self.threshold)
+                                     threshold=math.inf if self.learn_flagged else self.threshold)
+        # the server's rule (server.aggregation.GlobalState.learn_flagged), on the pooled rows
+        self.learn_flagged = self.pooled and len(rows) > 0 and result.moments.count < 0.5 * len(rows)
         self.moments = result.moments if self.moments is None else self.moments + result.moments
         self.weights = result.weights
         norm = self.normalisation()
@@ -132,7 +136,7 @@ def evaluate(cfg: AppConfig, frame: pd.DataFrame, normal: str = "normal") -> dic
     contexts: dict[int, features.StreamContext | None] = dict.fromkeys(devices)
     buffers = {d: model.ReplayBuffer(spec.replay_size, width) for d in devices}
     local = {d: Own(state.weights, model.ReplayBuffer(spec.replay_size, width)) for d in devices}
-    central = Own(state.weights, model.ReplayBuffer(spec.replay_size * len(devices), width))
+    central = Own(state.weights, model.ReplayBuffer(spec.replay_size * len(devices), width), pooled=True)
     tallies = {name: Tally() for name in ("federated", "federated per-device", "central", "local")}
     pending: list[LocalUpdate] = []
     global_net = _net(spec, state.weights)
@@ -157,7 +161,7 @@ def evaluate(cfg: AppConfig, frame: pd.DataFrame, normal: str = "normal") -> dic
                                        central.threshold, labels)
             seed = model.client_seed(spec, state.round, device)
             result = model.train_locally(spec, state.weights, state.normalisation(), buffers[device], rows,
-                                         fl.local_epochs, seed, threshold=state.threshold)
+                                         fl.local_epochs, seed, threshold=state.instruction(fl.local_epochs).threshold)
             pending.append(LocalUpdate(device, state.round, len(rows), result.weights,
                                        {"loss": result.loss, "score-mean": result.score_mean}, result.histogram,
                                        threshold=result.threshold, moments=result.moments.to_list()))

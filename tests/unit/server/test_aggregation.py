@@ -476,3 +476,21 @@ def test_a_stored_model_of_another_shape_is_not_resumed_but_its_rounds_go_on(mon
         doc = {**fits, "moments": bad}
         state = rounds.resume(SimpleNamespace(latest_global_model=lambda doc=doc: doc), spec)  # type: ignore[arg-type]
         assert state.round == 9 and state.moments is None  # started fresh, not a crash loop
+
+
+def test_the_next_round_learns_what_it_flags_only_when_most_devices_flagged_most_readings(
+        aggregation: TimedAggregation) -> None:
+    """A device holds back the new readings the global model flags; when most devices flagged most of
+    theirs the stream changed (a first sunrise), and the next instruction lets them learn it. One device
+    flagging everything (a stuck sensor, or a liar) does not."""
+    def flagging(device: int, kept: int) -> LocalUpdate:
+        out = update(device, 1.0, examples=10)
+        out.moments = _moments(np.ones((kept, 2)))  # of the readings it kept
+        return out
+
+    one_device = aggregation.aggregate_round([flagging(1, 0), flagging(2, 10), flagging(3, 9)], CURRENT).state
+    assert one_device is not None and not one_device.learn_flagged
+    assert one_device.instruction(1).threshold == one_device.threshold  # the filter stays on
+    most = aggregation.aggregate_round([flagging(1, 0), flagging(2, 1), flagging(3, 10)], CURRENT).state
+    assert most is not None and most.learn_flagged
+    assert most.instruction(1).threshold == float("inf") and np.isfinite(most.threshold)  # the scorer's is kept

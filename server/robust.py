@@ -18,11 +18,12 @@ device, so none is a constant tuned to one model or data set:
 - **aggregator**: ``fedavg`` (the weighted mean), or Flower's own unweighted
   ``trimmed_mean`` (FedTrimmedAvg: per coordinate, the ``trim_fraction`` largest and
   smallest values dropped) or ``median`` (FedMedian), on the updates left.
-- **threshold**: the quantile of the devices' score distributions pooled, but per
-  score bin the ``trim_fraction`` devices with the largest and the smallest share of
-  scores below it are left out (:func:`global_threshold`). One device that sends all
-  its mass at 1e5 or at 1e-5 is the largest or smallest everywhere and is trimmed;
-  without attackers the rule stays close to the pooled quantile.
+- **threshold**: the quantile of the devices' histograms pooled (their weights capped
+  as above), clamped between the devices' own quantiles trimmed by ``trim_fraction``
+  (:func:`global_threshold`): one device that sends its mass at 1e5 or 1e-5 moves it at
+  most to an honest device's own quantile. A rule that trims per score bin instead was
+  measured and dropped: it also trims the honest devices whose anomalies make the pooled
+  tail, and prequentially (40,000 generated readings) F1 fell from 0.273 to 0.095.
 
 Trimming drops ``int(trim_fraction * n)`` of ``n`` devices at each end (Flower's
 rule), and at least one once there are three: with the default 0.2 and fewer than
@@ -110,10 +111,14 @@ def combine(weights: Sequence[Sequence[np.ndarray]], counts: Sequence[float], ro
 
 def global_threshold(histograms: Sequence[Sequence[float]], q: float, robust: Robustness) -> float:
     """The ``q`` quantile of the devices' score histograms pooled, each device's weight (its
-    histogram's total) capped at ``max_weight_factor`` x the lower median total and, per bin,
-    the ``trim_fraction`` devices with the highest and the lowest share of scores up to that bin
-    left out. The quantile rule is :func:`core.model.histogram_quantile`, on the histogram the
-    trimmed cumulative shares make. Without trimming and cap it is the pooled quantile exactly.
+    histogram's total) capped at ``max_weight_factor`` x the lower median total, clamped between
+    the devices' own ``q`` quantiles trimmed by ``trim_fraction`` at each end (the ``cut + 1``-th
+    smallest and largest). Every quantile is :func:`core.model.histogram_quantile`.
+
+    The cap stops a device that claims 1e15 scores at 1e-5 (it weighs 3 of ~55, far from the 99.9 %
+    it would need); the clamp stops one that puts its mass at 1e5 (a pooled 0.999 quantile moves
+    with 0.1 % of the mass: no weight cap can stop that). Without attackers the pooled quantile
+    usually lies inside the clamp and is kept as it is.
     """
     counts = np.asarray(histograms, dtype=np.float64).reshape(len(histograms), -1)
     totals = counts.sum(axis=1)
@@ -121,11 +126,7 @@ def global_threshold(histograms: Sequence[Sequence[float]], q: float, robust: Ro
     if len(counts) == 0:
         return float("inf")
     weights = np.asarray(capped(totals.tolist(), robust.max_weight_factor))
-    shares = np.cumsum(counts, axis=1) / totals[:, None]  # each device's share of scores up to each bin
-    cut = trimmed_count(len(counts), robust.trim_fraction)
-    order = np.argsort(shares, axis=0, kind="stable")[cut:len(counts) - cut]
-    kept, kept_weights = np.take_along_axis(shares, order, axis=0), weights[order]
-    # Weighted, the mean of a set of devices that changes from bin to bin can dip: the running
-    # maximum keeps it a distribution function (unweighted it is one already).
-    pooled = np.maximum.accumulate((kept * kept_weights).sum(axis=0) / kept_weights.sum(axis=0))
-    return histogram_quantile(np.diff(pooled, prepend=0.0), q)
+    pooled = histogram_quantile((counts * (weights / totals)[:, None]).sum(axis=0), q)
+    own = sorted(histogram_quantile(c, q) for c in counts)
+    cut = trimmed_count(len(own), robust.trim_fraction)
+    return float(np.clip(pooled, own[cut], own[len(own) - 1 - cut]))

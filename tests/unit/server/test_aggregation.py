@@ -101,8 +101,8 @@ def test_weighted_average_of_the_devices(aggregation: TimedAggregation) -> None:
     expected = (1.0 * 10 + 2.0 * 30 + 4.0 * 60) / 100
     assert out.state is not None
     np.testing.assert_allclose(out.state.weights[0], expected, rtol=1e-6)
-    # Of three devices the threshold trims one at each end per bin (server.robust.global_threshold), so the
-    # median rests on the middle device's scores (30 x 2.0): the upper edge of its bin.
+    # The pooled median (4.0) is clamped between the devices' own medians trimmed by one at each end
+    # (server.robust.global_threshold): of three, the middle device's (30 x 2.0), the upper edge of its bin.
     assert 2.0 < out.state.threshold <= 2.0 * 1.1
     assert out.num_examples == 100
 

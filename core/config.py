@@ -445,8 +445,8 @@ class FLConfig:
     # How a tick's updates are combined (server/robust.py): "fedavg", the mean weighted by examples;
     # "trimmed_mean" (Flower's FedTrimmedAvg) or "median" (FedMedian), per coordinate, unweighted.
     aggregator: str = checked("trimmed_mean", one_of("fedavg", "trimmed_mean", "median"))
-    # Devices left out at each end (at least one of three or more): by trimmed_mean, and per score
-    # bin by the global threshold whatever the aggregator.
+    # Devices left out at each end (at least one of three or more): by trimmed_mean, and of the devices'
+    # own quantiles that clamp the global threshold whatever the aggregator.
     trim_fraction: float = checked(0.2, below_half)
     # An update farther from the global weights than this x the tick's typical (median) distance is
     # rejected; with fewer than 3 devices the last such tick's typical distance is the reference.

@@ -340,9 +340,10 @@ class ModelConfig:
     # and, trained long enough, reconstructs anomalies too (README, "Learning quality").
     hidden: list[int] = checked(MISSING, all_positive, narrower_than_inputs, factory=lambda: [16, 3])
     # What each reading's row adds of its device's recent readings (core/features.py): any of
-    # delta, deviation, spread (one column per feature each) and gap (one column); [] = the reading alone.
+    # delta, deviation, spread, repeat (one column per feature each) and gap (one column); [] = the
+    # reading alone. repeat is what finds a stuck sensor (README, "Learning quality").
     context: list[str] = checked(MISSING, subset_of(*CONTEXT_KINDS),
-                                 factory=lambda: ["delta", "deviation", "spread", "gap"])
+                                 factory=lambda: ["delta", "deviation", "spread", "repeat", "gap"])
     context_window: int = checked(8, positive)  # readings of a device that deviation and spread look back on
     learning_rate: float = checked(0.005, positive)
     batch_size: int = checked(32, positive)

@@ -67,7 +67,7 @@ def test_log_filter_masks_secrets_and_url_passwords() -> None:
     except RuntimeError:
         failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     secrets.RedactingFilter([KEY]).filter(failed)
-    assert KEY not in failed.exc_text and MONGO_PASSWORD not in failed.exc_text
+    assert failed.exc_text is not None and KEY not in failed.exc_text and MONGO_PASSWORD not in failed.exc_text
 
 
 def test_runner_moves_secret_overrides_from_argv_to_the_environment(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def call(app: FleetOnly, path: str, port: int) -> int:
 
 
 def test_only_fleet_paths_pass_on_the_fleet_port() -> None:
-    app = FleetOnly(lambda *a: None, fleet_port=9091)  # type: ignore[arg-type, return-value]
+    app = FleetOnly(lambda *a: None, fleet_port=9091)  # type: ignore[arg-type]
     assert call(app, "/v1/fleet/pull-messages", 9091) == 200
     for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/runtime/get-nodes", "/docs",
                  "/v1/fleet/../control/stop-run", "/v1/fleet//../control/stop-run", "/v1/fleetx/a"):

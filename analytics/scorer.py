@@ -169,15 +169,18 @@ def validate_partitions(rules: Rules) -> Callable[[Iterator[pd.DataFrame]], Iter
 
 
 # ------------------------------------------------------- 2. features, per device
-# The state's layout: [_POSITIONED, loop, seq, *StreamContext.to_list()]; a state without the mark
-# (written before positions were kept) is a bare context, its position unknown.
-_POSITIONED = -1.0
+# The state's layout: [_POSITIONED, loop and seq as 32-bit halves, *StreamContext.to_list()]: halves,
+# because loop and seq go up to 2**63 and a float64 holds integers exactly only to 2**53 (a rounded
+# position would count later readings as sent again). A state without the mark (written before
+# positions were kept) is a bare context, its position unknown.
+_POSITIONED = -2.0
+_HALF = 2 ** 32
 
 
 def save_context(context: Any, position: tuple[int, int] | None) -> tuple[bytes]:
     """A :class:`~core.features.StreamContext` and the ``(loop, seq)`` of the device's last reading
     folded into it, as the state's one column (:data:`STATE_SCHEMA`)."""
-    head = [_POSITIONED, *position] if position is not None else []
+    head = [_POSITIONED, *(float(half) for v in position for half in divmod(v, _HALF))] if position else []
     return (np.asarray([*head, *context.to_list()], dtype=np.float64).tobytes(),)
 
 
@@ -189,8 +192,9 @@ def load_context(state: GroupState, fields: int) -> tuple[Any, tuple[int, int] |
         return None, None
     flat = np.frombuffer(bytes(state.get[0]), dtype=np.float64).tolist()
     position = None
-    if len(flat) >= 3 and flat[0] == _POSITIONED and all(np.isfinite(flat[1:3])):
-        position, flat = (int(flat[1]), int(flat[2])), flat[3:]
+    if len(flat) >= 5 and flat[0] == _POSITIONED and all(np.isfinite(flat[1:5])):
+        loop_high, loop_low, seq_high, seq_low = (int(v) for v in flat[1:5])
+        position, flat = (loop_high * _HALF + loop_low, seq_high * _HALF + seq_low), flat[5:]
     return StreamContext.from_list(flat, fields), position
 
 

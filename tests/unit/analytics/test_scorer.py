@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -240,3 +240,17 @@ def test_jar_names_without_versions() -> None:
     assert _artifact("kafka-clients-3.9.2.jar") == "kafka-clients"
     assert _artifact("spark-sql-kafka-0-10_2.13-4.2.0.jar") == "spark-sql-kafka-0-10_2.13"
     assert _artifact("scala-library-2.13.15.jar") == "scala-library"
+
+
+def test_a_position_past_what_a_float_holds_exactly_still_tells_the_next_reading_from_a_copy() -> None:
+    """loop and seq go up to 2**63 - 1; a float64 rounds 2**60 + 200 up past 2**60 + 201, and the
+    next reading would be counted as sent again and never scored."""
+    spec = load_config([]).fl.model
+    big = 2 ** 60
+    first = replace(reading(1), loop=big, seq=big + 200)  # a float64 makes it 2**60 + 256
+    second = replace(reading(2), loop=big, seq=big + 201)
+    state = FakeState()
+    features_of(checked([first]), state, spec)
+    out = features_of(checked([second, first], [1, 2]), state, spec)
+    assert out["event_id"].dropna().tolist() == [second.event_id]
+    assert dict(zip(out["reason"].dropna(), out["n"][out["reason"].notna()], strict=True)) == {"sent again": 1}

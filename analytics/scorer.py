@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.config import AppConfig, ModelConfig
+from core.kafka_auth import java_properties
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -430,6 +431,7 @@ class Scorer:
         scorer = self.cfg.spark.scorer
         source = (spark.readStream.format("kafka")
                   .option("kafka.bootstrap.servers", self.cfg.kafka.bootstrap_servers)
+                  .options(**{f"kafka.{k}": v for k, v in java_properties(self.cfg.kafka).items()})
                   .option("subscribe", self.cfg.kafka.topics.readings.name)
                   .option("startingOffsets", "earliest")
                   .option("failOnDataLoss", "false")  # a topic's retention may delete what was never scored

@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -33,6 +34,7 @@ from flwr.clientapp import ClientApp
 
 from clients.windows import WindowReader
 from core import features, model
+from core.kafka_auth import KAFKA_CREDENTIALS, Credentials
 from core.messages import (
     ARRAYS,
     CONFIG,
@@ -70,8 +72,9 @@ def train(msg: Message, context: Context) -> Message:
         return Message(empty.to_record(), reply_to=msg)
     if FORGE in context.node_config:
         return Message(forged(device, instruction, int(context.node_config[FORGE])).to_record(), reply_to=msg)
-    reader = WindowReader(settings.kafka_bootstrap, settings.windows_topic, settings.partition_of(device),
-                          f"{settings.group_prefix}-{device}", device)
+    topic, partition = settings.window_source(device)
+    reader = WindowReader(settings.kafka_bootstrap, topic, partition, settings.group_of(device), device,
+                          login=device_login(context.node_config))
     try:
         windows = reader.read_new()
         update = local_update(settings, device, instruction, windows, context)
@@ -85,6 +88,13 @@ def train(msg: Message, context: Context) -> Message:
     finally:
         reader.close()
     return reply
+
+
+def device_login(node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The device's own Kafka login (librdkafka settings) from the credentials file its node config
+    names (``kafka-credentials``, given to the device's host); none without Kafka SASL."""
+    path = node_config.get(KAFKA_CREDENTIALS)
+    return Credentials.load(str(path)).librdkafka() if path else {}
 
 
 def expires_soon(created_at: float, ttl: float, now: float, margin: float = REPLY_MARGIN_SECONDS) -> bool:

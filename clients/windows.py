@@ -67,13 +67,19 @@ def _reading_problem(reading: object, device: int) -> str:
     return "" if stamp is not None and stamp.tzinfo is not None else "a reading without a zoned source_time"
 
 
+# librdkafka does not flag these retriable for committed(); a fresh broker answers them while
+# __consumer_offsets loads (seen on a new SASL broker: NOT_COORDINATOR for several seconds).
+_COORDINATOR_MOVING = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                       KafkaError.COORDINATOR_NOT_AVAILABLE)
+
+
 def _retry(call: Callable[[], T], attempts: int = 12) -> T:
     """A group coordinator that is still loading answers NOT_COORDINATOR for a moment: ask again."""
     for attempt in range(attempts):
         try:
             return call()
         except KafkaException as exc:
-            if attempt == attempts - 1 or not exc.args[0].retriable():
+            if attempt == attempts - 1 or not (exc.args[0].retriable() or exc.args[0].code() in _COORDINATOR_MOVING):
                 raise
             time.sleep(min(0.25 * (attempt + 1), 1.5))
     raise AssertionError("unreachable")
@@ -82,9 +88,11 @@ def _retry(call: Callable[[], T], attempts: int = 12) -> T:
 class WindowReader:
     """Reads the new window records of one device's partition."""
 
-    def __init__(self, bootstrap: str, topic: str, partition: int, group: str, device: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, partition: int, group: str, device: int,
+                 login: dict[str, Any] | None = None) -> None:
         self.topic, self.partition, self.device = topic, partition, device
         self.consumer = Consumer({
+            **(login or {}),  # the device's own Kafka login (SASL), if the broker wants one
             "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
             "isolation.level": "read_committed",  # only windows of committed Flink checkpoints
             "auto.offset.reset": "earliest",

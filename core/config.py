@@ -120,6 +120,13 @@ def one_of(*choices: str) -> Check:
     return check
 
 
+def on_in_production(value: bool, app: AppConfig) -> str | None:
+    """Production refuses an insecure federation unless the operator says so in so many words."""
+    if value or app.profile_name != "production" or app.fl.security.allow_insecure:
+        return None
+    return "must be true in profile=production (to run without it anyway: fl.security.allow_insecure=true)"
+
+
 def at_most(key: str) -> Check:
     """No more than the value of another key (dotted path)."""
     def check(value: float | None, app: AppConfig) -> str | None:
@@ -205,11 +212,53 @@ class LocalBrokerConfig:
     startup_timeout_seconds: float = checked(90.0, positive)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def jaas_safe(value: str, _: AppConfig) -> str | None:
+    # The Java clients (Flink, Spark) and the broker take credentials inside a JAAS line,
+    # username="..." password="...": a quote or backslash there would end or escape it.
+    return None if not any(c in value for c in '"\\;\n') else 'must not hold " \\ ; or a line break (JAAS)'
+
+
+def plain_on_loopback(value: str, app: AppConfig) -> str | None:
+    host = (_split_address(app.kafka.bootstrap_servers) or ("", 0))[0]
+    sasl = app.kafka.sasl
+    if not sasl.enabled or value != "PLAIN" or sasl.security_protocol == "SASL_SSL" or sasl.private_network or host in LOOPBACK_HOSTS:
+        return None
+    return ("PLAIN sends the password as it is: to a broker on another host use SCRAM-SHA-512 or SASL_SSL "
+            "(or kafka.sasl.private_network=true on a network only the pipeline is on)")
+
+
+@dataclass
+class KafkaSaslConfig:
+    """Every Kafka client authenticates (SASL); with ACLs a device's credentials read only its own windows.
+
+    The pipeline's components share one principal (``username``), a super user of the local
+    broker; each device has its own, ``device-<id>``, with SCRAM-SHA-512 credentials that the
+    pipeline creates and keeps in ``logins_dir`` (0600 files; a device on another host is
+    given its own file). Kafka's ACLs name topics, not partitions, so with SASL each device's
+    windows go to a topic of its own, ``<kafka.topics.windows.name>.<device id>``.
+    """
+
+    enabled: bool = checked(False, on_in_production)
+    security_protocol: str = checked("SASL_PLAINTEXT", one_of("SASL_PLAINTEXT", "SASL_SSL"))
+    ca_file: str | None = None  # SASL_SSL: the broker's CA (PEM); null: the system's
+    # The local broker takes the pipeline's PLAIN login on its own listeners (loopback; no
+    # bootstrap credential to store in Kafka first); a remote cluster is often SCRAM.
+    mechanism: str = checked("PLAIN", one_of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), plain_on_loopback)
+    username: str = checked("pipeline", jaas_safe)
+    password: str = checked("", jaas_safe)  # empty: generated once for the local broker; required for a remote one
+    logins_dir: str = "${paths.data_dir}/kafka-logins"
+    private_network: bool = False  # true: PLAIN to a broker on a network only the pipeline reaches (compose's)
+
+
 @dataclass
 class KafkaConfig:
     bootstrap_servers: str = checked("127.0.0.1:9092", address)
     local_broker: LocalBrokerConfig = field(default_factory=LocalBrokerConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
+    sasl: KafkaSaslConfig = field(default_factory=KafkaSaslConfig)
 
 
 # --------------------------------------------------------------------- mongo
@@ -366,13 +415,6 @@ def only_with(key: str) -> Check:
 
 def non_empty(value: list[str], _: AppConfig) -> str | None:
     return None if value else "must not be empty"
-
-
-def on_in_production(value: bool, app: AppConfig) -> str | None:
-    """Production refuses an insecure federation unless the operator says so in so many words."""
-    if value or app.profile_name != "production" or app.fl.security.allow_insecure:
-        return None
-    return "must be true in profile=production (to run without it anyway: fl.security.allow_insecure=true)"
 
 
 def loopback_address_or_null(value: str | None, _: AppConfig) -> str | None:

@@ -55,7 +55,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from core.atomic import write_json
 from core.config import AppConfig, ModelConfig
-from core.records import window_partitions
+from core.records import device_group, device_window_topic, window_partitions
 
 ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
@@ -336,7 +336,7 @@ class RunSettings:
     kafka_bootstrap: str
     windows_topic: str
     devices: list[int]  # in partition order of the window topic (core.records.window_partitions)
-    group_prefix: str  # a device's consumer group: "<prefix>-<device id>"
+    windows_per_device: bool  # a window topic per device (Kafka SASL: ACLs name topics), not a partition
     model: dict[str, Any]  # core.config.ModelConfig as a dict
     local_epochs: int
     train_every: float  # seconds
@@ -358,7 +358,7 @@ class RunSettings:
 
         fl = cfg.fl
         return cls(kafka_bootstrap=cfg.kafka.bootstrap_servers, windows_topic=cfg.kafka.topics.windows.name,
-                   devices=sorted(devices), group_prefix=f"fl-device-{cfg.kafka.topics.windows.name}",
+                   devices=sorted(devices), windows_per_device=cfg.kafka.sasl.enabled,
                    model=asdict(fl.model), local_epochs=fl.local_epochs,
                    train_every=fl.local_training_interval_seconds,
                    aggregate_every=fl.global_update_interval_minutes * 60, min_devices=fl.min_devices_for_aggregation,
@@ -402,8 +402,14 @@ class RunSettings:
             return int(node_config["device-id"])
         return self.devices[int(node_config["partition-id"])]
 
-    def partition_of(self, device: int) -> int:
-        return window_partitions(self.devices)[device]
+    def window_source(self, device: int) -> tuple[str, int]:
+        """Where a device's windows are: ``(topic, partition)``."""
+        if self.windows_per_device:
+            return device_window_topic(self.windows_topic, device), 0
+        return self.windows_topic, window_partitions(self.devices)[device]
+
+    def group_of(self, device: int) -> str:
+        return device_group(self.windows_topic, device)
 
 
 @dataclass

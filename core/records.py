@@ -7,8 +7,9 @@ environment (``.venv-flink``), which does not have the main dependencies.
     key = device id (decimal string); value = JSON :class:`Reading`.
 Dead-letter message
     JSON :class:`DeadLetter`: the raw payload and why it was rejected.
-Window message (per-device window topic)
-    key = device id; partition = ``window_partitions(devices)[device id]``;
+Window message (the window topic, one partition per device; with Kafka SASL one topic per device)
+    key = device id; partition = ``window_partitions(devices)[device id]``
+    (topic ``device_window_topic(...)``, partition 0, with SASL);
     value = JSON ``{device_id, window_start, window_end, count, readings[]}``.
 """
 
@@ -107,6 +108,16 @@ def window_partitions(device_ids: list[int] | set[int]) -> dict[int, int]:
     reads only there, so both sides must use this one mapping.
     """
     return {device: index for index, device in enumerate(sorted(device_ids))}
+
+
+def device_window_topic(windows_topic: str, device_id: int) -> str:
+    """A device's own window topic (with Kafka SASL: ACLs name topics, not partitions)."""
+    return f"{windows_topic}.{device_id}"
+
+
+def device_group(windows_topic: str, device_id: int) -> str:
+    """The consumer group that keeps a device's read position in its windows."""
+    return f"fl-device-{windows_topic}-{device_id}"
 
 
 def window_record(device_id: int, window_start: str, window_end: str, readings: list[dict]) -> dict[str, Any]:

@@ -14,12 +14,14 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
+from core import kafka_auth
 from core.config import AppConfig, KafkaConfig, TopicConfig, host_port
+from core.kafka_auth import client_config
+from core.records import device_group, device_window_topic
 from core.services.runner import port_is_open
 
 log = logging.getLogger(__name__)
@@ -35,26 +37,87 @@ class TopicState:
 _quiet = logging.getLogger("core.topics.librdkafka")
 
 
-def admin_client(bootstrap_servers: str) -> AdminClient:
+def admin_client(kafka: KafkaConfig) -> AdminClient:
     # librdkafka's own log lines go through Python logging, not raw to stderr.
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": _quiet}
-    return AdminClient(conf)
+    return AdminClient(client_config(kafka, logger=_quiet))
 
 
-def broker_ready(bootstrap_servers: str, timeout: float = 2.0) -> bool:
+def broker_ready(kafka: KafkaConfig, timeout: float = 2.0) -> bool:
     """True once the broker answers a metadata request and lists itself."""
-    host, port = host_port(bootstrap_servers)
+    host, port = host_port(kafka.bootstrap_servers)
     if not port_is_open(host, port):  # cheap check first: no client, no log spam
         return False
     try:
-        meta = admin_client(bootstrap_servers).list_topics(timeout=timeout)
+        meta = admin_client(kafka).list_topics(timeout=timeout)
     except KafkaException:
         return False
     return len(meta.brokers) > 0
 
 
 def topic_configs(kafka: KafkaConfig) -> list[TopicConfig]:
+    """The topics every run has; with SASL the windows go to a topic per device instead
+    (:func:`ensure_device_access`)."""
+    if kafka.sasl.enabled:
+        return [kafka.topics.readings, kafka.topics.dead_letter]
     return [kafka.topics.readings, kafka.topics.windows, kafka.topics.dead_letter]
+
+
+def window_topics(kafka: KafkaConfig, devices: list[int]) -> list[str]:
+    """The topics that hold the devices' windows: one, or with SASL one per device."""
+    if kafka.sasl.enabled:
+        return [device_window_topic(kafka.topics.windows.name, d) for d in sorted(devices)]
+    return [kafka.topics.windows.name]
+
+
+def ensure_device_access(kafka: KafkaConfig, devices: list[int], timeout: float = 30.0) -> list[str]:
+    """With SASL: each device's window topic, its SCRAM login, and ACLs that let it read that topic
+    (and commit in its own consumer group, :func:`core.records.device_group`) and nothing else; returns the
+    topics created. Nothing to do without SASL (one topic, no logins). Safe to repeat."""
+    if not kafka.sasl.enabled:
+        return []
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialAlteration,
+        UserScramCredentialUpsertion,
+    )
+
+    admin = admin_client(kafka)
+    spec = kafka.topics.windows
+    existing = admin.list_topics(timeout=timeout).topics
+    wanted = {device_window_topic(spec.name, d): d for d in devices}
+    new = [NewTopic(name, num_partitions=1, replication_factor=spec.replication_factor,
+                    config={"retention.ms": str(spec.retention_ms), "cleanup.policy": "delete"})
+           for name in wanted if name not in existing]
+    for future in (admin.create_topics(new, operation_timeout=timeout).values() if new else []):
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    mechanism = getattr(ScramMechanism, kafka_auth.DEVICE_MECHANISM.replace("-", "_"))
+    logins: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(c.username, ScramCredentialInfo(mechanism, 8192), c.password.encode())
+        for c in (kafka_auth.device_credentials(kafka, d) for d in devices)]
+    for future in admin.alter_user_scram_credentials(logins).values():
+        future.result(timeout)
+    acls = []
+    for topic, device in wanted.items():
+        principal = f"User:{kafka_auth.device_username(device)}"
+        for resource, name in ((ResourceType.TOPIC, topic), (ResourceType.GROUP, device_group(spec.name, device))):
+            acls.append(AclBinding(resource, name, ResourcePatternType.LITERAL, principal, "*",
+                                   AclOperation.READ, AclPermissionType.ALLOW))
+    for future in admin.create_acls(acls).values():  # an ACL that exists already is kept, not doubled
+        future.result(timeout)
+    _await_metadata(admin, {name: 1 for name in wanted}, timeout)
+    log.info("device access: %d window topics (%d new), %d logins, %d ACLs",
+             len(wanted), len(new), len(logins), len(acls))
+    return [t.topic for t in new]
 
 
 def ensure_topics(cfg: AppConfig, timeout: float = 30.0) -> list[TopicState]:
@@ -63,7 +126,7 @@ def ensure_topics(cfg: AppConfig, timeout: float = 30.0) -> list[TopicState]:
     Kafka cannot shrink a topic, so more partitions than configured are left
     as they are (with a warning): data in them is never dropped.
     """
-    admin = admin_client(cfg.kafka.bootstrap_servers)
+    admin = admin_client(cfg.kafka)
     existing = admin.list_topics(timeout=timeout).topics
     wanted = topic_configs(cfg.kafka)
     new = [
@@ -123,15 +186,15 @@ def _await_metadata(admin: AdminClient, minimum: dict[str, int], timeout: float)
 
 def describe_topics(cfg: AppConfig, timeout: float = 5.0) -> dict[str, int]:
     """``{topic: partitions}`` for the pipeline's topics that exist."""
-    topics = admin_client(cfg.kafka.bootstrap_servers).list_topics(timeout=timeout).topics
+    topics = admin_client(cfg.kafka).list_topics(timeout=timeout).topics
     return {t.name: len(topics[t.name].partitions) for t in topic_configs(cfg.kafka) if t.name in topics}
 
 
 def dead_letter_reasons(cfg: AppConfig, max_seconds: float = 10.0) -> Counter:
     """How many dead letters there are for each reason (committed ones, read from the topic)."""
     topic = cfg.kafka.topics.dead_letter
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": "fl-app-status",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(client_config(cfg.kafka, **{"group.id": "fl-app-status", "enable.auto.commit": False,
+                                                    "isolation.level": "read_committed"}))
     reasons: Counter = Counter()
     try:
         # OFFSET_BEGINNING, not 0: after retention deleted old segments, 0 is out of range.

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from core import storage, topics
 from core.config import AppConfig
+from core.kafka_auth import client_config
 
 
 @dataclass
@@ -44,8 +45,7 @@ def topic_message_counts(cfg: AppConfig, timeout: float = 5.0) -> dict[str, int]
 
 def _consumer(cfg: AppConfig, group: str = "fl-app-status") -> Consumer:
     # Never subscribes, never commits: asking for a group's committed offsets does not join it.
-    return Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": group,
-                     "enable.auto.commit": False})
+    return Consumer(client_config(cfg.kafka, **{"group.id": group, "enable.auto.commit": False}))
 
 
 def end_offsets(cfg: AppConfig, topic: str, partitions: int, timeout: float = 5.0) -> dict[int, int]:

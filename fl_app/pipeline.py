@@ -277,7 +277,7 @@ def _delete_remote(cfg: AppConfig) -> list[str]:
 
     done = []
     if not kafka.runs_locally(cfg):
-        admin, names = topics.admin_client(cfg.kafka.bootstrap_servers), [t.name for t in _topics(cfg)]
+        admin, names = topics.admin_client(cfg.kafka), [t.name for t in _topics(cfg)]
         try:
             existing = set(admin.list_topics(timeout=10).topics)
             for name, future in admin.delete_topics([n for n in names if n in existing], operation_timeout=30).items():

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from core.atomic import write_json
 from core.config import AppConfig
+from core.kafka_auth import client_config
 from core.records import SENSOR_FIELDS, Reading, event_id, iso
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,8 @@ class ReplayProducer:
         self._lock = threading.Lock()
         self.stats = ProduceStats()
         self.position = Position()
-        self._producer = Producer({
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+        self._producer = Producer(client_config(
+            cfg.kafka, **{
             "acks": "all",
             "enable.idempotence": True,  # broker drops duplicates of retried batches
             "linger.ms": cfg.stream.linger_ms,
@@ -204,7 +205,7 @@ class ReplayProducer:
             "message.timeout.ms": cfg.stream.delivery_timeout_ms,
             "queue.buffering.max.messages": 200_000,
             "logger": logging.getLogger("stream.producer.librdkafka"),
-        })
+        }))
 
     # ------------------------------------------------------------------ api
     def stop(self) -> None:

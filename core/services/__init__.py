@@ -56,6 +56,12 @@ def provision(cfg: AppConfig) -> Readiness:
     ready = Readiness()
     try:
         ready.topics = {t.name: t.partitions for t in topics.ensure_topics(cfg)}
+        if cfg.kafka.sasl.enabled:
+            from core import dataset
+
+            devices = dataset.device_ids(cfg.stream, cfg.paths.cache_dir)
+            topics.ensure_device_access(cfg.kafka, devices)
+            ready.topics |= {name: 1 for name in topics.window_topics(cfg.kafka, devices)}
     except Exception as exc:  # confluent_kafka raises KafkaException / KafkaError
         raise ServiceError(f"cannot create Kafka topics at {cfg.kafka.bootstrap_servers}: {exc}") from exc
     try:
@@ -85,7 +91,7 @@ def status(cfg: AppConfig) -> list[Status]:
     if kafka.NAME in local:
         out.append(local[kafka.NAME].status())
     else:
-        ok = topics.broker_ready(cfg.kafka.bootstrap_servers, timeout=2.0)
+        ok = topics.broker_ready(cfg.kafka, timeout=2.0)
         out.append(Status(kafka.NAME, State.EXTERNAL, address=cfg.kafka.bootstrap_servers,
                           detail="reachable" if ok else "unreachable"))
     if mongo.NAME in local:

@@ -13,7 +13,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from core.config import AppConfig, host_port
+from core.config import AppConfig, KafkaConfig, host_port
 from core.services import jars
 from core.services.runner import LOOPBACK, ManagedProcess, ServiceError
 
@@ -47,15 +47,17 @@ def storage_dir(cfg: AppConfig) -> Path:
 def _server_properties(cfg: AppConfig) -> str:
     host, port = host_port(cfg.kafka.bootstrap_servers)
     ctl = cfg.kafka.local_broker.controller_port
+    client = "SASL_PLAINTEXT" if cfg.kafka.sasl.enabled else "PLAINTEXT"
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{host}:{ctl}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "listeners": f"{client}://{host}:{port},CONTROLLER://{host}:{ctl}",
+        "advertised.listeners": f"{client}://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": client,
+        "listener.security.protocol.map": f"{client}:{client},CONTROLLER:{client}",
+        **_sasl_properties(cfg, client),
         "log.dirs": str(storage_dir(cfg)),
         # Topics are created explicitly by core.topics, never by accident.
         "auto.create.topics.enable": "false",
@@ -72,11 +74,41 @@ def _server_properties(cfg: AppConfig) -> str:
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
+def _sasl_properties(cfg: AppConfig, client: str) -> dict[str, str]:
+    """With SASL: the pipeline logs in with PLAIN (its user listed in the broker's own JAAS line, so
+    nothing must be stored in Kafka before the broker can check it), devices with SCRAM-SHA-512
+    (credentials kept by the controller, made by :func:`core.topics.ensure_device_access`); ACLs
+    decide what each may do, and the pipeline's principal is the only super user."""
+    from core import kafka_auth
+
+    creds = kafka_auth.pipeline_credentials(cfg.kafka, local_broker=True)
+    if creds is None:
+        return {}
+    plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+             f'username="{creds.username}" password="{creds.password}" user_{creds.username}="{creds.password}";')
+    name = client.lower()
+    return {
+        "sasl.enabled.mechanisms": f"PLAIN,{kafka_auth.DEVICE_MECHANISM}",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        f"listener.name.{name}.plain.sasl.jaas.config": plain,
+        f"listener.name.{name}.{kafka_auth.DEVICE_MECHANISM.lower()}.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": plain,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{creds.username}",
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
 def _write_configs(cfg: AppConfig) -> tuple[Path, Path]:
+    from core.atomic import write_text
+
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     props = run_dir / "kafka-server.properties"
-    props.write_text(_server_properties(cfg))
+    write_text(props, _server_properties(cfg), mode=0o600)  # with SASL it holds the pipeline's password
     log4j = run_dir / "kafka-log4j2.properties"
     log4j.write_text(_LOG4J2)
     return props, log4j
@@ -111,7 +143,7 @@ def broker_process(cfg: AppConfig) -> ManagedProcess:
         run_dir=Path(cfg.paths.run_dir),
         logs_dir=Path(cfg.paths.logs_dir),
         ports=[(host, port), (host, cfg.kafka.local_broker.controller_port)],
-        health_check=lambda: topics.broker_ready(cfg.kafka.bootstrap_servers, timeout=2.0),
+        health_check=lambda: topics.broker_ready(cfg.kafka, timeout=2.0),
         startup_timeout=cfg.kafka.local_broker.startup_timeout_seconds,
         address=f"{host}:{port}",
     )
@@ -133,5 +165,9 @@ def _prepare(cfg: AppConfig) -> list[str]:
 
 def runs_locally(cfg: AppConfig) -> bool:
     """Start our own broker only when enabled and the bootstrap address is on this machine."""
-    host, _ = host_port(cfg.kafka.bootstrap_servers)
-    return cfg.kafka.local_broker.enabled and host in LOOPBACK
+    return runs_locally_for(cfg.kafka)
+
+
+def runs_locally_for(kafka: KafkaConfig) -> bool:
+    host, _ = host_port(kafka.bootstrap_servers)
+    return kafka.local_broker.enabled and host in LOOPBACK

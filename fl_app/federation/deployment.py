@@ -80,6 +80,11 @@ def superlink_process(cfg: AppConfig) -> ManagedProcess:
 
 def supernode_process(cfg: AppConfig, index: int, device: int, node_config: str = "") -> ManagedProcess:
     port = cfg.fl.supernode_base_port + index
+    if cfg.kafka.sasl.enabled:  # the device's own Kafka login: a file path, never the password
+        from core import kafka_auth
+
+        login = json.dumps(str(kafka_auth.device_credentials_file(cfg.kafka, device)))
+        node_config = f"{kafka_auth.KAFKA_CREDENTIALS}={login} {node_config}"
     return ManagedProcess(
         name=f"fl_supernode_{device}",
         argv=[_bin("flower-supernode"), *supernode_flags(cfg, device), "--superlink", cfg.fl.superlink_address,

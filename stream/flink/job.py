@@ -294,13 +294,20 @@ def _environment(s: JobSettings) -> StreamExecutionEnvironment:
 
 
 def _kafka_sink(s: JobSettings, serializer: KafkaRecordSerializationSchema, name: str) -> KafkaSink:
-    return (KafkaSink.builder()
-            .set_bootstrap_servers(s.bootstrap_servers)
-            .set_record_serializer(serializer)
-            .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
-            .set_transactional_id_prefix(f"{s.group_id}-{name}")
-            .set_property("transaction.timeout.ms", str(s.transaction_timeout_ms))
-            .build())
+    builder = (KafkaSink.builder()
+               .set_bootstrap_servers(s.bootstrap_servers)
+               .set_record_serializer(serializer)
+               .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+               .set_transactional_id_prefix(f"{s.group_id}-{name}")
+               .set_property("transaction.timeout.ms", str(s.transaction_timeout_ms)))
+    for key, value in s.kafka_properties.items():  # the login (SASL)
+        builder = builder.set_property(key, value)
+    return builder.build()
+
+
+def _sql_properties(props: dict[str, str]) -> str:
+    """Kafka client properties as options of the SQL connector (quotes doubled: SQL string literals)."""
+    return "".join(f"\n            'properties.{k}' = '{v.replace(chr(39), chr(39) * 2)}'," for k, v in props.items())
 
 
 def build(s: JobSettings) -> StreamExecutionEnvironment:
@@ -318,7 +325,7 @@ def build(s: JobSettings) -> StreamExecutionEnvironment:
             'topic' = '{s.readings_topic}',
             'properties.bootstrap.servers' = '{s.bootstrap_servers}',
             'properties.group.id' = '{s.group_id}',
-            'properties.auto.offset.reset' = 'earliest',
+            'properties.auto.offset.reset' = 'earliest',{_sql_properties(s.kafka_properties)}
             'scan.startup.mode' = 'group-offsets',
             'format' = 'raw'
         )""")
@@ -346,7 +353,11 @@ def build(s: JobSettings) -> StreamExecutionEnvironment:
                                       .build(), "dlq")).name("dead-letter topic").uid("dead-letter-sink")
     # PyFlink has no Python hook for the key, the value or the partition of a
     # Kafka record; two tiny Java classes (stream/flink/java) pick row fields.
-    serializer = KafkaRecordSerializationSchema.builder().set_topic(s.windows_topic)
+    serializer = KafkaRecordSerializationSchema.builder()
+    if s.windows_per_device:  # topic <windows>.<device id> (the key field), its one partition
+        serializer._j_builder.setTopicSelector(jvm.fliot.flink.RowFieldTopicSelector(s.windows_topic, 1))
+    else:
+        serializer = serializer.set_topic(s.windows_topic)
     serializer._j_builder.setKeySerializationSchema(jvm.fliot.flink.RowFieldSerializationSchema(1))
     serializer._j_builder.setValueSerializationSchema(jvm.fliot.flink.RowFieldSerializationSchema(2))
     serializer._j_builder.setPartitioner(jvm.fliot.flink.RowFieldPartitioner(0))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core import dataset
 from core.config import PROJECT_ROOT, AppConfig, ConfigError
+from core.kafka_auth import FLINK_SHADED, java_properties
 from core.records import SENSOR_FIELDS, window_partitions
 from core.services import jars
 from core.services.runner import ServiceError
@@ -46,7 +47,7 @@ def job_jars(cfg: AppConfig) -> list[Path]:
 
 def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
     devices = dataset.device_ids(cfg.stream, cfg.paths.cache_dir)  # the only ones the job accepts
-    if cfg.kafka.topics.windows.partitions < len(devices):
+    if cfg.kafka.topics.windows.partitions < len(devices) and not cfg.kafka.sasl.enabled:
         raise ConfigError(f"kafka.topics.windows.partitions ({cfg.kafka.topics.windows.partitions}) must be at "
                           f"least the number of devices ({len(devices)}): each device has its own partition")
     checkpoint_dir = Path(cfg.flink.checkpoint_dir)
@@ -62,7 +63,9 @@ def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
         mongo_uri=cfg.mongo.uri,
         mongo_database=cfg.mongo.database,
         known_devices=devices,
-        window_partition={str(k): v for k, v in window_partitions(devices).items()},
+        window_partition={str(k): 0 if cfg.kafka.sasl.enabled else v for k, v in window_partitions(devices).items()},
+        windows_per_device=cfg.kafka.sasl.enabled,
+        kafka_properties=java_properties(cfg.kafka, shaded=FLINK_SHADED),
         window_seconds=cfg.fl.local_training_interval_seconds,
         checkpoint_interval_ms=cfg.flink.checkpoint_interval_ms,
         checkpoint_dir=str(checkpoint_dir),

@@ -30,6 +30,8 @@ class JobSettings:
     mongo_database: str
     known_devices: list[int]
     window_partition: dict[str, int]  # device id (as text, JSON keys) -> partition
+    windows_per_device: bool  # Kafka SASL: each device's windows in a topic of its own (partition 0)
+    kafka_properties: dict[str, str]  # the Kafka clients' login (SASL), empty without; why save() is 0600
     window_seconds: float
     checkpoint_interval_ms: int
     checkpoint_dir: str
@@ -51,7 +53,7 @@ class JobSettings:
     resume_from: str | None  # a retained checkpoint to restore state and offsets from
 
     def save(self, path: Path) -> None:
-        write_json(path, asdict(self))
+        write_json(path, asdict(self), mode=0o600)  # the MongoDB URI and Kafka login may hold passwords
 
     @classmethod
     def load(cls, path: Path) -> JobSettings:

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from clients import client_app
 from core import dataset, services, storage
 from core.config import AppConfig, load_config
-from core.records import window_partitions, window_record
+from core.records import device_group, window_partitions, window_record
 from core.services import mongo
 from core.services.runner import ManagedProcess, free_port, free_port_block
 from fl_app.federation import deployment, settings
@@ -75,7 +75,7 @@ class Windows:
 
     def committed_readings(self, device: int) -> int:
         """Readings in the window records device ``device`` has committed (read, trained, replied)."""
-        group = f"fl-device-{self.cfg.kafka.topics.windows.name}-{device}"  # RunSettings.group_prefix
+        group = device_group(self.cfg.kafka.topics.windows.name, device)
         consumer = Consumer({"bootstrap.servers": self.cfg.kafka.bootstrap_servers, "group.id": group,
                              "enable.auto.commit": False})
         try:

@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 API_KEY = "dummy-api-key-" + uuid.uuid4().hex[:12]
 SUPERSET_PASSWORD = "dummy-superset-" + uuid.uuid4().hex[:12]
 MONGO_PASSWORD = "dummy-mongo-" + uuid.uuid4().hex[:12]
-SECRETS = (API_KEY, SUPERSET_PASSWORD, MONGO_PASSWORD)
+KAFKA_PASSWORD = "dummy-kafka-" + uuid.uuid4().hex[:12]
+SECRETS = (API_KEY, SUPERSET_PASSWORD, MONGO_PASSWORD, KAFKA_PASSWORD)
 FL_APP = [str(Path(sys.executable).parent / "fl-app")]
 
 
@@ -51,6 +52,7 @@ def test_no_secret_in_logs_process_arguments_or_readable_run_files(stack: AppCon
     overrides = [*tenant_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "profile=production",
                  "stream.dataset_records=3000", f"api.port={free_port()}", f"superset.port={free_port()}",
                  f"api.api_key={API_KEY}", f"superset.admin_password={SUPERSET_PASSWORD}",
+                 f"kafka.sasl.password={KAFKA_PASSWORD}",
                  f"mongo.uri=mongodb://fluser:{MONGO_PASSWORD}@{host}:{port}"]
     cfg = load_config(overrides)
     run_dir, logs_dir = Path(cfg.paths.run_dir), Path(cfg.paths.logs_dir)

@@ -51,7 +51,8 @@ def compose_command() -> list[str]:
     return [str(LOCAL_COMPOSE)]
 
 
-SECRETS = {"SUPERSET_ADMIN_PASSWORD": "only-for-validation", "FL_APP_API_KEY": "only-for-validation-0123"}
+SECRETS = {"SUPERSET_ADMIN_PASSWORD": "only-for-validation", "FL_APP_API_KEY": "only-for-validation-0123",
+           "KAFKA_SASL_PASSWORD": "only-for-validation-kafka"}
 
 
 def test_compose_file_validates(compose_command: list[str]) -> None:

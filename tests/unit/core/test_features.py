@@ -92,7 +92,7 @@ def test_the_client_app_and_evaluate_give_a_reading_the_same_row(spec: ModelConf
     """Windows of the ClientApp (its context in Context.state, kept across a restart of the ClientApp
     process: a new Context built from the stored records) against evaluate's split of the series."""
     device = int(series[0]["device_id"])
-    settings = RunSettings("localhost:1", "w", [device], "g", spec.__dict__ | {}, 1, 30.0, 60.0, 1, 2, "fedavg", 0.2,
+    settings = RunSettings("localhost:1", "w", [device], False, spec.__dict__ | {}, 1, 30.0, 60.0, 1, 2, "fedavg", 0.2,
                            3.0, 3.0, 0.0, 60.0, 0.0, "")
     instruction = TrainInstruction(get_weights(build(spec)), 0, math.inf, 1)
     state = RecordDict()

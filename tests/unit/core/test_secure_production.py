@@ -12,7 +12,8 @@ KEY = "api.api_key=a-production-key-0123"
 
 
 @pytest.mark.parametrize(("setting", "key"), [("fl.security.tls=false", "fl.security.tls"),
-                                              ("fl.security.supernode_auth=false", "fl.security.supernode_auth")])
+                                              ("fl.security.supernode_auth=false", "fl.security.supernode_auth"),
+                                              ("kafka.sasl.enabled=false", "kafka.sasl.enabled")])
 def test_production_refuses_tls_or_supernode_auth_off(setting: str, key: str) -> None:
     result = CliRunner().invoke(app, ["config", "profile=production", KEY, setting])
     assert result.exit_code == 2, result.output

@@ -80,7 +80,7 @@ def test_reset_with_include_remote_deletes_the_remote_topics_and_database(stack:
     result = runner.invoke(app, ["reset", "--yes", "--include-remote",
                                  *tenant_overrides(stack, tmp_path / "a", tag), *remote])
     assert result.exit_code == 0, result.output
-    names = set(topics.admin_client(stack.kafka.bootstrap_servers).list_topics(timeout=10).topics)
+    names = set(topics.admin_client(stack.kafka).list_topics(timeout=10).topics)
     assert not {f"readings_{tag}", f"windows_{tag}", f"dlq_{tag}"} & names
     assert {f"readings_{other}", f"windows_{other}", f"dlq_{other}"} <= names
     with Storage.from_config(stack.mongo) as store:

@@ -224,7 +224,7 @@ class MongoStand:
 
 def server(store: MongoStand, **changes: Any) -> TimedServer:
     settings = RunSettings(
-        kafka_bootstrap="", windows_topic="", devices=[1, 2, 3, 4], group_prefix="", model={}, local_epochs=1,
+        kafka_bootstrap="", windows_topic="", devices=[1, 2, 3, 4], windows_per_device=False, model={}, local_epochs=1,
         train_every=0.2, aggregate_every=1.0, min_devices=3, max_staleness_rounds=2, aggregator="fedavg",
         trim_fraction=0.2, max_distance_factor=3.0, max_weight_factor=3.0,
         duration=0, message_ttl=30, warmup_train_every=0, server_settings="")

@@ -139,6 +139,27 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def pull_seconds(cfg: AppConfig) -> float:
+    """``fl.supernode_pull_seconds``, or a third of the training interval within Flower's 3 s and 10 s."""
+    if cfg.fl.supernode_pull_seconds is not None:
+        return cfg.fl.supernode_pull_seconds
+    return min(10.0, max(3.0, cfg.fl.local_training_interval_seconds / 3))
+
+
+def wake_socket(cfg: AppConfig) -> Path:
+    """Where the warm executor hears of new tasks: a socket in a folder of this user's only (0700).
+    Not in the run folder: a socket path has at most 107 bytes, and a test's run folder is often longer."""
+    import hashlib
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"fl-app-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+        raise RuntimeError(f"{folder} must be this user's own folder (mode 0700): another user made it")
+    tag = hashlib.sha256(str(Path(cfg.paths.run_dir).resolve()).encode()).hexdigest()[:16]
+    return folder / f"executor-{tag}.sock"
+
+
 def executor_process(cfg: AppConfig) -> ManagedProcess:
     """The warm ClientApp executor (``clients/executor.py``) serving every local SuperNode's runtime API."""
     import sys
@@ -147,7 +168,8 @@ def executor_process(cfg: AppConfig) -> ManagedProcess:
     return ManagedProcess(
         name="fl_executor",
         argv=[sys.executable, "-m", "clients.executor", "--capacity", str(cfg.fl.executor_capacity),
-              "--poll-interval", str(cfg.fl.executor_poll_seconds), "--runtime-api", *addresses],
+              "--poll-interval", str(cfg.fl.executor_poll_seconds), "--wake-socket", str(wake_socket(cfg)),
+              "--full-pass-seconds", str(cfg.fl.executor_full_pass_seconds), "--runtime-api", *addresses],
         run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), health_check=None,
         env={**_env(cfg), "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}, cwd=PROJECT_ROOT,
         startup_timeout=2, stop_timeout=10)
@@ -165,7 +187,8 @@ def supernodes_launcher(cfg: AppConfig, nodes: list[ManagedProcess], stagger_sec
     def prepare() -> list[str]:
         save_spec(spec, [NodeSpec(n.name, list(n.argv[1:]), str(n.pid_file), str(n.log_file)) for n in nodes],
                   stagger_seconds)
-        return [sys.executable, "-m", "clients.supernodes", "--spec", str(spec)]
+        return [sys.executable, "-m", "clients.supernodes", "--spec", str(spec),
+                "--pull-seconds", str(pull_seconds(cfg)), "--wake-socket", str(wake_socket(cfg))]
 
     return ManagedProcess(
         name="fl_supernodes", argv=[], prepare=prepare, run_dir=Path(cfg.paths.run_dir),

@@ -108,7 +108,8 @@ def test_a_device_reads_only_its_own_windows_and_group(sasl_stack: AppConfig) ->
     try:
         mine.assign([TopicPartition(device_window_topic(windows, MINE), 0, 0)])
         message = mine.poll(15)
-        assert message is not None and message.error() is None and json.loads(message.value() or b"")["device_id"] == MINE
+        assert message is not None and message.error() is None
+        assert json.loads(message.value() or b"")["device_id"] == MINE
         mine.commit(message=message, asynchronous=False)  # its own group: allowed
 
         for topic in (device_window_topic(windows, OTHER), cfg.kafka.topics.readings.name):

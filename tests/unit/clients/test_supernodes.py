@@ -7,8 +7,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from threading import Event
+from typing import Any
 
 import pytest
 
@@ -119,3 +121,26 @@ def test_spec_round_trip(tmp_path: Path) -> None:
     nodes = specs(tmp_path, 2)
     save_spec(tmp_path / "spec.json", nodes, 0.3)
     assert load_spec(tmp_path / "spec.json") == (nodes, pytest.approx(0.3))
+
+
+def test_a_forked_supernode_paces_empty_pulls_and_announces_a_stored_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from flwr.supernode import start_client_internal as flower
+
+    from clients.supernodes import Pulling, _pull_as
+
+    answers = [None, 42]
+    monkeypatch.setattr(flower, "_pull_and_store_message", lambda **_: answers.pop(0))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "wake.sock"))
+    listener.settimeout(5)
+    _pull_as(Pulling(seconds=3.4, wake_socket=str(tmp_path / "wake.sock")), runtime_port=9123)
+    pull: Callable[..., Any] = flower._pull_and_store_message
+    started = time.monotonic()
+    assert pull(state=None) is None  # nothing: waits its extra 0.4 s (Flower's 3 s follow)
+    assert 0.35 < time.monotonic() - started < 2
+    assert pull(state=None) == 42  # a message: the executor hears this node's port
+    assert listener.recv(64) == b"9123"
+    listener.close()

@@ -278,6 +278,11 @@ class MongoConfig:
     database: str = "iot_analytics"
     server_selection_timeout_ms: int = checked(5000, positive)
     local_server: LocalMongoConfig = field(default_factory=LocalMongoConfig)
+    # Log in with SCRAM-SHA-256 (core/mongo_auth.py gives every client its URI). An empty password
+    # for the local server is generated once into a 0600 file under paths.data_dir.
+    auth: bool = False
+    username: str = "pipeline"
+    password: str = ""
 
 
 # -------------------------------------------------------------------- stream

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from core import mongo_auth
 from core.atomic import write_json
 from core.config import AppConfig, ModelConfig
 from core.records import device_group, device_window_topic, window_partitions
@@ -432,7 +433,8 @@ class ServerSettings:
     def from_config(cls, cfg: AppConfig) -> ServerSettings:
         auth = cfg.fl.security.supernode_auth
         launched = not auth and cfg.fl.isolation == "warm" and cfg.fl.runtime == "deployment"
-        return cls(cfg.mongo.uri, cfg.mongo.database, cfg.mongo.server_selection_timeout_ms, cfg.paths.logs_dir,
+        mongo = cfg.mongo
+        return cls(mongo_auth.client_uri(cfg), mongo.database, mongo.server_selection_timeout_ms, cfg.paths.logs_dir,
                    records_per_second=cfg.stream.records_per_second if cfg.stream.pace else 0.0,
                    max_window_readings=cfg.flink.max_window_readings,
                    device_keys=registered_keys(Path(cfg.fl.security.certs_dir)) if auth else {},

@@ -277,8 +277,9 @@ class Storage:
         self.db: Database = self.client[database]
 
     @classmethod
-    def from_config(cls, mongo: MongoConfig) -> Storage:
-        return cls(mongo.uri, mongo.database, mongo.server_selection_timeout_ms)
+    def from_config(cls, mongo: MongoConfig, uri: str | None = None) -> Storage:
+        """``uri``: core.mongo_auth.client_uri(cfg), the one with credentials (mongo.auth); else mongo.uri."""
+        return cls(uri or mongo.uri, mongo.database, mongo.server_selection_timeout_ms)
 
     # Collections by name, so callers never spell them.
     @property

@@ -23,6 +23,7 @@ import typer
 from rich.table import Table
 
 from analytics.cli import print_superset
+from core import mongo_auth
 from core.cli import print_readiness
 from core.commands import OVERRIDES, command, console, err, load, print_status
 from core.config import AppConfig
@@ -115,7 +116,7 @@ def _follow(cfg: AppConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        with Storage(cfg.mongo.uri, cfg.mongo.database, timeout_ms=2000) as store:
+        with Storage(mongo_auth.client_uri(cfg), cfg.mongo.database, timeout_ms=2000) as store:
             next_line = 0.0
             while pipeline.expected(cfg):
                 if clock.monotonic() >= next_line:
@@ -296,7 +297,7 @@ def view(cfg: AppConfig, watch: bool = WATCH, every: float = EVERY, newest: int 
         return Group(*tables)
 
     try:
-        with Storage.from_config(cfg.mongo) as store:
+        with Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg)) as store:
             if not watch:
                 console.print(render(store))
                 return

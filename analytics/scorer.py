@@ -367,7 +367,7 @@ class Scorer:
         self.refused: set[int] = set()  # rounds whose document the scorer cannot use (said once each)
         ranges = {name: tuple(float(v) for v in getattr(cfg.flink.valid_ranges, name)) for name in SENSOR_FIELDS}
         self.rules = Rules(frozenset(known_devices), ranges)  # type: ignore[arg-type]
-        self.sink = Sink(mongo_auth.client_uri(cfg), cfg.mongo.database, cfg.mongo.server_selection_timeout_ms)
+        self.sink = Sink(mongo_auth.client_uri(cfg.mongo), cfg.mongo.database, cfg.mongo.server_selection_timeout_ms)
         self.stop = threading.Event()
         self.totals = {"stored": 0, "existing": 0, "invalid": 0}
         self.skipped: Counter[str] = Counter()  # records not scored, per reason, since the start

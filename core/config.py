@@ -279,10 +279,11 @@ class MongoConfig:
     server_selection_timeout_ms: int = checked(5000, positive)
     local_server: LocalMongoConfig = field(default_factory=LocalMongoConfig)
     # Log in with SCRAM-SHA-256 (core/mongo_auth.py gives every client its URI). An empty password
-    # for the local server is generated once into a 0600 file under paths.data_dir.
+    # for the local server is generated once into a 0600 file in login_dir.
     auth: bool = False
     username: str = "pipeline"
     password: str = ""
+    login_dir: str = "${paths.data_dir}/mongo-login"
 
 
 # -------------------------------------------------------------------- stream

@@ -434,7 +434,7 @@ class ServerSettings:
         auth = cfg.fl.security.supernode_auth
         launched = not auth and cfg.fl.isolation == "warm" and cfg.fl.runtime == "deployment"
         mongo = cfg.mongo
-        return cls(mongo_auth.client_uri(cfg), mongo.database, mongo.server_selection_timeout_ms, cfg.paths.logs_dir,
+        return cls(mongo_auth.client_uri(mongo), mongo.database, mongo.server_selection_timeout_ms, cfg.paths.logs_dir,
                    records_per_second=cfg.stream.records_per_second if cfg.stream.pace else 0.0,
                    max_window_readings=cfg.flink.max_window_readings,
                    device_keys=registered_keys(Path(cfg.fl.security.certs_dir)) if auth else {},

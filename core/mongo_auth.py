@@ -4,7 +4,7 @@ With ``mongo.auth`` every client logs in with SCRAM-SHA-256 as ``mongo.username`
 (authSource ``admin``). A URI that already names a user is used as it is (a remote
 MongoDB whose credentials the user gives). For the local server an empty
 ``mongo.password`` is generated once and kept in a 0600 file under
-``paths.data_dir``, like the SuperNode keys. The password travels inside the URI,
+``mongo.login_dir``, like the SuperNode keys. The password travels inside the URI,
 which core/secrets.py redacts in logs; files that hold the URI must be 0600.
 """
 
@@ -13,26 +13,32 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
+
+if TYPE_CHECKING:  # the Flink job's environment imports this module too, without Hydra
+    from core.config import MongoConfig
 
 MECHANISM = "SCRAM-SHA-256"
 AUTH_SOURCE = "admin"
 
 
-def password_file(cfg: Any) -> Path:
-    return Path(cfg.paths.data_dir) / "mongo-auth" / "password"
+def password_file(mongo: MongoConfig) -> Path:
+    return Path(mongo.login_dir) / "password"
 
 
 def has_user(uri: str) -> bool:
     return "@" in urlsplit(uri).netloc
 
 
-def password(cfg: Any) -> str:
+def password(mongo: MongoConfig) -> str:
     """The configured password, or the local one (generated and kept 0600 on first use)."""
-    if cfg.mongo.password:
-        return str(cfg.mongo.password)
-    path = password_file(cfg)
+    if mongo.password:
+        return str(mongo.password)
+    if not mongo.local_server.enabled:  # a server of the user's: its password is theirs to give
+        raise ValueError("mongo.password: required with mongo.auth=true and a MongoDB of your own "
+                         "(set $MONGO_PASSWORD, or give user:password in mongo.uri)")
+    path = password_file(mongo)
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,9 +64,9 @@ def with_credentials(uri: str, username: str, secret: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path or "/", "&".join(options), parts.fragment))
 
 
-def client_uri(cfg: Any) -> str:
-    """The URI every component connects with (``cfg``: the AppConfig)."""
-    uri = str(cfg.mongo.uri)
-    if not cfg.mongo.auth or has_user(uri):
+def client_uri(mongo: MongoConfig) -> str:
+    """The URI every component connects with."""
+    uri = str(mongo.uri)
+    if not mongo.auth or has_user(uri):
         return uri
-    return with_credentials(uri, str(cfg.mongo.username), password(cfg))
+    return with_credentials(uri, str(mongo.username), password(mongo))

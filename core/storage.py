@@ -277,9 +277,11 @@ class Storage:
         self.db: Database = self.client[database]
 
     @classmethod
-    def from_config(cls, mongo: MongoConfig, uri: str | None = None) -> Storage:
-        """``uri``: core.mongo_auth.client_uri(cfg), the one with credentials (mongo.auth); else mongo.uri."""
-        return cls(uri or mongo.uri, mongo.database, mongo.server_selection_timeout_ms)
+    def from_config(cls, mongo: MongoConfig) -> Storage:
+        """Connected as the configuration says, logged in with ``mongo.auth`` (core.mongo_auth)."""
+        from core.mongo_auth import client_uri
+
+        return cls(client_uri(mongo), mongo.database, mongo.server_selection_timeout_ms)
 
     # Collections by name, so callers never spell them.
     @property

@@ -116,7 +116,7 @@ def _follow(cfg: AppConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        with Storage(mongo_auth.client_uri(cfg), cfg.mongo.database, timeout_ms=2000) as store:
+        with Storage(mongo_auth.client_uri(cfg.mongo), cfg.mongo.database, timeout_ms=2000) as store:
             next_line = 0.0
             while pipeline.expected(cfg):
                 if clock.monotonic() >= next_line:
@@ -297,7 +297,7 @@ def view(cfg: AppConfig, watch: bool = WATCH, every: float = EVERY, newest: int 
         return Group(*tables)
 
     try:
-        with Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg)) as store:
+        with Storage.from_config(cfg.mongo) as store:
             if not watch:
                 console.print(render(store))
                 return

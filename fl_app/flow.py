@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from core import mongo_auth, storage, topics
+from core import storage, topics
 from core.config import AppConfig
 from core.kafka_auth import client_config
 
@@ -145,7 +145,7 @@ def snapshot(cfg: AppConfig, rate_seconds: float = 2.0) -> list[FlowRow]:
     rows = []
     position = producer_position(cfg)
     transactional = {cfg.kafka.topics.windows.name, cfg.kafka.topics.dead_letter.name}
-    with storage.Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg)) as store:
+    with storage.Storage.from_config(cfg.mongo) as store:
         started = time.monotonic()
         messages, documents = topic_message_counts(cfg), store.counts()
         later_messages, later_documents = messages, documents

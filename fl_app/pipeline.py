@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import mongo_auth, services
+from core import services
 from core.atomic import read_json, write_json
 from core.component import Component
 from core.config import AppConfig, TopicConfig
@@ -291,7 +291,7 @@ def _delete_remote(cfg: AppConfig) -> list[str]:
         except Exception as exc:  # confluent_kafka raises KafkaException
             raise ServiceError(f"cannot delete the topics at {cfg.kafka.bootstrap_servers}: {exc}") from exc
     if not mongo.runs_locally(cfg):
-        with Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg)) as store:
+        with Storage.from_config(cfg.mongo) as store:
             store.client.drop_database(cfg.mongo.database)
         done.append(f"MongoDB database {cfg.mongo.database}")
     return done

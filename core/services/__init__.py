@@ -66,7 +66,7 @@ def provision(cfg: AppConfig) -> Readiness:
     except Exception as exc:  # confluent_kafka raises KafkaException / KafkaError
         raise ServiceError(f"cannot create Kafka topics at {cfg.kafka.bootstrap_servers}: {exc}") from exc
     try:
-        with storage.Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg)) as store:
+        with storage.Storage.from_config(cfg.mongo) as store:
             store.ensure_schema()
             ready.collections = store.counts()
     except Exception as exc:  # pymongo errors
@@ -98,7 +98,7 @@ def status(cfg: AppConfig) -> list[Status]:
     if mongo.NAME in local:
         out.append(local[mongo.NAME].status())
     else:
-        ok = storage.ping(mongo_auth.client_uri(cfg), timeout_ms=2000)
+        ok = storage.ping(mongo_auth.client_uri(cfg.mongo), timeout_ms=2000)
         out.append(Status(mongo.NAME, State.EXTERNAL, address="{}:{}".format(*mongo.uri_host_port(cfg.mongo.uri)),
                           detail="reachable" if ok else "unreachable"))
     return out

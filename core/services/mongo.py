@@ -53,7 +53,7 @@ def storage_dir(cfg: AppConfig) -> Path:
 
 
 def _user_marker(cfg: AppConfig) -> Path:
-    return mongo_auth.password_file(cfg).with_name("user-created")
+    return mongo_auth.password_file(cfg.mongo).with_name("user-created")
 
 
 def _create_user(cfg: AppConfig, argv: list[str], port: int) -> None:
@@ -79,7 +79,7 @@ def _create_user(cfg: AppConfig, argv: list[str], port: int) -> None:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise ServiceError("cannot start SecantusDB to create the MongoDB user") from None
                 time.sleep(0.2)
-        user, secret = cfg.mongo.username, mongo_auth.password(cfg)
+        user, secret = cfg.mongo.username, mongo_auth.password(cfg.mongo)
         roles = [{"role": "readWrite", "db": cfg.mongo.database}, {"role": "dbAdmin", "db": cfg.mongo.database}]
         try:
             client.admin.command("createUser", user, pwd=secret, roles=roles, mechanisms=[mongo_auth.MECHANISM])
@@ -121,7 +121,7 @@ def server_process(cfg: AppConfig) -> ManagedProcess:
         run_dir=Path(cfg.paths.run_dir),
         logs_dir=Path(cfg.paths.logs_dir),
         ports=[(host if host != "localhost" else "127.0.0.1", port)],
-        health_check=lambda: storage.ping(mongo_auth.client_uri(cfg), timeout_ms=1000),
+        health_check=lambda: storage.ping(mongo_auth.client_uri(cfg.mongo), timeout_ms=1000),
         startup_timeout=cfg.mongo.local_server.startup_timeout_seconds,
         address=f"{host}:{port}",
     )

@@ -12,7 +12,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
-from core import mongo_auth
 from core.config import AppConfig
 from core.storage import Storage
 from fl_app.api.deps import Services
@@ -28,7 +27,7 @@ def create_app(cfg: AppConfig, devices_of_data_set: list[int], sample: bool = Tr
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg))
+        store = Storage.from_config(cfg.mongo)
         sampler = Sampler(cfg, store)
         app.state.services = Services(cfg, store, sampler, sorted(devices_of_data_set))
         if sample:

@@ -15,7 +15,6 @@ import os
 import threading
 from pathlib import Path
 
-from core import mongo_auth
 from core.atomic import write_text
 from core.certs import CertPaths
 from core.config import PROJECT_ROOT, AppConfig
@@ -240,7 +239,7 @@ def submit(cfg: AppConfig, fresh: bool = True) -> str:
     settings = run_settings(cfg)
     write_flwr_config(cfg)
     if fresh:
-        with Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg)) as store:
+        with Storage.from_config(cfg.mongo) as store:
             store.clear_server_control()
     run_config = Path(cfg.paths.run_dir) / "fl_run_config.toml"
     # A JSON string literal is a valid TOML basic string.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core import dataset
+from core import dataset, mongo_auth
 from core.config import PROJECT_ROOT, AppConfig, ConfigError
 from core.kafka_auth import FLINK_SHADED, java_properties
 from core.records import SENSOR_FIELDS, window_partitions
@@ -60,7 +60,7 @@ def settings(cfg: AppConfig, resume: bool = True) -> JobSettings:
         windows_topic=cfg.kafka.topics.windows.name,
         dead_letter_topic=cfg.kafka.topics.dead_letter.name,
         group_id=cfg.flink.group_id,
-        mongo_uri=cfg.mongo.uri,
+        mongo_uri=mongo_auth.client_uri(cfg.mongo),
         mongo_database=cfg.mongo.database,
         known_devices=devices,
         window_partition={str(k): 0 if cfg.kafka.sasl.enabled else v for k, v in window_partitions(devices).items()},

@@ -29,10 +29,10 @@ def test_only_the_pipelines_login_reads_and_writes(tmp_path: Path) -> None:
     server = mongo.server_process(cfg)
     server.start()
     try:
-        secret = mongo_auth.password_file(cfg).read_text().strip()
-        assert stat.S_IMODE(mongo_auth.password_file(cfg).stat().st_mode) == 0o600
+        secret = mongo_auth.password_file(cfg.mongo).read_text().strip()
+        assert stat.S_IMODE(mongo_auth.password_file(cfg.mongo).stat().st_mode) == 0o600
 
-        with storage.Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg)) as store:
+        with storage.Storage.from_config(cfg.mongo) as store:
             store.ensure_schema()
             store.db.probe.insert_one({"n": 1})
             assert store.db.probe.find_one({"n": 1}) is not None
@@ -61,8 +61,8 @@ def test_only_the_pipelines_login_reads_and_writes(tmp_path: Path) -> None:
     # A restart keeps the user (created once) and the password.
     server.start()
     try:
-        assert mongo_auth.password_file(cfg).read_text().strip() == secret
-        with storage.Storage.from_config(cfg.mongo, mongo_auth.client_uri(cfg)) as store:
+        assert mongo_auth.password_file(cfg.mongo).read_text().strip() == secret
+        with storage.Storage.from_config(cfg.mongo) as store:
             assert store.db.probe.find_one({"n": 1}) is not None
     finally:
         server.stop()

@@ -52,7 +52,7 @@ def compose_command() -> list[str]:
 
 
 SECRETS = {"SUPERSET_ADMIN_PASSWORD": "only-for-validation", "FL_APP_API_KEY": "only-for-validation-0123",
-           "KAFKA_SASL_PASSWORD": "only-for-validation-kafka"}
+           "KAFKA_SASL_PASSWORD": "only-for-validation-kafka", "MONGO_PASSWORD": "only-for-validation-mongo"}
 
 
 def test_compose_file_validates(compose_command: list[str]) -> None:

@@ -290,22 +290,22 @@ def serve(apis: Sequence[RuntimeApi], executor: ForkExecutor, stop: Event, poll_
     """Acquire tasks and launch each while a slot is free, until ``stop``.
 
     Without ``wakeups``: every Runtime API round-robin, ``poll_interval`` apart when idle (53 nodes at
-    0.2 s: ~150 requests/s, most of the idle SuperNodes' CPU). With them: only the nodes that
-    announced a task (again until they have none), and every node once per ``full_pass_every`` in
-    case an announcement was lost (the executor restarted, a node forked before it listened).
+    0.2 s: ~150 requests/s, most of the idle SuperNodes' CPU). With them: a node that has announced a
+    task once (our warm SuperNodes do) is asked only when it announces one (again until it has none),
+    and once per ``full_pass_every`` in case a word was lost (the executor restarted); a node that
+    never announced (a stock SuperNode) is polled as without them.
     """
     start, last_log, logged = 0, time.monotonic(), ExecutorStats()
-    pending = list(apis)  # with wakeups: the nodes that may hold a task; at start, every node
+    pending: list[RuntimeApi] = []  # with wakeups: the nodes that may hold a task
+    announcing: set[int] = set()  # ids of the nodes that announce their tasks: no need to poll them
     next_full_pass = time.monotonic() + full_pass_every
     while not stop.is_set():
-        if wakeups is None:
-            due = [apis[(start + i) % len(apis)] for i in range(len(apis))]
-            start = (start + 1) % max(len(apis), 1)  # fairness: the next pass starts one SuperNode later
-        else:
-            if time.monotonic() >= next_full_pass:
-                pending += [a for a in apis if a not in pending]
-                next_full_pass = time.monotonic() + full_pass_every
-            due = pending
+        polled = [apis[(start + i) % len(apis)] for i in range(len(apis))
+                  if wakeups is None or id(apis[(start + i) % len(apis)]) not in announcing]
+        start = (start + 1) % max(len(apis), 1)  # fairness: the next pass starts one SuperNode later
+        if wakeups is not None and time.monotonic() >= next_full_pass:
+            polled, next_full_pass = list(apis), time.monotonic() + full_pass_every
+        due = [*pending, *(a for a in polled if a not in pending)]
         held: list[RuntimeApi] = []  # gave a task (may hold more), or not asked for want of a free slot
         for i, api in enumerate(due):
             task_types, _ = executor.get_eligible_capacity({CLIENT_APP})
@@ -321,10 +321,12 @@ def serve(apis: Sequence[RuntimeApi], executor: ForkExecutor, stop: Event, poll_
             if not held:
                 stop.wait(poll_interval)
             continue
-        # Idle: sleep until a node announces a task (1 s at most, for the stop flag) or a full pass is due.
-        wait = poll_interval if held else min(1.0, max(0.0, next_full_pass - time.monotonic()))
-        heard = wakeups.wait(wait)
+        # Idle: sleep until a node announces a task (1 s at most, for the stop flag) or a full pass is
+        # due; a short wait while some node must still be polled or asked again.
+        must_poll = held or len(announcing) < len(apis)
+        heard = wakeups.wait(poll_interval if must_poll else min(1.0, max(0.0, next_full_pass - time.monotonic())))
         executor.stats.announced += len(heard)
+        announcing |= {id(a) for a in heard}
         pending = held + [a for a in heard if a not in held]
     return executor.stats
 

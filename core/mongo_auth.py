@@ -10,11 +10,12 @@ which core/secrets.py redacts in logs; files that hold the URI must be 0600.
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from core.atomic import write_text
 
 if TYPE_CHECKING:  # the Flink job's environment imports this module too, without Hydra
     from core.config import MongoConfig
@@ -41,13 +42,8 @@ def password(mongo: MongoConfig) -> str:
     path = password_file(mongo)
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(24)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(value + "\n")
-    os.replace(tmp, path)
+    write_text(path, value + "\n", mode=0o600)
     return value
 
 

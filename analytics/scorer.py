@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
     from pyspark.sql.streaming.state import GroupState
 
+    from core.storage import Storage
+
 log = logging.getLogger(__name__)
 # Step 1's output: a valid reading (JSON, as validate returns it) or the reason of an invalid record.
 VALIDATED_SCHEMA = "device_id long, reading string, reason string, partition int, offset long"
@@ -132,6 +134,19 @@ class Sink:
     mongo_uri: str
     mongo_database: str
     mongo_timeout_ms: int
+
+    def store(self) -> Storage:
+        """This Python worker's connection, made on its first task and kept: Spark reuses its workers,
+        and a client per task and micro-batch meant a connection (and a login) each time."""
+        from core.storage import Storage
+
+        key = (self.mongo_uri, self.mongo_database, self.mongo_timeout_ms)
+        if key not in _WORKER_STORES:
+            _WORKER_STORES[key] = Storage(*key)
+        return _WORKER_STORES[key]
+
+
+_WORKER_STORES: dict[tuple[str, str, int], Storage] = {}
 
 
 # ---------------------------------------------------------------- 1. validate
@@ -324,17 +339,15 @@ def score_partitions(model: ScoringModel, sink: Sink) -> Callable[[Iterator[pd.D
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
-        from core.storage import Storage
-
         stored = existing = 0
         skipped: Counter[str] = Counter()
-        with Storage(sink.mongo_uri, sink.mongo_database, sink.mongo_timeout_ms) as store:
-            for batch in batches:
-                docs, bad = predictions(batch, model)
-                result = store.insert_predictions(docs)
-                stored, existing = stored + result.stored, existing + result.existing
-                skipped.update(bad)
-                skipped.update(reason.split(":")[0] for _, reason in result.rejected)  # "cannot encode", ...
+        store = sink.store()
+        for batch in batches:
+            docs, bad = predictions(batch, model)
+            result = store.insert_predictions(docs)
+            stored, existing = stored + result.stored, existing + result.existing
+            skipped.update(bad)
+            skipped.update(reason.split(":")[0] for _, reason in result.rejected)  # "cannot encode", ...
         yield pd.DataFrame({"stored": [stored], "existing": [existing], "invalid": [sum(skipped.values())],
                             "reasons": [json.dumps(dict(skipped))]})
 
@@ -439,6 +452,7 @@ class Scorer:
                   .option("maxOffsetsPerTrigger", str(scorer.max_offsets_per_trigger))
                   .load())
         checked = (source.select("value", "partition", "offset")  # bytes: decoded on the executors (_text)
+                   .coalesce(scorer.partitions)  # not a task per Kafka partition: the order within each stays
                    .mapInPandas(validate_partitions(self.rules), VALIDATED_SCHEMA))
         result: DataFrame = checked.groupBy("device_id").applyInPandasWithState(
             device_features(asdict(self.cfg.fl.model)), FEATURES_SCHEMA, STATE_SCHEMA, "update",
@@ -456,6 +470,8 @@ class Scorer:
                         "devices' context: removed; scoring again from the earliest offset (predictions already "
                         "stored stay, one per reading and round)", scorer.checkpoint_dir)
         spark = spark_session(self.cfg, "fl-iot-scorer", extra_jars(self.cfg, ["spark-kafka"]))
+        # The devices' state partitions; a checkpoint keeps the number it was made with.
+        spark.conf.set("spark.sql.shuffle.partitions", str(scorer.partitions))
         query = (self.query(spark).writeStream.outputMode("update").foreachBatch(self.score_batch)
                  .option("checkpointLocation", scorer.checkpoint_dir)
                  .trigger(processingTime=f"{scorer.trigger_seconds} seconds")

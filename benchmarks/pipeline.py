@@ -89,9 +89,11 @@ def components(cfg: AppConfig) -> dict[int, str]:
 
 
 def proc_cpu_seconds(pid: int) -> float:
+    """The process's CPU time and that of its children it has reaped: a component's short-lived children
+    (the ClientApp processes the executor forks for each task) are gone by the next sample."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
     except (OSError, IndexError, ValueError):
         return 0.0
 

@@ -387,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("flwr").propagate = False  # Flower logs through its own handler; no second copy
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
+    # Every child imports the app bundle's modules afresh; without their bytecode on disk each one compiled
+    # them again (a fifth of a ClientApp's CPU under PYTHONDONTWRITEBYTECODE=1, py-spy, issue 22). The
+    # first child writes it into the installed bundle; the others read it.
+    sys.dont_write_bytecode = False
     started = time.monotonic()
     loaded = warm_up([m for m in args.preload.split(",") if m])
     fetch_backoff.shorten(fetch_backoff.CLIENTAPP_FETCH)  # the children inherit it

@@ -15,6 +15,7 @@ whose message names the key.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -86,6 +87,12 @@ def low_high(value: list[float], _: AppConfig) -> str | None:
 
 def fraction(value: float, _: AppConfig) -> str | None:
     return None if 0 < value < 1 else "must be between 0 and 1"
+
+
+def between(low: float, high: float) -> Check:
+    def check(value: float, _: AppConfig) -> str | None:
+        return None if low <= value <= high else f"must be from {low:g} to {high:g}"
+    return check
 
 
 def below_half(value: float, _: AppConfig) -> str | None:
@@ -497,6 +504,9 @@ class FLConfig:
     # null: a third of fl.local_training_interval_seconds, from 3 to 10 s. 53 nodes at 3 s made
     # 18 signed requests/s, most of an idle SuperLink's CPU.
     supernode_pull_seconds: float | None = checked(None, positive_or_null)
+    # A warm SuperNode's heartbeat interval; the SuperLink deems a node offline after twice that
+    # (Flower's own: 30 s, 2.6 heartbeats/s for 53 nodes). Flower takes 10 s to 1800 s.
+    supernode_heartbeat_seconds: float = checked(60.0, between(10.0, 1800.0))
     # An update computed from a global model more than this many rounds old is dropped.
     max_staleness_rounds: int = checked(2, non_negative)
     # How a tick's updates are combined (server/robust.py): "fedavg", the mean weighted by examples;
@@ -534,7 +544,12 @@ class ScorerConfig:
 
     enabled: bool = True  # started by `fl-app run`
     checkpoint_dir: str = "${paths.data_dir}/spark/checkpoints/scorer"  # the query's progress: delete to rescore
-    trigger_seconds: float = checked(5.0, positive)  # one micro-batch per interval (and a model check)
+    # One micro-batch per interval (and a model check). Each costs a fixed ~0.5 s of CPU whatever it
+    # holds: at 5 s the idle scorer took half a core (issue 22); predictions lag by up to this much.
+    trigger_seconds: float = checked(15.0, positive)
+    # Spark tasks per step of a micro-batch: the Kafka source's partitions coalesced, and the devices'
+    # state partitions (a checkpoint keeps the number it was made with). One Python task each.
+    partitions: int = checked(2, positive)
     max_offsets_per_trigger: int = checked(20000, positive)  # readings per micro-batch at most
     model_poll_seconds: float = checked(5.0, positive)  # before the first global model: how often to look
 
@@ -608,7 +623,12 @@ class AppConfig:
     superset: SupersetConfig = field(default_factory=SupersetConfig)
 
 
-ConfigStore.instance().store(name="base_config", node=AppConfig)
+@functools.cache
+def _register_schema() -> None:
+    """Give Hydra the schema ``conf/config.yaml`` extends, once per process, when a config is first
+    composed: not at import, because a ClientApp process imports this module for its dataclasses only,
+    and building the structured config took a quarter of each such process's CPU (py-spy, issue 22)."""
+    ConfigStore.instance().store(name="base_config", node=AppConfig)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -620,6 +640,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         If an override names an unknown key or group option, or a value does
         not fit the key's type. The message names the key.
     """
+    _register_schema()
     home = os.environ.get("FL_APP_HOME", str(PROJECT_ROOT))
     # Our default goes first so that a user's own paths.home=... wins.
     all_overrides = [f"paths.home={home}", *overrides]

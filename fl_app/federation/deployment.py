@@ -188,7 +188,8 @@ def supernodes_launcher(cfg: AppConfig, nodes: list[ManagedProcess], stagger_sec
         save_spec(spec, [NodeSpec(n.name, list(n.argv[1:]), str(n.pid_file), str(n.log_file)) for n in nodes],
                   stagger_seconds)
         return [sys.executable, "-m", "clients.supernodes", "--spec", str(spec),
-                "--pull-seconds", str(pull_seconds(cfg)), "--wake-socket", str(wake_socket(cfg))]
+                "--pull-seconds", str(pull_seconds(cfg)), "--wake-socket", str(wake_socket(cfg)),
+                "--heartbeat-seconds", str(cfg.fl.supernode_heartbeat_seconds)]
 
     return ManagedProcess(
         name="fl_supernodes", argv=[], prepare=prepare, run_dir=Path(cfg.paths.run_dir),

@@ -144,3 +144,60 @@ def test_a_forked_supernode_paces_empty_pulls_and_announces_a_stored_message(
     assert pull(state=None) == 42  # a message: the executor hears this node's port
     assert listener.recv(64) == b"9123"
     listener.close()
+
+
+def test_a_forked_supernode_ticks_its_server_slowly_yet_answers_at_once_and_stops(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from clients.supernodes import _tick_server_every
+    from core.services.runner import free_port
+
+    monkeypatch.setattr(uvicorn.Server, "main_loop", uvicorn.Server.main_loop)  # restored afterwards
+    _tick_server_every(0.5)
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    ticks: list[float] = []
+    on_tick = server.on_tick
+
+    async def counted(counter: int) -> bool:
+        ticks.append(time.monotonic())
+        return await on_tick(counter)
+
+    server.on_tick = counted  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    started = time.monotonic()
+    assert httpx.get(f"http://127.0.0.1:{port}/").text == "ok"
+    assert time.monotonic() - started < 0.3  # requests do not wait for a tick
+    time.sleep(1.6)
+    window = [t for t in ticks if t >= started]
+    assert 2 <= len(window) <= 5, window  # ~3 ticks in 1.6 s; uvicorn's own 0.1 s would give ~16
+    server.should_exit = True
+    thread.join(timeout=2)
+    assert not thread.is_alive()  # a stop waits one tick at most
+
+
+def test_a_forked_supernode_heartbeats_at_the_configured_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
+
+    from clients.supernodes import _heartbeat_every
+
+    for module in (heartbeat, fleet_http_connection):  # restored afterwards
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)
+    _heartbeat_every(60.0)
+    # Where flwr 1.42 sends heartbeats and where it tells the SuperLink the interval.
+    assert heartbeat.HEARTBEAT_DEFAULT_INTERVAL == fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == 60.0

@@ -12,8 +12,9 @@ From MongoDB (read through :mod:`analytics.mongo_reader`) it computes
   global rounds they went into, its last round;
 - ``prediction_quality``: streaming predictions against the replayed data
   set's ground-truth labels, where it has them (``labels``): true and false
-  positives and negatives, precision, recall and F1, overall, per device and
-  per model round;
+  positives and negatives, precision, recall and F1, overall and per device
+  (each reading once, its newest prediction) and per model round (every
+  prediction of that round);
 - ``ingest_per_minute``: readings stored per minute (of their event time);
 - ``anomalies_per_minute``: streaming predictions and anomalies per minute and
   model round;
@@ -25,15 +26,37 @@ and writes each as a table of the SQL serving store
 (``spark.batch.store_url``: an SQLite file by default, any SQLAlchemy URL),
 replacing the previous run's in one transaction, plus a summary document of
 the run to MongoDB (``analytics_runs``).
+
+**Incremental.** A run reads only the documents MongoDB got since the last
+run: those whose ``_id`` (an ObjectId, which starts with the second it was
+made, by the writer just before it inserts) falls in ``[last upper, now -
+spark.batch.settle_seconds)``. Their sums (counts, sums and sums of squares,
+first and last times, longest gaps, confusion counts) are added to the sums
+kept in the serving store (the ``parts_*`` tables, with the bounds in
+``batch_state``), and the tables above are derived from those sums. So a run
+costs what is new, not what is stored, and the dashboards can follow the
+data every ``spark.batch_interval_seconds``. A reading scored again by a newer
+round moves from its old prediction to the new one: its earlier predictions
+are looked up (by ``event_id``) and their part taken out again. The small
+collections (``global_model``) are read whole each run.
+
+A **rebuild** (``fl-app spark batch --rebuild``; the first run, and every
+``spark.batch.rebuild_seconds`` on a schedule) starts from empty sums and
+reads everything, with the same code. It catches what a window cannot: a
+document written with an ``_id`` made long before it was inserted (a writer
+that retried through a long MongoDB outage), or a reading that arrived after
+a later one of its device (the longest gap is then computed in arrival
+order until the next rebuild).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from analytics import mongo_reader
@@ -47,31 +70,76 @@ if TYPE_CHECKING:
     from core.storage import Storage
 
 log = logging.getLogger(__name__)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+STATE_TABLE = "batch_state"
+CONFUSION = ("tp", "fp", "fn", "tn")
+# The sums a run adds to, by table (in the serving store beside the tables derived from them).
+PARTS = {
+    "parts_device": ["device_id", "readings", *[f"sum_{f}" for f in SENSOR_FIELDS],
+                     *[f"sumsq_{f}" for f in SENSOR_FIELDS], "first_seen", "last_seen", "max_gap_seconds",
+                     "scored", "anomalies"],
+    "parts_minute": ["minute", "readings"],
+    "parts_anomaly_minute": ["minute", "model_round", "predictions", "anomalies"],
+    "parts_quality": ["scope", "key", *CONFUSION],
+    "parts_participation": ["device_id", "aggregated_into", "updates"],
+}
+KEYS = {"device_id": "int64", "model_round": "int64", "aggregated_into": "int64", "scope": "str", "key": "str"}
+TIMES = ("minute", "first_seen", "last_seen")  # naive, in UTC (Spark's session time zone); every other sum: float64
+READING_FIELDS = {"device_id": "bigint", "event_time": "timestamp", **{f: "double" for f in SENSOR_FIELDS}}
+PREDICTION_FIELDS = {"_id": "string", "event_id": "string", "device_id": "bigint", "event_time": "timestamp",
+                     "model_round": "bigint", "is_anomaly": "boolean"}
 
 
 @dataclass
 class BatchResult:
     tables: dict[str, pd.DataFrame]
     seconds: float
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # documents read by this run, per kind
+    parts: dict[str, pd.DataFrame] = field(default_factory=dict)  # the sums after this run
+    lower: datetime = EPOCH  # the window of ObjectId times this run read: [lower, upper)
+    upper: datetime = EPOCH
+    rebuilt: bool = True
 
 
-def device_stats(readings: DataFrame, predictions: DataFrame) -> DataFrame:
+def window_query(lower: datetime, upper: datetime) -> dict[str, Any]:
+    """The documents whose ``_id`` was made in ``[lower, upper)`` (whole seconds: an ObjectId's time)."""
+    from bson import ObjectId
+
+    return {"_id": {"$gte": ObjectId.from_datetime(lower), "$lt": ObjectId.from_datetime(upper)}}
+
+
+# ------------------------------------------------------------------ what a window adds (Spark)
+def reading_sums(readings: DataFrame, last_seen: DataFrame) -> DataFrame:
+    """Per device: the window's readings as sums, and its longest gap, the one from the device's last
+    reading so far (``last_seen``: device_id, event_time) included."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    times = readings.select("device_id", "event_time").withColumn("new", F.lit(True)).unionByName(
+        last_seen.select("device_id", "event_time").withColumn("new", F.lit(False)))
     previous = F.lag("event_time").over(Window.partitionBy("device_id").orderBy("event_time"))
-    gaps = readings.withColumn("gap", F.col("event_time").cast("double") - previous.cast("double"))
-    stats = gaps.groupBy("device_id").agg(
+    gaps = (times.withColumn("gap", F.col("event_time").cast("double") - previous.cast("double"))
+            .where("new").groupBy("device_id").agg(F.max("gap").alias("max_gap_seconds")))
+    sums = readings.groupBy("device_id").agg(
         F.count("*").alias("readings"),
-        *[F.avg(f).alias(f"{f}_mean") for f in SENSOR_FIELDS],
-        *[F.stddev_samp(f).alias(f"{f}_std") for f in SENSOR_FIELDS],
-        F.min("event_time").alias("first_seen"), F.max("event_time").alias("last_seen"),
-        F.max("gap").alias("max_gap_seconds"))
-    newest = newest_per_reading(predictions)
-    rates = newest.groupBy("device_id").agg(F.count("*").alias("scored"),
-                                            F.avg(F.col("is_anomaly").cast("double")).alias("anomaly_rate"))
-    return stats.join(rates, "device_id", "left").orderBy("device_id")
+        *[F.sum(f).alias(f"sum_{f}") for f in SENSOR_FIELDS],
+        *[F.sum(F.col(f) * F.col(f)).alias(f"sumsq_{f}") for f in SENSOR_FIELDS],
+        F.min("event_time").alias("first_seen"), F.max("event_time").alias("last_seen"))
+    return sums.join(gaps, "device_id", "left")
+
+
+def ingest_per_minute(readings: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return (readings.groupBy(F.date_trunc("minute", "event_time").alias("minute"))
+            .agg(F.count("*").alias("readings")))
+
+
+def anomalies_per_minute(predictions: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return (predictions.groupBy(F.date_trunc("minute", "event_time").alias("minute"), "model_round")
+            .agg(F.count("*").alias("predictions"), F.sum(F.col("is_anomaly").cast("long")).alias("anomalies")))
 
 
 def newest_per_reading(predictions: DataFrame) -> DataFrame:
@@ -81,6 +149,44 @@ def newest_per_reading(predictions: DataFrame) -> DataFrame:
 
     rank = F.row_number().over(Window.partitionBy("event_id").orderBy(F.col("model_round").desc()))
     return predictions.withColumn("rank", rank).where("rank = 1").drop("rank")
+
+
+def _labelled(predictions: DataFrame, labels: DataFrame | None) -> DataFrame:
+    """``predictions`` with ``label`` (null without labels). An ``event_id`` is ``<loop>-<seq>``, so
+    every loop of the replay is checked against the same labels."""
+    from pyspark.sql import functions as F
+
+    if labels is None:
+        return predictions.withColumn("label", F.lit(None).cast("boolean"))
+    seq = F.split("event_id", "-").getItem(1).cast("long")
+    return predictions.withColumn("seq", seq).join(labels, "seq", "left").drop("seq")
+
+
+def _confusion() -> list[Any]:
+    from pyspark.sql import functions as F
+
+    flagged, label = F.col("is_anomaly"), F.col("label")
+    return [F.sum((flagged & label).cast("long")).alias("tp"), F.sum((flagged & ~label).cast("long")).alias("fp"),
+            F.sum((~flagged & label).cast("long")).alias("fn"), F.sum((~flagged & ~label).cast("long")).alias("tn")]
+
+
+def per_reading_sums(predictions: DataFrame, labels: DataFrame | None) -> DataFrame:
+    """Per device: readings scored, anomalies and confusion counts, each reading by its newest prediction."""
+    from pyspark.sql import functions as F
+
+    newest = _labelled(newest_per_reading(predictions), labels)
+    return newest.groupBy("device_id").agg(F.count("*").alias("scored"),
+                                           F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"), *_confusion())
+
+
+def per_round_confusion(predictions: DataFrame, labels: DataFrame) -> DataFrame:
+    return _labelled(predictions, labels).groupBy("model_round").agg(*_confusion())
+
+
+def participation(local_models: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return local_models.groupBy("device_id", "aggregated_into").agg(F.count("*").alias("updates"))
 
 
 def round_convergence(global_models: DataFrame) -> DataFrame:
@@ -93,30 +199,6 @@ def round_convergence(global_models: DataFrame) -> DataFrame:
         "threshold").orderBy("round")
 
 
-def device_participation(local_models: DataFrame) -> DataFrame:
-    from pyspark.sql import functions as F
-
-    return local_models.groupBy("device_id").agg(
-        F.count("*").alias("updates"), F.countDistinct("aggregated_into").alias("rounds"),
-        F.max("aggregated_into").alias("last_round")).orderBy("device_id")
-
-
-def ingest_per_minute(readings: DataFrame) -> DataFrame:
-    from pyspark.sql import functions as F
-
-    return (readings.groupBy(F.date_trunc("minute", "event_time").alias("minute"))
-            .agg(F.count("*").alias("readings")).orderBy("minute"))
-
-
-def anomalies_per_minute(predictions: DataFrame) -> DataFrame:
-    from pyspark.sql import functions as F
-
-    return (predictions.groupBy(F.date_trunc("minute", "event_time").alias("minute"), "model_round")
-            .agg(F.count("*").alias("predictions"), F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"))
-            .withColumn("anomaly_rate", F.col("anomalies") / F.col("predictions"))
-            .orderBy("minute", "model_round"))
-
-
 def pipeline_counts(documents: Mapping[str, int], dead_letters: Mapping[str, int]) -> pd.DataFrame:
     import pandas as pd
 
@@ -126,77 +208,256 @@ def pipeline_counts(documents: Mapping[str, int], dead_letters: Mapping[str, int
     return pd.DataFrame(rows, columns=["kind", "name", "documents"])
 
 
-def prediction_quality(predictions: DataFrame, labels: DataFrame) -> DataFrame:
-    """``labels``: ``seq`` (the reading's row in the data set) and ``label`` (True: an anomaly).
-    An ``event_id`` is ``<loop>-<seq>``, so every loop of the replay is checked against the same labels."""
-    from pyspark.sql import functions as F
+# ------------------------------------------------------------------ the sums kept (pandas: small)
+def typed(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the columns and types of the sums ``name`` (an SQL table of no rows comes back as
+    text columns: the types must not depend on what a table held)."""
+    import pandas as pd
 
-    scored = predictions.withColumn("seq", F.split("event_id", "-").getItem(1).cast("long")).join(labels, "seq")
-    counts = [F.sum((F.col("is_anomaly") & F.col("label")).cast("long")).alias("tp"),
-              F.sum((F.col("is_anomaly") & ~F.col("label")).cast("long")).alias("fp"),
-              F.sum((~F.col("is_anomaly") & F.col("label")).cast("long")).alias("fn"),
-              F.sum((~F.col("is_anomaly") & ~F.col("label")).cast("long")).alias("tn")]
-    newest = newest_per_reading(scored)
-    parts = [newest.agg(*counts).select(F.lit("overall").alias("scope"), F.lit("all").alias("key"), "*"),
-             newest.groupBy("device_id").agg(*counts).select(
-                 F.lit("device").alias("scope"), F.col("device_id").cast("string").alias("key"), "tp", "fp", "fn",
-                 "tn"),
-             scored.groupBy("model_round").agg(*counts).select(
-                 F.lit("round").alias("scope"), F.col("model_round").cast("string").alias("key"), "tp", "fp", "fn",
-                 "tn")]
-    table = parts[0].unionByName(parts[1]).unionByName(parts[2])
-    # Undefined (null), not an error, where nothing was flagged or nothing was an anomaly.
-    precision = F.try_divide(F.col("tp"), F.col("tp") + F.col("fp"))
-    recall = F.try_divide(F.col("tp"), F.col("tp") + F.col("fn"))
-    f1 = F.try_divide(2 * F.col("tp"), 2 * F.col("tp") + F.col("fp") + F.col("fn"))
-    return table.withColumn("precision", precision).withColumn("recall", recall).withColumn("f1", f1)
+    out = frame.reindex(columns=PARTS[name]).copy()
+    for column in out.columns:
+        if column in TIMES:
+            times = pd.to_datetime(out[column], utc=True)
+            out[column] = times.dt.tz_localize(None).astype("datetime64[us]")
+        elif KEYS.get(column) == "str":
+            out[column] = out[column].astype(object).map(lambda v: v if pd.isna(v) else str(v))
+        elif column in KEYS:
+            out[column] = pd.to_numeric(out[column]).astype("int64")
+        else:
+            out[column] = pd.to_numeric(out[column]).astype("float64")
+    return out
 
 
+def empty_parts() -> dict[str, pd.DataFrame]:
+    import pandas as pd
+
+    return {name: typed(name, pd.DataFrame(columns=columns)) for name, columns in PARTS.items()}
+
+
+def _merged(old: pd.DataFrame, new: pd.DataFrame, keys: list[str], how: Mapping[str, str]) -> pd.DataFrame:
+    """``old`` and ``new`` sums combined per ``keys`` (``how``: column -> sum, min or max; nulls skipped)."""
+    import pandas as pd
+
+    frames = [f for f in (old, new) if not f.empty]
+    if not frames:
+        return old
+    both = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return both.groupby(keys, as_index=False, dropna=False).agg(dict(how))[list(old.columns)].reset_index(drop=True)
+
+
+def add_window(parts: Mapping[str, pd.DataFrame], devices: pd.DataFrame, minutes: pd.DataFrame,
+               anomaly_minutes: pd.DataFrame, quality: pd.DataFrame, updates: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The sums after a window: ``parts`` plus what it added (frames with :data:`PARTS`' columns, or fewer:
+    a missing sum is zero)."""
+    import pandas as pd
+
+    def full(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+        return typed(name, frame if not frame.empty else pd.DataFrame(columns=PARTS[name]))
+
+    sums = {c: "sum" for c in ("readings", "scored", "anomalies", *[f"sum_{f}" for f in SENSOR_FIELDS],
+                               *[f"sumsq_{f}" for f in SENSOR_FIELDS])}
+    device_how = {**sums, "first_seen": "min", "last_seen": "max", "max_gap_seconds": "max"}
+    return {
+        "parts_device": _merged(parts["parts_device"], full(devices, "parts_device"), ["device_id"], device_how),
+        "parts_minute": _merged(parts["parts_minute"], full(minutes, "parts_minute"), ["minute"],
+                                {"readings": "sum"}),
+        "parts_anomaly_minute": _merged(parts["parts_anomaly_minute"], full(anomaly_minutes, "parts_anomaly_minute"),
+                                        ["minute", "model_round"], {"predictions": "sum", "anomalies": "sum"}),
+        "parts_quality": _merged(parts["parts_quality"], full(quality, "parts_quality"), ["scope", "key"],
+                                 dict.fromkeys(CONFUSION, "sum")),
+        "parts_participation": _merged(parts["parts_participation"], full(updates, "parts_participation"),
+                                       ["device_id", "aggregated_into"], {"updates": "sum"}),
+    }
+
+
+def tables_of(parts: Mapping[str, pd.DataFrame], with_quality: bool) -> dict[str, pd.DataFrame]:
+    """The serving tables, derived from the sums."""
+    import numpy as np
+    import pandas as pd
+
+    dev = parts["parts_device"]
+    dev = dev[dev["readings"].fillna(0) > 0].sort_values("device_id")
+    n = dev["readings"].astype("float64")
+    stats = pd.DataFrame({"device_id": dev["device_id"].astype("int64"), "readings": dev["readings"].astype("int64")})
+    for f in SENSOR_FIELDS:
+        total, squares = dev[f"sum_{f}"].astype("float64"), dev[f"sumsq_{f}"].astype("float64")
+        stats[f"{f}_mean"] = total / n
+    for f in SENSOR_FIELDS:
+        total, squares = dev[f"sum_{f}"].astype("float64"), dev[f"sumsq_{f}"].astype("float64")
+        # Sample variance from the sums; a rounding error below zero on a constant field is zero.
+        variance = ((squares - total * total / n) / (n - 1)).where(n > 1)
+        stats[f"{f}_std"] = np.sqrt(variance.clip(lower=0))
+    stats["first_seen"], stats["last_seen"] = dev["first_seen"], dev["last_seen"]
+    stats["max_gap_seconds"] = dev["max_gap_seconds"].astype("float64")
+    scored = dev["scored"].fillna(0).astype("int64")
+    stats["scored"] = scored.where(scored > 0)
+    stats["anomaly_rate"] = (dev["anomalies"].fillna(0).astype("float64") / scored).where(scored > 0)
+
+    part = parts["parts_participation"]
+    part = part[part["updates"] > 0]
+    participation = (part.groupby("device_id").agg(updates=("updates", "sum"), rounds=("aggregated_into", "nunique"),
+                                                   last_round=("aggregated_into", "max"))
+                     .reset_index().sort_values("device_id"))
+    anomalies = parts["parts_anomaly_minute"].sort_values(["minute", "model_round"]).copy()
+    anomalies["anomaly_rate"] = anomalies["anomalies"].astype("float64") / anomalies["predictions"].astype("float64")
+    anomalies = anomalies.astype({"predictions": "int64", "anomalies": "int64"})
+    tables = {
+        "device_stats": stats.reset_index(drop=True),
+        "device_participation": participation.astype({"updates": "int64"}).reset_index(drop=True),
+        "ingest_per_minute": parts["parts_minute"].astype({"readings": "int64"}).sort_values("minute")
+        .reset_index(drop=True),
+        "anomalies_per_minute": anomalies.reset_index(drop=True),
+    }
+    if with_quality:
+        tables["prediction_quality"] = prediction_quality(parts["parts_quality"])
+    return tables
+
+
+def prediction_quality(sums: pd.DataFrame) -> pd.DataFrame:
+    """Rows overall, per device and per round, with precision, recall and F1 (null where undefined:
+    nothing flagged, or nothing an anomaly)."""
+    import pandas as pd
+
+    devices = sums[sums["scope"] == "device"]
+    overall = pd.DataFrame([{"scope": "overall", "key": "all", **{c: int(devices[c].sum()) for c in CONFUSION}}])
+    rounds = sums[sums["scope"] == "round"]
+    table = pd.concat([overall, devices.sort_values("key", key=lambda k: k.astype(int)),
+                       rounds.sort_values("key", key=lambda k: k.astype(int))], ignore_index=True)
+    table[list(CONFUSION)] = table[list(CONFUSION)].astype("int64")
+    tp, fp, fn = (table[c].astype("float64") for c in ("tp", "fp", "fn"))
+    table["precision"] = (tp / (tp + fp)).where(tp + fp > 0)
+    table["recall"] = (tp / (tp + fn)).where(tp + fn > 0)
+    table["f1"] = (2 * tp / (2 * tp + fp + fn)).where(2 * tp + fp + fn > 0)
+    return table
+
+
+# ------------------------------------------------------------------ one run
 def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
-            dead_letters: Mapping[str, int] | None = None) -> BatchResult:
-    """Every table of one run, as pandas frames (they are small: one row per device, round or minute).
+            dead_letters: Mapping[str, int] | None = None, parts: Mapping[str, pd.DataFrame] | None = None,
+            lower: datetime = EPOCH, settle_seconds: float = 1.0, label_frame: DataFrame | None = None) -> BatchResult:
+    """One run: the documents of the window ``[lower, now - settle_seconds)`` added to ``parts``
+    (None: a rebuild, from empty sums and ``lower`` = the epoch), and every table derived.
     ``dead_letters``: count per reason (:func:`core.topics.dead_letter_reasons`)."""
+    import pandas as pd
+
     started = time.monotonic()
-    readings = mongo_reader.read(spark, store, "device_data", {
-        "device_id": "bigint", "event_time": "timestamp", **{f: "double" for f in SENSOR_FIELDS}})
-    predictions = mongo_reader.read(spark, store, "predictions", {
-        "event_id": "string", "device_id": "bigint", "event_time": "timestamp", "model_round": "bigint",
-        "is_anomaly": "boolean"}, query={"prediction_type": "streaming"})
+    rebuilt = parts is None
+    if parts is None:
+        parts, lower = empty_parts(), EPOCH
+    # Whole seconds: an ObjectId holds the second it was made, so the window ends where one begins.
+    upper = max(lower, datetime.fromtimestamp(math.floor(time.time() - settle_seconds), UTC))
+    window = window_query(lower, upper)
+    readings = mongo_reader.read(spark, store, "device_data", READING_FIELDS, query=window)
+    fields = {k: v for k, v in PREDICTION_FIELDS.items() if k != "_id"}
+    predictions = mongo_reader.read(spark, store, "predictions", fields,
+                                    query={**window, "prediction_type": "streaming"})
+    local_models = mongo_reader.read(spark, store, "local_models", {"device_id": "bigint",
+                                                                     "aggregated_into": "bigint"}, query=window)
     global_models = mongo_reader.read(spark, store, "global_model", {
         "round": "bigint", "created_at": "timestamp", "num_devices": "bigint", "num_examples": "bigint",
         "metrics.loss": "double", "rejected": "bigint", "stale": "bigint", "threshold": "double"})
-    local_models = mongo_reader.read(spark, store, "local_models", {"device_id": "bigint",
-                                                                     "aggregated_into": "bigint"})
-    tables = {
-        "device_stats": device_stats(readings, predictions).toPandas(),
-        "round_convergence": round_convergence(global_models).toPandas(),
-        "device_participation": device_participation(local_models).toPandas(),
-        "ingest_per_minute": ingest_per_minute(readings).toPandas(),
-        "anomalies_per_minute": anomalies_per_minute(predictions).toPandas(),
-        "pipeline_counts": pipeline_counts(store.counts(), dead_letters or {}),
-    }
-    if labels is not None and bool(labels["label"].any()):
-        tables["prediction_quality"] = prediction_quality(predictions, spark.createDataFrame(labels)).toPandas()
+    if label_frame is None and labels is not None:
+        label_frame = spark.createDataFrame(labels)
+
+    # Readings: sums per device (the gap from each device's last reading so far included) and minute.
+    previous = parts["parts_device"][["device_id", "last_seen"]].dropna()
+    last_seen = (spark.createDataFrame(previous.rename(columns={"last_seen": "event_time"}).astype(
+        {"device_id": "int64"}), "device_id bigint, event_time timestamp") if not previous.empty
+        else spark.createDataFrame([], "device_id bigint, event_time timestamp"))
+    devices = reading_sums(readings, last_seen).toPandas()
+    minutes = ingest_per_minute(readings).toPandas()
+
+    # Predictions: per minute and round as they come; per reading, the newest one replaces the
+    # reading's earlier ones, whose part comes out again.
+    anomaly_minutes = anomalies_per_minute(predictions).toPandas()
+    earlier = _earlier_predictions(spark, store, predictions, lower, fields) if not rebuilt else None
+    after = per_reading_sums(predictions.unionByName(earlier) if earlier is not None else predictions, label_frame)
+    delta = after.toPandas().set_index("device_id")
+    if earlier is not None:
+        before = per_reading_sums(earlier, label_frame).toPandas().set_index("device_id")
+        delta = delta.sub(before, fill_value=0)
+    delta = delta.reset_index()
+    devices = pd.concat([devices, delta[["device_id", "scored", "anomalies"]]], ignore_index=True)
+    quality = [delta.assign(scope="device", key=delta["device_id"].astype("int64").astype(str))[PARTS["parts_quality"]]]
+    if label_frame is not None:
+        rounds = per_round_confusion(predictions, label_frame).toPandas()
+        quality.append(rounds.assign(scope="round", key=rounds["model_round"].astype("int64").astype(str))[
+            PARTS["parts_quality"]])
+    updates = participation(local_models).toPandas()
+
+    parts = add_window(parts, devices, minutes, anomaly_minutes, pd.concat(quality, ignore_index=True), updates)
+    with_quality = labels is not None and bool(labels["label"].any())
+    tables = tables_of(parts, with_quality)
+    tables["round_convergence"] = round_convergence(global_models).toPandas()
+    tables["pipeline_counts"] = pipeline_counts(store.counts(), dead_letters or {})
     counts = {"readings": readings.count(), "predictions": predictions.count(),
               "global_rounds": global_models.count(), "local_updates": local_models.count()}
-    return BatchResult(tables, time.monotonic() - started, counts)
+    return BatchResult(tables, time.monotonic() - started, counts, parts, lower, upper, rebuilt)
 
 
-def write(result: BatchResult, store_url: str, store: Storage) -> None:
-    """Replace the serving store's tables in one transaction; add the run's summary to MongoDB."""
+def _earlier_predictions(spark: SparkSession, store: Storage, predictions: DataFrame, lower: datetime,
+                         fields: Mapping[str, str]) -> DataFrame | None:
+    """The streaming predictions made before ``lower`` of the readings ``predictions`` score (None: none)."""
+    from bson import ObjectId
+
+    event_ids = [r["event_id"] for r in predictions.select("event_id").distinct().collect()]
+    found = []
+    for start in range(0, len(event_ids), 5000):
+        query = {"event_id": {"$in": event_ids[start:start + 5000]}, "prediction_type": "streaming",
+                 "_id": {"$lt": ObjectId.from_datetime(lower)}}
+        if store.predictions.find_one(query, {"_id": 1}) is not None:
+            found.append(mongo_reader.read(spark, store, "predictions", fields, query=query))
+    if not found:
+        return None
+    earlier = found[0]
+    for frame in found[1:]:
+        earlier = earlier.unionByName(frame)
+    return earlier
+
+
+def load_parts(store_url: str) -> tuple[dict[str, pd.DataFrame], datetime, datetime] | None:
+    """The sums and ``(upper, rebuilt_at)`` of the last run, from the serving store (None: none kept)."""
     import pandas as pd
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, inspect
 
     engine = create_engine(store_url)
     try:
+        if not all(inspect(engine).has_table(name) for name in (*PARTS, STATE_TABLE)):
+            return None
+        with engine.connect() as connection:
+            state = pd.read_sql_table(STATE_TABLE, connection)
+            parts = {name: pd.read_sql_table(name, connection) for name in PARTS}
+    finally:
+        engine.dispose()
+    if len(state) != 1:
+        return None
+    for name, frame in parts.items():
+        if list(frame.columns) != PARTS[name]:
+            return None  # sums of another layout: rebuild
+        parts[name] = typed(name, frame)
+    upper = datetime.fromisoformat(str(state["upper"].iloc[0]))
+    rebuilt_at = datetime.fromisoformat(str(state["rebuilt_at"].iloc[0]))
+    return parts, upper, rebuilt_at
+
+
+def write(result: BatchResult, store_url: str, store: Storage, rebuilt_at: datetime) -> None:
+    """Replace the serving store's tables and sums in one transaction; add the run's summary to MongoDB."""
+    import pandas as pd
+    from sqlalchemy import create_engine
+
+    state = pd.DataFrame([{"lower": result.lower.isoformat(), "upper": result.upper.isoformat(),
+                           "rebuilt_at": rebuilt_at.isoformat()}])
+    engine = create_engine(store_url)
+    try:
         with engine.begin() as connection:
-            for name, frame in result.tables.items():
+            for name, frame in {**result.tables, **result.parts, STATE_TABLE: state}.items():
                 frame.to_sql(name, connection, if_exists="replace", index=False)
     finally:
         engine.dispose()
     overall = result.tables.get("prediction_quality")
     summary: dict[str, Any] = {"at": datetime.now(UTC), "seconds": result.seconds, **result.counts,
-                               "tables": sorted(result.tables), "store": _redacted(store_url)}
+                               "tables": sorted(result.tables), "store": _redacted(store_url),
+                               "rebuild": result.rebuilt, "window": [result.lower, result.upper]}
     if overall is not None and not overall.empty:
         row = overall[overall["scope"] == "overall"].iloc[0]
         summary.update({k: (None if pd.isna(row[k]) else float(row[k])) for k in ("precision", "recall", "f1")})
@@ -209,19 +470,45 @@ def _redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def run(cfg: AppConfig, labels: pd.DataFrame | None, dead_letters: Mapping[str, int] | None = None) -> BatchResult:
-    """One batch run: compute and write. ``labels``: see :func:`prediction_quality` (None: no labels);
-    ``dead_letters``: see :func:`compute`."""
-    from analytics.session import spark_session
-    from core.storage import Storage
+class Batches:
+    """Runs the batch analytics, one Spark session for all of them: incremental after the first run,
+    a rebuild when asked, when no sums are kept and every ``spark.batch.rebuild_seconds``."""
 
-    spark = spark_session(cfg, "fl-iot-batch")
-    try:
-        with Storage.from_config(cfg.mongo) as store:
-            result = compute(spark, store, labels, dead_letters)
-            write(result, cfg.spark.batch.store_url, store)
-    finally:
-        spark.stop()
-    log.info("batch analytics: %s in %.1fs -> %s (%s)", ", ".join(f"{v:,} {k}" for k, v in result.counts.items()),
-             result.seconds, _redacted(cfg.spark.batch.store_url), ", ".join(sorted(result.tables)))
-    return result
+    def __init__(self, cfg: AppConfig, labels: pd.DataFrame | None) -> None:
+        self.cfg, self.labels = cfg, labels
+        self.spark: SparkSession | None = None
+        self.label_frame: DataFrame | None = None  # the labels in Spark, made once (3 MB per task otherwise)
+
+    def run(self, dead_letters: Mapping[str, int] | None = None, rebuild: bool = False) -> BatchResult:
+        from analytics.session import spark_session
+        from core.storage import Storage
+
+        batch = self.cfg.spark.batch
+        if self.spark is None:
+            self.spark = spark_session(self.cfg, "fl-iot-batch")
+            if self.labels is not None:
+                self.label_frame = self.spark.createDataFrame(self.labels).cache()
+        kept = None if rebuild else load_parts(batch.store_url)
+        now = datetime.now(UTC)
+        if kept is not None and now - kept[2] > timedelta(seconds=batch.rebuild_seconds):
+            kept = None
+        with Storage.from_config(self.cfg.mongo) as store:
+            if kept is None:
+                result, rebuilt_at = compute(self.spark, store, self.labels, dead_letters,
+                                             settle_seconds=batch.settle_seconds, label_frame=self.label_frame), now
+            else:
+                parts, upper, rebuilt_at = kept
+                result = compute(self.spark, store, self.labels, dead_letters, parts, upper, batch.settle_seconds,
+                                 self.label_frame)
+            write(result, batch.store_url, store, rebuilt_at)
+        log.info("batch analytics (%s, documents made %s to %s): %s in %.1fs -> %s",
+                 "rebuild" if result.rebuilt else "incremental", result.lower.isoformat(timespec="seconds"),
+                 result.upper.isoformat(timespec="seconds"),
+                 ", ".join(f"{v:,} {k}" for k, v in result.counts.items()), result.seconds,
+                 _redacted(batch.store_url))
+        return result
+
+    def close(self) -> None:
+        if self.spark is not None:
+            self.spark.stop()
+            self.spark = None

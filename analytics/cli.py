@@ -14,6 +14,8 @@ from core.commands import command, console, group, print_stopped
 from core.config import AppConfig
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from analytics.batch import BatchResult
 
 app = typer.Typer()
@@ -31,37 +33,58 @@ def spark_stream(cfg: AppConfig) -> None:
     scorer.serve(cfg, dataset.device_ids(cfg.stream, cfg.paths.cache_dir))
 
 
-def run_batch(cfg: AppConfig) -> BatchResult:
-    """One batch analytics run, with the data set's labels and the dead letters so far."""
-    from analytics import batch
+def labels(cfg: AppConfig) -> pd.DataFrame:
+    """The data set's labels for the batch analytics' detection quality: ``seq``, ``label``."""
     from core import dataset
-    from core.topics import dead_letter_reasons
 
     frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
-    labels = frame[["seq"]].assign(label=(frame["anomaly"] != dataset.NORMAL).to_numpy())
-    return batch.run(cfg, labels, dead_letter_reasons(cfg))
+    return frame[["seq"]].assign(label=(frame["anomaly"] != dataset.NORMAL).to_numpy())
+
+
+def run_batch(cfg: AppConfig, rebuild: bool = True) -> BatchResult:
+    """One batch analytics run (a rebuild unless told), with the data set's labels and the dead letters so far."""
+    from analytics.batch import Batches
+    from core.topics import dead_letter_reasons
+
+    batches = Batches(cfg, labels(cfg))
+    try:
+        return batches.run(dead_letter_reasons(cfg), rebuild=rebuild)
+    finally:
+        batches.close()
 
 
 SCHEDULE = typer.Option(False, "--schedule", help="Run again every spark.batch_interval_seconds until stopped.")
+REBUILD = typer.Option(False, "--rebuild", help="Recompute from every document, not from the sums kept.")
 
 
 @command(spark_app, "batch", log="spark_batch")
-def spark_batch(cfg: AppConfig, schedule: bool = SCHEDULE) -> None:
+def spark_batch(cfg: AppConfig, schedule: bool = SCHEDULE, rebuild: bool = REBUILD) -> None:
     """Batch analytics: per-device statistics, convergence per round, participation, predictions
-    against the data set's labels; tables in the SQL serving store (spark.batch.store_url)."""
+    against the data set's labels; tables in the SQL serving store (spark.batch.store_url). Reads
+    what is new since the last run; the first run of a schedule rebuilds."""
     import signal
     import threading
+
+    from analytics.batch import Batches
+    from core.topics import dead_letter_reasons
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set():
-        result = run_batch(cfg)
-        console.print(f"{', '.join(f'{v:,} {k}' for k, v in result.counts.items())} in {result.seconds:.1f}s; "
-                      f"tables {', '.join(sorted(result.tables))}")
-        if not schedule:
-            break
-        stop.wait(cfg.spark.batch_interval_seconds)
+    batches = Batches(cfg, labels(cfg))
+    first = True
+    try:
+        while not stop.is_set():
+            result = batches.run(dead_letter_reasons(cfg), rebuild=rebuild or (schedule and first))
+            first = False
+            console.print(f"{'rebuild' if result.rebuilt else 'incremental'}: "
+                          f"{', '.join(f'{v:,} {k}' for k, v in result.counts.items())} in {result.seconds:.1f}s; "
+                          f"tables {', '.join(sorted(result.tables))}")
+            if not schedule:
+                break
+            stop.wait(cfg.spark.batch_interval_seconds)
+    finally:
+        batches.close()
 
 
 REFRESH = typer.Option(False, "--refresh", help="Run the batch analytics first (fl-app spark batch).")

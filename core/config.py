@@ -561,6 +561,13 @@ class BatchConfig:
     enabled: bool = True  # run on a schedule (spark.batch_interval_seconds) by `fl-app run`
     # The SQL serving store Superset reads: any SQLAlchemy URL (e.g. postgresql://user@host/db).
     store_url: str = "sqlite:///${paths.data_dir}/analytics.db"
+    # A run reads the documents made since the last one, up to this many seconds ago: what a writer is
+    # inserting right now waits for the next run (at least 1: an ObjectId's time is whole seconds).
+    settle_seconds: float = checked(2.0, at_least_one)
+    # Every so often, and on the first run of a process, the tables are rebuilt from all documents:
+    # that catches a document inserted long after its _id was made (a writer's retry) and keeps
+    # the longest gaps exact.
+    rebuild_seconds: float = checked(3600.0, positive)
 
 
 @dataclass
@@ -571,7 +578,9 @@ class SparkConfig:
     driver_memory: str = "1g"
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
-    batch_interval_seconds: float = checked(300.0, positive)  # between batch runs while the pipeline runs
+    # Between batch runs while the pipeline runs: a run reads only what is new (analytics/batch.py), so
+    # the dashboards can stay within a minute of MongoDB (Superset refreshes them every 30 s).
+    batch_interval_seconds: float = checked(20.0, positive)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 FL_APP = Path(os.environ.get("VIRTUAL_ENV", PROJECT_ROOT / ".venv")) / "bin" / "fl-app"
 
 
-def seed(store: storage.Storage, labels: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def documents() -> dict[str, list[dict]]:
     """Readings, predictions (some readings scored by two rounds), global and local models."""
     rng = np.random.default_rng(5)
     start = datetime(2026, 11, 28, 10, tzinfo=UTC)
@@ -34,31 +35,46 @@ def seed(store: storage.Storage, labels: pd.DataFrame) -> dict[str, pd.DataFrame
     for seq in range(120):
         device = 1 + seq % 3
         at = start + timedelta(seconds=seq * 2 + (30 if seq > 100 and device == 2 else 0))
-        readings.append(Reading(f"0-{seq}", device, iso(at), iso(at), 0, seq,
-                                *[float(v) for v in rng.normal([22, 40, 300, 2.7], [2, 5, 50, 0.05])]))
-    store.insert_readings([vars(r) for r in readings])
+        readings.append(vars(Reading(f"0-{seq}", device, iso(at), iso(at), 0, seq,
+                                     *[float(v) for v in rng.normal([22, 40, 300, 2.7], [2, 5, 50, 0.05])])))
     preds = []
     for r in readings:
         flagged = bool(rng.random() < 0.2)
-        preds.append({"event_id": r.event_id, "device_id": r.device_id,
-                      "event_time": datetime.fromisoformat(r.event_time), "score": 0.1, "is_anomaly": flagged,
+        preds.append({"event_id": r["event_id"], "device_id": r["device_id"],
+                      "event_time": datetime.fromisoformat(r["event_time"]), "score": 0.1, "is_anomaly": flagged,
                       "model_round": 1, "prediction_type": "streaming", "scored_at": start})
-        if r.seq % 4 == 0:  # scored again by round 2: the newer one counts in per-reading views
+        if r["seq"] % 4 == 0:  # scored again by round 2: the newer one counts in per-reading views
             preds.append({**preds[-1], "is_anomaly": not flagged, "model_round": 2})
-    store.insert_predictions(preds)
     weights = storage.encode_weights([np.zeros(3, dtype=np.float32)])
     globals_ = [{"round": k, "created_at": start + timedelta(minutes=k), "num_devices": 2 + k, "num_examples": 10 * k,
                  "threshold": 0.5 + k, "weights": weights, "metrics": {"loss": 1.0 / k}, "rejected": k - 1,
                  "stale": 0} for k in (1, 2, 3)]
-    store.global_model.insert_many(globals_)
     locals_ = [{"device_id": d, "round": k - 1, "aggregated_into": k, "trained_at": start, "num_examples": 5,
                 "weights": weights} for k in (1, 2, 3) for d in (1, 2, 3) if not (d == 3 and k > 1)]
     locals_.append({**locals_[0], "aggregated_into": 1})  # a device's second update into the same round
-    store.local_models.insert_many(locals_)
-    frame = pd.DataFrame([vars(r) for r in readings])
-    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
-    return {"readings": frame, "predictions": pd.DataFrame(preds), "globals": pd.DataFrame(globals_),
-            "locals": pd.DataFrame(locals_)}
+    return {"readings": readings, "predictions": preds, "globals": globals_, "locals": locals_}
+
+
+def insert(store: storage.Storage, docs: dict[str, list[dict]]) -> None:
+    if docs["readings"]:
+        store.insert_readings(docs["readings"])
+    if docs["predictions"]:
+        store.insert_predictions(docs["predictions"])
+    for collection, key in ((store.global_model, "globals"), (store.local_models, "locals")):
+        if docs[key]:
+            collection.insert_many([dict(d) for d in docs[key]])
+
+
+def frames(docs: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:
+    out = {k: pd.DataFrame(v) for k, v in docs.items()}
+    out["readings"]["event_time"] = pd.to_datetime(out["readings"]["event_time"], utc=True)
+    return out
+
+
+def seed(store: storage.Storage) -> dict[str, pd.DataFrame]:
+    docs = documents()
+    insert(store, docs)
+    return frames(docs)
 
 
 def labels_of(cfg: AppConfig) -> pd.DataFrame:
@@ -77,7 +93,24 @@ def seed_run(cfg: AppConfig, dead_letters: Sequence[str]) -> dict[str, pd.DataFr
         producer.produce(cfg.kafka.topics.dead_letter.name, value=json.dumps({"reason": reason, "record": "x"}))
     assert producer.flush(30) == 0
     with storage.Storage.from_config(cfg.mongo) as store:
-        return seed(store, labels_of(cfg))
+        return seed(store)
+
+
+TABLES = ("device_stats", "round_convergence", "device_participation", "prediction_quality", "ingest_per_minute",
+          "anomalies_per_minute", "pipeline_counts")
+
+
+def batch(overrides: list[str], *flags: str) -> None:
+    proc = subprocess.run([str(FL_APP), "spark", "batch", *flags, *overrides], capture_output=True, text=True,
+                          timeout=600, cwd=PROJECT_ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def serving_tables(db: Path) -> dict[str, pd.DataFrame]:
+    engine = create_engine(f"sqlite:///{db}")
+    tables = {name: pd.read_sql_table(name, engine) for name in TABLES}
+    engine.dispose()
+    return tables
 
 
 def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: Path) -> None:
@@ -88,19 +121,59 @@ def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: P
     cfg = load_config(overrides)
     services.provision(cfg)
     docs = seed_run(cfg, ("humidity out of range", "humidity out of range", "not JSON"))
-    labels = labels_of(cfg)
     with storage.Storage.from_config(cfg.mongo) as store:
-        documents = store.counts()
-        proc = subprocess.run([str(FL_APP), "spark", "batch", *overrides], capture_output=True, text=True,
-                              timeout=600, cwd=PROJECT_ROOT)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        documents_now = store.counts()
+        batch(overrides)
         summary = store.analytics_runs.find_one(sort=[("at", -1)])
-    engine = create_engine(f"sqlite:///{db}")
-    tables = {name: pd.read_sql_table(name, engine) for name in
-              ("device_stats", "round_convergence", "device_participation", "prediction_quality",
-               "ingest_per_minute", "anomalies_per_minute", "pipeline_counts")}
-    engine.dispose()
+    assert summary is not None and summary["rebuild"] is True  # nothing kept yet
+    check(serving_tables(db), docs, labels_of(cfg), documents_now, summary)
 
+
+def test_an_incremental_run_gives_the_tables_of_a_rebuild(stack: AppConfig, tmp_path: Path) -> None:
+    """Half the documents, a run; the other half (with round 2 scoring again readings the first run
+    counted by round 1, and a device's gap across the two halves), a run that reads only them: its
+    tables are those a rebuild computes from everything, and those pandas computes."""
+    tag = uuid.uuid4().hex[:8]
+    db = tmp_path / "serving.db"
+    overrides = [*tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
+                 f"spark.batch.store_url=sqlite:///{db}", "spark.batch.settle_seconds=1"]
+    cfg = load_config(overrides)
+    services.provision(cfg)
+    docs = documents()
+    first = {"readings": [r for r in docs["readings"] if r["seq"] < 60],
+             "predictions": [p for p in docs["predictions"] if int(p["event_id"].split("-")[1]) < 60
+                             and p["model_round"] == 1],
+             "globals": docs["globals"][:1], "locals": [d for d in docs["locals"] if d["aggregated_into"] == 1]}
+    second = {k: [d for d in v if not any(d is f for f in first[k])] for k, v in docs.items()}
+    assert any(int(p["event_id"].split("-")[1]) < 60 for p in second["predictions"])  # re-scored by round 2
+    with storage.Storage.from_config(cfg.mongo) as store:
+        insert(store, first)
+        time.sleep(2.5)  # past spark.batch.settle_seconds: the first run reads all of them
+        batch(overrides)
+        insert(store, second)
+        time.sleep(2.5)
+        batch(overrides)
+        incremental = serving_tables(db)
+        runs = list(store.analytics_runs.find(sort=[("at", 1)]))
+        assert [r["rebuild"] for r in runs] == [True, False]
+        assert runs[1]["readings"] == len(second["readings"])  # it read only what was new
+        assert runs[1]["predictions"] == len(second["predictions"])
+        documents_now = store.counts()
+        batch(overrides, "--rebuild")
+        rebuilt = serving_tables(db)
+        summary = store.analytics_runs.find_one(sort=[("at", -1)])
+    assert summary is not None
+    for name in TABLES:
+        if name == "pipeline_counts":  # analytics_runs grew by the runs themselves
+            continue
+        pd.testing.assert_frame_equal(incremental[name], rebuilt[name], check_dtype=False, obj=name)
+    check(incremental, frames(docs), labels_of(cfg), documents_now, {**summary, "readings": len(docs["readings"])},
+          dead_letters=0)
+
+
+def check(tables: dict[str, pd.DataFrame], docs: dict[str, pd.DataFrame], labels: pd.DataFrame,
+          documents: dict[str, int], summary: dict, dead_letters: int = 3) -> None:
+    """Every table against what pandas computes from the same documents."""
     readings, preds = docs["readings"], docs["predictions"]
     newest = preds.sort_values("model_round").groupby("event_id").tail(1)
     stats = tables["device_stats"].set_index("device_id")
@@ -151,7 +224,9 @@ def test_batch_tables_match_what_the_documents_say(stack: AppConfig, tmp_path: P
     counts = {(k, n): v for k, n, v in tables["pipeline_counts"].itertuples(index=False)}
     assert counts[("collection", "device_data")] == documents["device_data"] == len(readings)
     assert counts[("collection", "predictions")] == len(preds)
-    assert counts[("dead_letter", "(all reasons)")] == 3 and counts[("dead_letter", "humidity out of range")] == 2
+    assert counts[("dead_letter", "(all reasons)")] == dead_letters
+    if dead_letters:
+        assert counts[("dead_letter", "humidity out of range")] == 2
 
     assert summary is not None and summary["readings"] == len(readings) and summary["global_rounds"] == 3
     assert sorted(summary["tables"]) == sorted(tables)

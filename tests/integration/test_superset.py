@@ -110,7 +110,7 @@ def test_dashboards_render_with_data_in_a_real_browser(stack: AppConfig, tmp_pat
             # Live dashboards refresh by themselves (bundle metadata: refresh_frequency).
             api = page.request.get(f"{base}/api/v1/dashboard/fl-pipeline")
             assert api.ok
-            assert json.loads(api.json()["result"]["json_metadata"])["refresh_frequency"] == 60
+            assert json.loads(api.json()["result"]["json_metadata"])["refresh_frequency"] == 20
             browser.close()
         assert httpx.get(f"{base}/api/v1/dashboard/fl-pipeline", timeout=10).status_code == 401  # no login
     finally:

@@ -544,8 +544,9 @@ class ScorerConfig:
 
     enabled: bool = True  # started by `fl-app run`
     checkpoint_dir: str = "${paths.data_dir}/spark/checkpoints/scorer"  # the query's progress: delete to rescore
-    # One micro-batch per interval (and a model check). Each costs a fixed ~0.5 s of CPU whatever it
-    # holds: at 5 s the idle scorer took half a core (issue 22); predictions lag by up to this much.
+    # One micro-batch per interval (and a model check). Most of a micro-batch's cost is fixed: at 5 s
+    # and 4 partitions the scorer took 55 % of a core at 10 readings/s, at 15 s and 2 partitions 14 %
+    # (issue 22). Predictions lag by up to this much.
     trigger_seconds: float = checked(15.0, positive)
     # Spark tasks per step of a micro-batch: the Kafka source's partitions coalesced, and the devices'
     # state partitions (a checkpoint keeps the number it was made with). One Python task each.

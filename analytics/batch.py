@@ -86,7 +86,7 @@ PARTS = {
 KEYS = {"device_id": "int64", "model_round": "int64", "aggregated_into": "int64", "scope": "str", "key": "str"}
 TIMES = ("minute", "first_seen", "last_seen")  # naive, in UTC (Spark's session time zone); every other sum: float64
 READING_FIELDS = {"device_id": "bigint", "event_time": "timestamp", **{f: "double" for f in SENSOR_FIELDS}}
-PREDICTION_FIELDS = {"_id": "string", "event_id": "string", "device_id": "bigint", "event_time": "timestamp",
+PREDICTION_FIELDS = {"event_id": "string", "device_id": "bigint", "event_time": "timestamp",
                      "model_round": "bigint", "is_anomaly": "boolean"}
 
 
@@ -348,7 +348,7 @@ def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
     upper = max(lower, datetime.fromtimestamp(math.floor(time.time() - settle_seconds), UTC))
     window = window_query(lower, upper)
     readings = mongo_reader.read(spark, store, "device_data", READING_FIELDS, query=window)
-    fields = {k: v for k, v in PREDICTION_FIELDS.items() if k != "_id"}
+    fields = PREDICTION_FIELDS
     predictions = mongo_reader.read(spark, store, "predictions", fields,
                                     query={**window, "prediction_type": "streaming"})
     local_models = mongo_reader.read(spark, store, "local_models", {"device_id": "bigint",

@@ -46,9 +46,9 @@ from rich.table import Table
 from benchmarks._stack import private_stack
 from core import services, storage
 from core.config import PROJECT_ROOT, AppConfig, load_config
-from core.services.runner import ManagedProcess, free_port, free_port_block
+from core.services.runner import ManagedProcess
 from fl_app.federation import deployment
-from tests.support.stack import tenant_overrides
+from tests.support.stack import federation_ports, tenant_overrides
 
 console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -145,7 +145,7 @@ def run_one(stack: AppConfig, isolation: str, devices: int, minutes: float) -> R
     tag = uuid.uuid4().hex[:8]
     overrides = [
         *tenant_overrides(stack, home, tag), f"fl.devices={devices}", f"fl.isolation={isolation}",
-        f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}",
+        *federation_ports(),
     ]
     cfg = load_config(overrides)
     services.provision(cfg)

@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from core import dataset, services, storage
 from core.config import PROJECT_ROOT, AppConfig, load_config
 from core.records import window_partitions, window_record
-from tests.support.stack import tenant_overrides
+from tests.support.stack import federation_ports, tenant_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FL_APP = Path(sys.executable).parent / "fl-app"
@@ -119,7 +119,7 @@ def check_consistent(store: storage.Storage) -> list[dict]:
 def test_deployment_with_flink_and_6_supernodes(stack: AppConfig, tmp_path: Path) -> None:
     """Real Kafka, MongoDB-wire server, Flink job, SuperLink and 6 SuperNodes (one of them sends NaN
     weights), second-scale intervals; then a SuperNode is killed, then the ServerApp."""
-    from core.services.runner import ManagedProcess, free_port, free_port_block
+    from core.services.runner import ManagedProcess
     from fl_app.federation import deployment, settings
 
     # 6 devices: after the NaN device and the killed one, 4 remain for rounds of >= 3. With 3, one
@@ -127,7 +127,7 @@ def test_deployment_with_flink_and_6_supernodes(stack: AppConfig, tmp_path: Path
     overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=6",
                  "fl.local_training_interval_seconds=3", "fl.global_update_interval_minutes=0.15",
                  "flink.checkpoint_interval_ms=1000", "stream.records_per_second=60", "stream.batch_size=6",
-                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
+                 *federation_ports()]
     cfg = load_config(overrides)
     services.provision(cfg)
     devices = settings.devices(cfg)
@@ -211,14 +211,14 @@ def test_tls_and_supernode_authentication(stack: AppConfig, tmp_path: Path) -> N
     import ssl
 
     from core import certs
-    from core.services.runner import free_port, free_port_block
+    from core.services.runner import free_port
     from fl_app.federation import deployment, settings
 
     overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=3",
                  "fl.security.tls=true", "fl.security.supernode_auth=true",
                  f"fl.security.certs_dir={tmp_path / 'certs'}",
                  "fl.local_training_interval_seconds=3", "fl.global_update_interval_minutes=0.1",
-                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
+                 *federation_ports()]
     cfg = load_config(overrides)
     services.provision(cfg)
     devices = settings.devices(cfg)
@@ -272,7 +272,6 @@ def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Pa
     """fl.isolation=warm (the default): 10 SuperNodes forked from one launcher, with --isolation process,
     one executor forking their ClientApps. Every device's readings reach a global model; the executor is killed and
     restarted mid-run (pending tasks wait for it, nothing hangs); nothing is left running at the end."""
-    from core.services.runner import free_port, free_port_block
     from fl_app.federation import deployment, settings
 
     # min 1 device: the last devices' updates after the restart must not wait for two more devices.
@@ -280,7 +279,7 @@ def test_ten_supernodes_through_the_warm_executor(stack: AppConfig, tmp_path: Pa
     overrides = [*fl_overrides(stack, tmp_path, uuid.uuid4().hex[:8]), "fl.devices=10", "fl.isolation=warm",
                  "fl.min_devices_for_aggregation=1", "fl.message_ttl_seconds=20",
                  "fl.local_training_interval_seconds=3", "fl.global_update_interval_minutes=0.1",
-                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
+                 *federation_ports()]
     cfg = load_config(overrides)
     services.provision(cfg)
     devices = settings.devices(cfg)

@@ -23,9 +23,10 @@ from core import dataset, services, storage
 from core.config import AppConfig, load_config
 from core.records import device_group, window_partitions, window_record
 from core.services import mongo
-from core.services.runner import ManagedProcess, free_port, free_port_block
+from core.services.runner import ManagedProcess, free_port
 from fl_app.federation import deployment, settings
 from tests.integration.test_federation import check_consistent, fl_overrides
+from tests.support.stack import federation_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 READINGS_PER_WINDOW = 8
@@ -116,7 +117,7 @@ class Federation:
 def overrides_for(stack: AppConfig, home: Path, devices: int, *extra: str) -> list[str]:
     return [*fl_overrides(stack, home, uuid.uuid4().hex[:8]), f"fl.devices={devices}",
             "fl.local_training_interval_seconds=3", "fl.message_ttl_seconds=30",
-            f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}", *extra]
+            *federation_ports(), *extra]
 
 
 def publish_every(windows: Windows, devices: list[int], seconds: float, stop: threading.Event) -> threading.Thread:

@@ -21,6 +21,7 @@ from core import services, storage
 from core.config import AppConfig, load_config
 from core.messages import DEVICE_KEYS_FILE, MAX_COUNT
 from tests.integration.test_federation import check_consistent, fl_overrides, publish_windows
+from tests.support.stack import federation_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def test_a_rogue_supernode_posing_as_a_device_is_refused_and_the_honest_ones_los
     reply it sends is that device's, well formed, with 2**31 - 1 readings. The tick documents hold
     each of its replies as refused, with the reason; every honest reading reaches a global model,
     and no global model counts the rogue's."""
-    from core.services.runner import free_port, free_port_block
+    from core.services.runner import free_port
     from fl_app.federation import deployment, settings
 
     # min 1 device: a device whose first windows came late (a Kafka error reply) must not wait for two more.
@@ -40,7 +41,7 @@ def test_a_rogue_supernode_posing_as_a_device_is_refused_and_the_honest_ones_los
                  "fl.min_devices_for_aggregation=1", "fl.local_training_interval_seconds=3",
                  "fl.global_update_interval_minutes=0.1",
                  "fl.message_ttl_seconds=60",  # the rogue's stock ClientApp process starts cold
-                 f"fl.superlink_address=127.0.0.1:{free_port()}", f"fl.supernode_base_port={free_port_block(64)}"]
+                 *federation_ports()]
     cfg = load_config(overrides)
     services.provision(cfg)
     devices = settings.devices(cfg)

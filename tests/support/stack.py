@@ -12,6 +12,13 @@ from core.services import down, up
 from core.services.runner import free_port, free_port_block
 
 
+def federation_ports() -> list[str]:
+    """Free ports for a SuperLink (its Fleet API, and its control API at the next port) and 64 SuperNodes,
+    below the ephemeral range: a port there stays free, where an outgoing connection took the control
+    API's port next to a :func:`free_port` once (CI)."""
+    return [f"fl.superlink_address=127.0.0.1:{free_port_block(2)}", f"fl.supernode_base_port={free_port_block(64)}"]
+
+
 def private_overrides(home: Path) -> list[str]:
     """Overrides for a stack of its own: home under ``home``, free ports, the project's jar cache.
 
@@ -23,8 +30,7 @@ def private_overrides(home: Path) -> list[str]:
         f"kafka.bootstrap_servers=127.0.0.1:{free_port()}",
         f"kafka.local_broker.controller_port={free_port()}",
         f"mongo.uri=mongodb://127.0.0.1:{free_port()}",
-        f"fl.superlink_address=127.0.0.1:{free_port()}",
-        f"fl.supernode_base_port={free_port_block(64)}",
+        *federation_ports(),
         f"api.port={free_port()}",
         f"superset.port={free_port()}",
     ]

@@ -280,8 +280,7 @@ def tables_of(parts: Mapping[str, pd.DataFrame], with_quality: bool) -> dict[str
     n = dev["readings"].astype("float64")
     stats = pd.DataFrame({"device_id": dev["device_id"].astype("int64"), "readings": dev["readings"].astype("int64")})
     for f in SENSOR_FIELDS:
-        total, squares = dev[f"sum_{f}"].astype("float64"), dev[f"sumsq_{f}"].astype("float64")
-        stats[f"{f}_mean"] = total / n
+        stats[f"{f}_mean"] = dev[f"sum_{f}"].astype("float64") / n
     for f in SENSOR_FIELDS:
         total, squares = dev[f"sum_{f}"].astype("float64"), dev[f"sumsq_{f}"].astype("float64")
         # Sample variance from the sums; a rounding error below zero on a constant field is zero.

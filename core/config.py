@@ -550,7 +550,7 @@ class ScorerConfig:
     trigger_seconds: float = checked(15.0, positive)
     # Spark tasks per step of a micro-batch: the Kafka source's partitions coalesced, and the devices'
     # state partitions (a checkpoint keeps the number it was made with). One Python task each.
-    partitions: int = checked(2, positive)
+    partitions: int = checked(2, between(1, 1024))
     max_offsets_per_trigger: int = checked(20000, positive)  # readings per micro-batch at most
     model_poll_seconds: float = checked(5.0, positive)  # before the first global model: how often to look
 
@@ -564,11 +564,11 @@ class BatchConfig:
     store_url: str = "sqlite:///${paths.data_dir}/analytics.db"
     # A run reads the documents made since the last one, up to this many seconds ago: what a writer is
     # inserting right now waits for the next run (at least 1: an ObjectId's time is whole seconds).
-    settle_seconds: float = checked(2.0, at_least_one)
+    settle_seconds: float = checked(2.0, between(1, 3600))
     # Every so often, and on the first run of a process, the tables are rebuilt from all documents:
     # that catches a document inserted long after its _id was made (a writer's retry) and keeps
     # the longest gaps exact.
-    rebuild_seconds: float = checked(3600.0, positive)
+    rebuild_seconds: float = checked(3600.0, between(60, 10**7))
 
 
 @dataclass

@@ -134,3 +134,13 @@ def test_flower_app_declares_every_run_setting() -> None:
     declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     settings = RunSettings.from_config(load_config(), [1, 2, 3], "/tmp/server.json")
     assert set(settings.to_run_config()) == set(declared)
+
+
+@pytest.mark.parametrize("override", ["spark.batch.settle_seconds=inf", "spark.batch.settle_seconds=0.5",
+                                      "spark.batch.rebuild_seconds=inf", "spark.scorer.partitions=18446744073709551616",
+                                      "fl.supernode_heartbeat_seconds=1e300", "fl.supernode_heartbeat_seconds=nan"])
+def test_the_cost_settings_refuse_values_that_would_crash_or_stall_a_component(override: str) -> None:
+    # inf seconds overflow datetime/timedelta in the batch loop (a crash loop under the supervisor);
+    # Flower takes heartbeats of 10-1800 s only.
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config([override])

@@ -469,7 +469,9 @@ class Scorer:
             log.warning("%s was the checkpoint of the stateless scorer, which Spark cannot resume with the "
                         "devices' context: removed; scoring again from the earliest offset (predictions already "
                         "stored stay, one per reading and round)", scorer.checkpoint_dir)
-        spark = spark_session(self.cfg, "fl-iot-scorer", extra_jars(self.cfg, ["spark-kafka"]))
+        # Its Python workers fork from a daemon that has torch imported (analytics/worker_daemon.py).
+        spark = spark_session(self.cfg, "fl-iot-scorer", extra_jars(self.cfg, ["spark-kafka"]),
+                              {"spark.python.daemon.module": "analytics.worker_daemon"})
         # The devices' state partitions; a checkpoint keeps the number it was made with.
         spark.conf.set("spark.sql.shuffle.partitions", str(scorer.partitions))
         query = (self.query(spark).writeStream.outputMode("update").foreachBatch(self.score_batch)

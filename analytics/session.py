@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,8 +46,9 @@ def _artifact(jar: str) -> str:
     return name if name and version[:1].isdigit() else jar.removesuffix(".jar")
 
 
-def spark_session(cfg: AppConfig, app_name: str, jars: Sequence[str] = ()) -> SparkSession:
-    """A Spark session for ``cfg.spark``; quiet (no UI, warnings only)."""
+def spark_session(cfg: AppConfig, app_name: str, jars: Sequence[str] = (),
+                  conf: Mapping[str, str] | None = None) -> SparkSession:
+    """A Spark session for ``cfg.spark``; quiet (no UI, warnings only); ``conf``: the job's own settings."""
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -55,6 +56,7 @@ def spark_session(cfg: AppConfig, app_name: str, jars: Sequence[str] = ()) -> Sp
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     builder = (SparkSession.builder.master(cfg.spark.master).appName(app_name)
                .config("spark.driver.memory", cfg.spark.driver_memory)
+               .config("spark.driver.extraJavaOptions", cfg.spark.driver_java_options)
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")  # a progress bar per stage, in a log file
                .config("spark.sql.shuffle.partitions", "4")
@@ -63,6 +65,8 @@ def spark_session(cfg: AppConfig, app_name: str, jars: Sequence[str] = ()) -> Sp
                .config("spark.executorEnv.OMP_NUM_THREADS", "1"))
     if jars:
         builder = builder.config("spark.jars", ",".join(jars))
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     log.info("Spark %s session %r on %s", session.version, app_name, cfg.spark.master)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import hashlib
 import importlib
 import logging
 import os
@@ -84,11 +85,11 @@ class ExecutorStats:
 def run_flower_clientapp(runtime_api_address: str, token: str, insecure: bool,
                          root_certificates_path: str | None, parent_pid: int | None) -> None:
     """What a child runs: Flower's own ClientApp process main, in this (forked) process."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
-
+    flower = importlib.import_module("flwr.supernode.runtime.run_clientapp")
+    flower.install_from_fab = install_once(flower.install_from_fab)  # this child's copy of the module
     certificates = Path(root_certificates_path).read_bytes() if root_certificates_path else None
-    run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=insecure,
-                  certificates=certificates, parent_pid=parent_pid, runtime_dependency_install=False)
+    flower.run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=insecure,
+                         certificates=certificates, parent_pid=parent_pid, runtime_dependency_install=False)
 
 
 class ForkExecutor:
@@ -104,6 +105,7 @@ class ForkExecutor:
         self.target = target  # tests swap in their own
         # Found once, not in every child: after warm-up the parent imports no more of the project.
         self.project_modules = project_modules()
+        self.bundle = WarmBundle()
         self.children: dict[int, Child] = {}
         self.stats = ExecutorStats()
 
@@ -141,7 +143,9 @@ class ForkExecutor:
             return LaunchResult.capacity_rejected(f"{len(self.children)} of {self.capacity} slots busy")
         address, token, task_id = spec.runtime_api_address, spec.token, spec.task_id  # type: ignore[attr-defined]
         args = (address, token, spec.insecure, spec.root_certificates_path, os.getpid())  # type: ignore[attr-defined]
-        pid = processes.fork(functools.partial(_run_task, self.target, args, self.project_modules))
+        pid = processes.fork(functools.partial(_run_task, self.target, args,
+                                               ChildImports(self.bundle.folder, [*self.project_modules,
+                                                                                  *self.bundle.modules])))
         self.children[pid] = Child(pid, task_id, address)
         self.stats.launched += 1
         return LaunchResult.accepted()
@@ -168,6 +172,7 @@ class ForkExecutor:
         self.stats.task_cpu_seconds += exit_.cpu_seconds
         if code == 0:
             self.stats.succeeded += 1
+            self.bundle.refresh(self.project_modules)
         else:
             self.stats.failed += 1
             log.warning("task %d for %s: ClientApp exited with %s after %.1fs", child.task_id,
@@ -175,12 +180,134 @@ class ForkExecutor:
                         time.monotonic() - child.started)
 
 
-def _run_task(target: Callable[..., None], args: tuple, forget: Sequence[str]) -> None:
+@dataclass
+class ChildImports:
+    """What a child may keep of the parent's imports: the modules of ``bundle`` (None: none), if its task
+    runs that installed bundle; else ``forget`` goes, and the task imports its own bundle afresh."""
+
+    bundle: Path | None
+    forget: list[str]
+
+    def settle(self, folder: Path | None) -> None:
+        """Keep the parent's modules for the task's bundle ``folder`` if they are its own; else forget them."""
+        if folder is None or folder != self.bundle:
+            for name in self.forget:
+                sys.modules.pop(name, None)
+            if self.bundle is not None and str(self.bundle) in sys.path:
+                sys.path.remove(str(self.bundle))
+        self.forget = []
+
+
+_CHILD: ChildImports | None = None  # in a child: decided once its bundle is installed (install_once)
+
+
+def _run_task(target: Callable[..., None], args: tuple, imports: ChildImports) -> None:
     """What the forked child runs (:func:`core.processes.fork` gives it default signals and its exit code):
-    fresh project modules, then the task."""
-    for name in forget:  # the task's app bundle loads its own code
-        sys.modules.pop(name, None)
+    the task, with the parent's imports kept only for the bundle they came from."""
+    global _CHILD
+    if imports.bundle is None:
+        imports.settle(None)  # nothing to keep: the task's app bundle loads its own code
+    _CHILD = imports
     target(*args)
+
+
+def install_once(install: Callable[..., Path]) -> Callable[..., Path]:
+    """Flower's ``install_from_fab`` for a ClientApp child, done once per bundle.
+
+    Flower unzips the bundle into a temporary folder and checks every file's hash on each task, only
+    to find the same folder installed already (a sixth of a child's CPU, py-spy, issue 22). The first
+    child to install a bundle leaves a marker named by the SHA-256 of the whole bundle after the
+    install ends; a later child with the same bytes takes the folder the marker names.
+    """
+    def installed_or_install(fab_file: Path | bytes, *args: object, **kwargs: object) -> Path:
+        if not isinstance(fab_file, bytes) or args or kwargs.get("install_dir") is not None:
+            return install(fab_file, *args, **kwargs)
+        from flwr.common.constant import APP_DIR
+        from flwr.supercore.utils import get_flwr_home
+
+        apps = get_flwr_home() / APP_DIR
+        marker = apps / f".fab-{hashlib.sha256(fab_file).hexdigest()}"
+        folder = installed_folder(marker)
+        if folder is None:
+            folder = install(fab_file, **kwargs)
+            partial = marker.with_name(f"{marker.name}.{os.getpid()}")
+            partial.write_text(folder.name)
+            partial.replace(marker)  # atomic: a reader sees no marker or a whole one
+        if _CHILD is not None:
+            _CHILD.settle(folder)
+        return folder
+    return installed_or_install
+
+
+def installed_folder(marker: Path) -> Path | None:
+    """The installed bundle folder an ``install_once`` marker names; None if it names none (or nothing
+    that is a folder of Flower's apps)."""
+    try:
+        folder = marker.parent / marker.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return folder if folder.parent == marker.parent and folder.is_dir() else None
+
+
+class WarmBundle:
+    """The app bundle the executor imports itself, so that its children need not.
+
+    Importing the bundle's ClientApp (our configs' dataclasses, the model, the contract) was the
+    largest part of a child's CPU (28 %, py-spy, issue 22). Once a bundle is installed (the newest
+    ``install_once`` marker), the parent imports its ClientApp module from the installed folder; a
+    child whose task runs that same folder keeps those modules, any other child forgets them and
+    imports its own bundle as before. A bundle that fails to import here is left to the children.
+    """
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+        self.modules: list[str] = []
+        self.marker_time = 0.0  # of the marker the bundle came from: only a newer one replaces it
+
+    def refresh(self, project: Sequence[str]) -> None:
+        from flwr.common.constant import APP_DIR
+        from flwr.supercore.utils import get_flwr_home
+
+        try:
+            newest = max((m.stat().st_mtime, m) for m in (get_flwr_home() / APP_DIR).glob(".fab-*")
+                         if "." not in m.name[5:])
+        except (OSError, ValueError):
+            return  # no bundle installed yet
+        folder = installed_folder(newest[1])
+        if newest[0] <= self.marker_time or folder is None or folder == self.folder:
+            return
+        self.marker_time = newest[0]
+        self.load(folder, project)
+
+    def load(self, folder: Path, project: Sequence[str]) -> None:
+        import tomllib
+
+        for name in [*project, *self.modules]:
+            sys.modules.pop(name, None)
+        if self.folder is not None and str(self.folder) in sys.path:
+            sys.path.remove(str(self.folder))
+        self.folder, self.modules = None, []
+        try:
+            reference = tomllib.loads((folder / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+                "components"]["clientapp"]
+            sys.path.insert(0, str(folder))
+            importlib.import_module(str(reference).partition(":")[0])
+        except Exception as exc:  # noqa: BLE001 - a bundle's code is the children's business
+            log.warning("bundle %s not imported here (each task imports it): %s", folder.name, str(exc)[:200])
+            for name in modules_under(folder):
+                sys.modules.pop(name, None)
+            if str(folder) in sys.path:
+                sys.path.remove(str(folder))
+            return
+        self.folder, self.modules = folder, modules_under(folder)
+        gc.collect()
+        gc.freeze()
+        log.info("bundle %s imported here (%d modules): its tasks start warm", folder.name, len(self.modules))
+
+
+def modules_under(folder: Path) -> list[str]:
+    return [name for name, module in list(sys.modules.items())
+            if (path := getattr(module, "__file__", None)) and Path(path).is_relative_to(folder)]
 
 
 def project_modules() -> list[str]:

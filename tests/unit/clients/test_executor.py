@@ -190,3 +190,104 @@ def test_with_wakeups_only_announced_supernodes_are_asked_and_idle_ones_are_left
         thread.join(10)
         executor.close()
         wakeups.close()
+
+
+def a_fab(folder: Path, version: str) -> bytes:
+    """A real Flower app bundle (flwr's own builder) of a one-module app."""
+    from flwr.cli.build import build_fab_from_disk
+
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text(f"""
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+[project]
+name = "tiny"
+version = "{version}"
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+[tool.flwr.app]
+publisher = "test"
+[tool.flwr.app.components]
+serverapp = "app:server"
+clientapp = "app:client"
+""")
+    (folder / "app.py").write_text("client = server = None\n")
+    return build_fab_from_disk(folder)
+
+
+def test_a_bundle_is_installed_once_and_a_bad_marker_only_costs_an_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bundle bytes install once; other bytes install again; a marker naming a folder outside
+    Flower's apps (or one gone) is not followed: the bundle is installed as Flower would."""
+    from flwr.cli.install import install_from_fab
+
+    from clients.executor import install_once
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    installs: list[bytes] = []
+
+    def counted(fab: bytes, **kwargs: object) -> Path:
+        installs.append(fab)
+        return install_from_fab(fab, **kwargs)  # type: ignore[arg-type]
+
+    install = install_once(counted)
+    one, two = a_fab(tmp_path / "v1", "1.0.0"), a_fab(tmp_path / "v2", "2.0.0")
+    first = install(one, skip_prompt=True)
+    assert (first / "app.py").read_text() == "client = server = None\n"
+    assert install(one, skip_prompt=True) == first and len(installs) == 1
+    second = install(two, skip_prompt=True)
+    assert second != first and len(installs) == 2
+    apps = tmp_path / "flwr" / "apps"
+    markers = sorted(apps.glob(".fab-*"))
+    assert len(markers) == 2
+    for marker in markers:
+        marker.write_text("../../elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    assert install(one, skip_prompt=True) == first and len(installs) == 3
+    import shutil
+    shutil.rmtree(second)
+    assert install(two, skip_prompt=True) == second and (second / "app.py").exists() and len(installs) == 4
+
+
+def test_the_executor_imports_the_newest_bundle_and_only_its_own_tasks_keep_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a task installed a bundle, the parent imports its ClientApp module from the installed
+    folder; a task of that folder keeps the module (no import), a task of another bundle forgets it
+    and its folder; a newer bundle replaces the older one in the parent; a bundle that fails to import
+    is left to the tasks."""
+    from flwr.cli.install import install_from_fab
+
+    from clients.executor import ChildImports, WarmBundle, install_once
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    install = install_once(install_from_fab)  # type: ignore[arg-type]
+    bundle = WarmBundle()
+    bundle.refresh([])
+    assert bundle.folder is None  # nothing installed yet
+    first = install(a_fab(tmp_path / "v1", "1.0.0"), skip_prompt=True)
+    bundle.refresh([])
+    assert bundle.folder == first and bundle.modules == ["app"]
+    assert Path(sys.modules["app"].__file__).parent == first  # type: ignore[arg-type]
+
+    kept = ChildImports(bundle.folder, list(bundle.modules))
+    kept.settle(first)
+    assert "app" in sys.modules and str(first) in sys.path
+    time.sleep(0.01)  # a later marker
+    second = install(a_fab(tmp_path / "v2", "2.0.0"), skip_prompt=True)
+    other = ChildImports(bundle.folder, list(bundle.modules))
+    other.settle(second)
+    assert "app" not in sys.modules and str(first) not in sys.path
+
+    bundle.refresh([])
+    assert bundle.folder == second and Path(sys.modules["app"].__file__).parent == second  # type: ignore[arg-type]
+    assert str(first) not in sys.path
+    time.sleep(0.01)
+    broken = install(a_fab(tmp_path / "v3", "3.0.0"), skip_prompt=True)
+    (broken / "app.py").write_text("raise RuntimeError('broken at import')\n")
+    sys.modules.pop("app")
+    bundle.refresh([])
+    assert bundle.folder is None and bundle.modules == [] and "app" not in sys.modules
+    assert str(broken) not in sys.path

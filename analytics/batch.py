@@ -401,12 +401,16 @@ def _earlier_predictions(spark: SparkSession, store: Storage, predictions: DataF
     from bson import ObjectId
 
     event_ids = [r["event_id"] for r in predictions.select("event_id").distinct().collect()]
+    before = ObjectId.from_datetime(lower)
     found = []
     for start in range(0, len(event_ids), 5000):
-        query = {"event_id": {"$in": event_ids[start:start + 5000]}, "prediction_type": "streaming",
-                 "_id": {"$lt": ObjectId.from_datetime(lower)}}
-        if store.predictions.find_one(query, {"_id": 1}) is not None:
-            found.append(mongo_reader.read(spark, store, "predictions", fields, query=query))
+        # By event_id alone, then _id here: with `_id < lower` in the query the MongoDB-wire server walks
+        # the _id index over every earlier prediction (5.8 s for 300 readings among 20,000 predictions,
+        # 0.2 s without it; issue 22).
+        query = {"event_id": {"$in": event_ids[start:start + 5000]}, "prediction_type": "streaming"}
+        ids = [d["_id"] for d in store.predictions.find(query, {"_id": 1}) if d["_id"] < before]
+        if ids:
+            found.append(mongo_reader.read(spark, store, "predictions", fields, query={"_id": {"$in": ids}}))
     if not found:
         return None
     earlier = found[0]

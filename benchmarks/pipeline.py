@@ -16,8 +16,12 @@ For each rate, on a fresh private home with its own broker and MongoDB-wire serv
 
 The flat-out run asks the producer for far more than the pipeline stores (``--max-rate``): what
 it stores then is the highest rate this machine sustains, and the lag shows the rest piling up.
+Send-to-stored latency (``stored_at - event_time``) is of the readings stored while measuring. Last,
+the Flink job alone on the same machine, flat out (:mod:`benchmarks.flink_pipeline`): the ceiling
+the whole pipeline's ingest is compared with.
 
-    python -m benchmarks.pipeline [--rates 10,100] [--max-rate 5000] [--minutes 3] [--counts-after 10]
+    python -m benchmarks.pipeline [--rates 10,100] [--max-rate 5000] [--minutes 3] [--counts-after 10] \
+        [--flink-alone-records 20000]
     python -m benchmarks.pipeline --rates 10 --max-rate 0 --minutes 9   # the 10-minute run
 
 Writes logs/pipeline_bench.json.
@@ -33,12 +37,15 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import flink_pipeline
 from benchmarks.fl_supernodes import cpu_times, pss_mb
+from benchmarks.flink_pipeline import percentile
 from core import storage
 from core.config import PROJECT_ROOT, AppConfig, load_config
 from core.services.runner import pid_from_file
@@ -60,6 +67,8 @@ class Result:
     stored_per_s: float = 0.0
     flink_lag_start: int | None = None
     flink_lag_end: int | None = None
+    latency_p50_ms: float | None = None  # send (event_time) to stored, of the readings stored while measuring
+    latency_p99_ms: float | None = None
     cpu_percent: float = 0.0  # of the whole machine (2 cores = 200 %)
     load_average: float = 0.0
     pss_mb: dict[str, float] = field(default_factory=dict)  # mean per component
@@ -171,6 +180,7 @@ def measure(cfg: AppConfig, store: storage.Storage, result: Result, minutes: flo
     def produced() -> int:
         return sum(flow.end_offsets(cfg, topic.name, topic.partitions).values())
 
+    since = datetime.now(UTC)
     stored0, produced0, busy0, total0 = store.device_data.estimated_document_count(), produced(), *cpu_times()
     _, cpu0 = by_component(cfg)
     result.flink_lag_start = flow.flink_lag(cfg)
@@ -199,6 +209,11 @@ def measure(cfg: AppConfig, store: storage.Storage, result: Result, minutes: flo
     result.total_pss_mb = sum(result.pss_mb.values())
     result.cpu_percent_by_component = {n: 100 * (cpu1.get(n, 0.0) - cpu0.get(n, 0.0)) / span for n in names}
     result.rounds = store.global_model.estimated_document_count()
+    latencies = sorted((d["stored_at"] - d["event_time"]).total_seconds() * 1000 for d in store.device_data.find(
+        {"stored_at": {"$gte": since}}, {"event_time": 1, "stored_at": 1, "_id": 0}))
+    if latencies:
+        result.latency_p50_ms = percentile(latencies, 50)
+        result.latency_p99_ms = percentile(latencies, 99)
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
@@ -208,13 +223,19 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--minutes", type=float, default=3.0, help="steady-state measuring time per rate")
     parser.add_argument("--counts-after", type=float, default=10.0,
                         help="count the documents this many minutes after invoking fl-app run")
+    parser.add_argument("--flink-alone-records", type=int, default=20_000,
+                        help="readings for the Flink job alone, flat out, after the pipeline runs (0: skip)")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r] + ([args.max_rate] if args.max_rate > 0 else [])
     results = [run_one(rate, args.minutes, args.counts_after) for rate in rates]
+    flink_alone = None
+    if args.flink_alone_records > 0:  # the same machine, nothing else running: the ceiling of ingest
+        console.print("[bold]the Flink job alone[/] (benchmarks.flink_pipeline, flat out)")
+        flink_alone = flink_pipeline.main(["--records", str(args.flink_alone_records), "--paced-seconds", "10"])
 
     table = Table(title="Whole pipeline (fl-app run, testing profile, 53 devices)", title_justify="left")
     for col in ("asked /s", "run returned", "first global", "first prediction", "produced /s", "stored /s",
-                "Flink lag start -> end", "CPU (of 200 %)", "load", "PSS total", "rounds",
+                "Flink lag start -> end", "send to stored p50 / p99", "CPU (of 200 %)", "load", "PSS total", "rounds",
                 f"readings / local updates / rounds at {args.counts_after:g} min", "error"):
         table.add_column(col)
 
@@ -224,12 +245,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
     for r in results:
         table.add_row(f"{r.rate:g}", seconds(r.run_seconds), seconds(r.first_global_s), seconds(r.first_prediction_s),
                       f"{r.produced_per_s:,.1f}", f"{r.stored_per_s:,.1f}", f"{r.flink_lag_start} -> {r.flink_lag_end}",
+                      "-" if r.latency_p99_ms is None else f"{r.latency_p50_ms:,.0f} / {r.latency_p99_ms:,.0f} ms",
                       f"{r.cpu_percent:.0f} %", f"{r.load_average:.1f}", f"{r.total_pss_mb / 1024:.1f} GB",
                       str(r.rounds), f"{r.counts[storage.DEVICE_DATA]:,} / {r.counts[storage.LOCAL_MODELS]:,} "
                       f"(+{r.counts['pending_updates']} pending) / {r.counts[storage.GLOBAL_MODEL]}"
                       if r.counts else "-",
                       r.error[:60])
     console.print(table)
+    if flink_alone is not None:
+        alone = flink_alone["max"]["rate"]
+        flat = max((r.stored_per_s for r in results), default=0.0)
+        console.print(f"Flink job alone, flat out: {alone:,.0f} readings/s; the whole pipeline's highest stored rate "
+                      f"{flat:,.0f}/s = {flat / alone:.2f} of it")
     per = Table(title="Per component: PSS MB / CPU % of one core", title_justify="left")
     per.add_column("component")
     for r in results:
@@ -240,7 +267,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     console.print(per)
     out = PROJECT_ROOT / "logs" / "pipeline_bench.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
+    out.write_text(json.dumps({"runs": [asdict(r) for r in results], "flink_alone": flink_alone}, indent=2,
+                              default=str))
     console.print(f"written: {out}")
     return results
 

@@ -86,7 +86,8 @@ def run_flower_clientapp(runtime_api_address: str, token: str, insecure: bool,
                          root_certificates_path: str | None, parent_pid: int | None) -> None:
     """What a child runs: Flower's own ClientApp process main, in this (forked) process."""
     flower = importlib.import_module("flwr.supernode.runtime.run_clientapp")
-    flower.install_from_fab = install_once(flower.install_from_fab)  # this child's copy of the module
+    # The module's own name (it imported the function), so this child's installs go through the marker.
+    flower.install_from_fab = install_once(flower.install_from_fab)  # type: ignore[attr-defined]
     certificates = Path(root_certificates_path).read_bytes() if root_certificates_path else None
     flower.run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=insecure,
                          certificates=certificates, parent_pid=parent_pid, runtime_dependency_install=False)

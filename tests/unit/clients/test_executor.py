@@ -263,14 +263,14 @@ def test_the_executor_imports_the_newest_bundle_and_only_its_own_tasks_keep_it(
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(sys, "modules", dict(sys.modules))
-    install = install_once(install_from_fab)  # type: ignore[arg-type]
+    install = install_once(install_from_fab)
     bundle = WarmBundle()
     bundle.refresh([])
     assert bundle.folder is None  # nothing installed yet
     first = install(a_fab(tmp_path / "v1", "1.0.0"), skip_prompt=True)
     bundle.refresh([])
     assert bundle.folder == first and bundle.modules == ["app"]
-    assert Path(sys.modules["app"].__file__).parent == first  # type: ignore[arg-type]
+    assert Path(sys.modules["app"].__file__).parent == first
 
     kept = ChildImports(bundle.folder, list(bundle.modules))
     kept.settle(first)
@@ -282,7 +282,7 @@ def test_the_executor_imports_the_newest_bundle_and_only_its_own_tasks_keep_it(
     assert "app" not in sys.modules and str(first) not in sys.path
 
     bundle.refresh([])
-    assert bundle.folder == second and Path(sys.modules["app"].__file__).parent == second  # type: ignore[arg-type]
+    assert bundle.folder == second and Path(sys.modules["app"].__file__).parent == second
     assert str(first) not in sys.path
     time.sleep(0.01)
     broken = install(a_fab(tmp_path / "v3", "3.0.0"), skip_prompt=True)

@@ -28,9 +28,10 @@ replacing the previous run's in one transaction, plus a summary document of
 the run to MongoDB (``analytics_runs``).
 
 **Incremental.** A run reads only the documents MongoDB got since the last
-run: those whose ``_id`` (an ObjectId, which starts with the second it was
-made, by the writer just before it inserts) falls in ``[last upper, now -
-spark.batch.settle_seconds)``. Their sums (counts, sums and sums of squares,
+run: those whose ``written_at`` time (``core.storage.CollectionSpec``: stamped
+by the writer just before it inserts, and indexed) falls in ``[last upper, now -
+spark.batch.settle_seconds)``. (Not a range of ``_id``: the local MongoDB-wire
+server scans the whole collection for one.) Their sums (counts, sums and sums of squares,
 first and last times, longest gaps, confusion counts) are added to the sums
 kept in the serving store (the ``parts_*`` tables, with the bounds in
 ``batch_state``), and the tables above are derived from those sums. So a run
@@ -43,7 +44,7 @@ collections (``global_model``) are read whole each run.
 A **rebuild** (``fl-app spark batch --rebuild``; the first run, and every
 ``spark.batch.rebuild_seconds`` on a schedule) starts from empty sums and
 reads everything, with the same code. It catches what a window cannot: a
-document written with an ``_id`` made long before it was inserted (a writer
+document stamped long before it was inserted (a writer
 that retried through a long MongoDB outage), or a reading that arrived after
 a later one of its device (the longest gap is then computed in arrival
 order until the next rebuild).
@@ -62,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 from analytics import mongo_reader
 from core.config import AppConfig
 from core.records import SENSOR_FIELDS
+from core.storage import EPOCH, PREDICTIONS, SPECS, written_in
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +72,7 @@ if TYPE_CHECKING:
     from core.storage import Storage
 
 log = logging.getLogger(__name__)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+COUNTED = tuple(name for name, spec in SPECS.items() if spec.written_at)  # pipeline_counts' collections
 STATE_TABLE = "batch_state"
 CONFUSION = ("tp", "fp", "fn", "tn")
 # The sums a run adds to, by table (in the serving store beside the tables derived from them).
@@ -82,12 +84,14 @@ PARTS = {
     "parts_anomaly_minute": ["minute", "model_round", "predictions", "anomalies"],
     "parts_quality": ["scope", "key", *CONFUSION],
     "parts_participation": ["device_id", "aggregated_into", "updates"],
+    "parts_collection": ["collection", "documents"],
 }
-KEYS = {"device_id": "int64", "model_round": "int64", "aggregated_into": "int64", "scope": "str", "key": "str"}
+KEYS = {"device_id": "int64", "model_round": "int64", "aggregated_into": "int64", "scope": "str", "key": "str",
+        "collection": "str"}
 TIMES = ("minute", "first_seen", "last_seen")  # naive, in UTC (Spark's session time zone); every other sum: float64
 READING_FIELDS = {"device_id": "bigint", "event_time": "timestamp", **{f: "double" for f in SENSOR_FIELDS}}
 PREDICTION_FIELDS = {"event_id": "string", "device_id": "bigint", "event_time": "timestamp",
-                     "model_round": "bigint", "is_anomaly": "boolean"}
+                     "model_round": "bigint", "is_anomaly": "boolean", "prediction_type": "string"}
 
 
 @dataclass
@@ -96,16 +100,9 @@ class BatchResult:
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)  # documents read by this run, per kind
     parts: dict[str, pd.DataFrame] = field(default_factory=dict)  # the sums after this run
-    lower: datetime = EPOCH  # the window of ObjectId times this run read: [lower, upper)
+    lower: datetime = EPOCH  # the window of written_at times this run read: [lower, upper)
     upper: datetime = EPOCH
     rebuilt: bool = True
-
-
-def window_query(lower: datetime, upper: datetime) -> dict[str, Any]:
-    """The documents whose ``_id`` was made in ``[lower, upper)`` (whole seconds: an ObjectId's time)."""
-    from bson import ObjectId
-
-    return {"_id": {"$gte": ObjectId.from_datetime(lower), "$lt": ObjectId.from_datetime(upper)}}
 
 
 # ------------------------------------------------------------------ what a window adds (Spark)
@@ -199,10 +196,12 @@ def round_convergence(global_models: DataFrame) -> DataFrame:
         "threshold").orderBy("round")
 
 
-def pipeline_counts(documents: Mapping[str, int], dead_letters: Mapping[str, int]) -> pd.DataFrame:
+def pipeline_counts(documents: pd.DataFrame, dead_letters: Mapping[str, int]) -> pd.DataFrame:
+    """``documents``: the ``parts_collection`` sums."""
     import pandas as pd
 
-    rows = [("collection", name, n) for name, n in sorted(documents.items())]
+    rows = [("collection", str(name), int(n)) for name, n in sorted(zip(documents["collection"],
+                                                                          documents["documents"], strict=True))]
     rows += [("dead_letter", "(all reasons)", sum(dead_letters.values()))]
     rows += [("dead_letter", reason, n) for reason, n in sorted(dead_letters.items())]
     return pd.DataFrame(rows, columns=["kind", "name", "documents"])
@@ -246,7 +245,8 @@ def _merged(old: pd.DataFrame, new: pd.DataFrame, keys: list[str], how: Mapping[
 
 
 def add_window(parts: Mapping[str, pd.DataFrame], devices: pd.DataFrame, minutes: pd.DataFrame,
-               anomaly_minutes: pd.DataFrame, quality: pd.DataFrame, updates: pd.DataFrame) -> dict[str, pd.DataFrame]:
+               anomaly_minutes: pd.DataFrame, quality: pd.DataFrame, updates: pd.DataFrame,
+               documents: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The sums after a window: ``parts`` plus what it added (frames with :data:`PARTS`' columns, or fewer:
     a missing sum is zero)."""
     import pandas as pd
@@ -267,6 +267,8 @@ def add_window(parts: Mapping[str, pd.DataFrame], devices: pd.DataFrame, minutes
                                  dict.fromkeys(CONFUSION, "sum")),
         "parts_participation": _merged(parts["parts_participation"], full(updates, "parts_participation"),
                                        ["device_id", "aggregated_into"], {"updates": "sum"}),
+        "parts_collection": _merged(parts["parts_collection"], full(documents, "parts_collection"), ["collection"],
+                                    {"documents": "sum"}),
     }
 
 
@@ -343,15 +345,16 @@ def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
     rebuilt = parts is None
     if parts is None:
         parts, lower = empty_parts(), EPOCH
-    # Whole seconds: an ObjectId holds the second it was made, so the window ends where one begins.
+    # Whole seconds: bounds that survive the serving store's text and MongoDB's milliseconds unchanged.
     upper = max(lower, datetime.fromtimestamp(math.floor(time.time() - settle_seconds), UTC))
-    window = window_query(lower, upper)
-    readings = mongo_reader.read(spark, store, "device_data", READING_FIELDS, query=window)
+    readings = mongo_reader.read(spark, store, "device_data", READING_FIELDS,
+                                 query=written_in("device_data", lower, upper))
     fields = PREDICTION_FIELDS
-    predictions = mongo_reader.read(spark, store, "predictions", fields,
-                                    query={**window, "prediction_type": "streaming"})
-    local_models = mongo_reader.read(spark, store, "local_models", {"device_id": "bigint",
-                                                                     "aggregated_into": "bigint"}, query=window)
+    # Only the written_at range in the query: with a second field the local server scans the collection.
+    predictions = mongo_reader.read(spark, store, PREDICTIONS, fields, query=written_in(PREDICTIONS, lower, upper))
+    predictions = predictions.where(predictions.prediction_type == "streaming")
+    local_models = mongo_reader.read(spark, store, "local_models", {"device_id": "bigint", "aggregated_into": "bigint"},
+                                     query=written_in("local_models", lower, upper))
     global_models = mongo_reader.read(spark, store, "global_model", {
         "round": "bigint", "created_at": "timestamp", "num_devices": "bigint", "num_examples": "bigint",
         "metrics.loss": "double", "rejected": "bigint", "stale": "bigint", "threshold": "double"})
@@ -384,11 +387,14 @@ def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
             PARTS["parts_quality"]])
     updates = participation(local_models).toPandas()
 
-    parts = add_window(parts, devices, minutes, anomaly_minutes, pd.concat(quality, ignore_index=True), updates)
+    documents = pd.DataFrame({"collection": list(COUNTED),
+                              "documents": [store.count_written(name, lower, upper) for name in COUNTED]})
+    parts = add_window(parts, devices, minutes, anomaly_minutes, pd.concat(quality, ignore_index=True), updates,
+                       documents)
     with_quality = labels is not None and bool(labels["label"].any())
     tables = tables_of(parts, with_quality)
     tables["round_convergence"] = round_convergence(global_models).toPandas()
-    tables["pipeline_counts"] = pipeline_counts(store.counts(), dead_letters or {})
+    tables["pipeline_counts"] = pipeline_counts(parts["parts_collection"], dead_letters or {})
     # From what was collected already: a count() would be one more Spark job each.
     counts = {"readings": int(minutes["readings"].sum()), "predictions": int(anomaly_minutes["predictions"].sum()),
               "global_rounds": len(tables["round_convergence"]), "local_updates": int(updates["updates"].sum())}
@@ -398,17 +404,16 @@ def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
 def _earlier_predictions(spark: SparkSession, store: Storage, predictions: DataFrame, lower: datetime,
                          fields: Mapping[str, str]) -> DataFrame | None:
     """The streaming predictions made before ``lower`` of the readings ``predictions`` score (None: none)."""
-    from bson import ObjectId
-
     event_ids = [r["event_id"] for r in predictions.select("event_id").distinct().collect()]
-    before = ObjectId.from_datetime(lower)
     found = []
+    written_at = SPECS[PREDICTIONS].written_at
     for start in range(0, len(event_ids), 5000):
-        # By event_id alone, then _id here: with `_id < lower` in the query the MongoDB-wire server walks
-        # the _id index over every earlier prediction (5.8 s for 300 readings among 20,000 predictions,
-        # 0.2 s without it; issue 22).
-        query = {"event_id": {"$in": event_ids[start:start + 5000]}, "prediction_type": "streaming"}
-        ids = [d["_id"] for d in store.predictions.find(query, {"_id": 1}) if d["_id"] < before]
+        # By event_id alone (the unique index's prefix), the rest checked here: with a second field in the
+        # query the local MongoDB-wire server scans the collection (5.8 s for 300 readings among 20,000
+        # predictions, 0.2 s without; issue 22).
+        query = {"event_id": {"$in": event_ids[start:start + 5000]}}
+        ids = [d["_id"] for d in store.predictions.find(query, {"_id": 1, "prediction_type": 1, written_at: 1})
+               if d.get("prediction_type") == "streaming" and d[written_at].replace(tzinfo=UTC) < lower]
         if ids:
             found.append(mongo_reader.read(spark, store, "predictions", fields, query={"_id": {"$in": ids}}))
     if not found:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
@@ -78,9 +79,9 @@ def normalisation_fields(state: GlobalState) -> dict[str, Any]:
             "normalisation": {"centre": norm.centre.tolist(), "scale": norm.scale.tolist()}}
 
 
-def local_doc(update: LocalUpdate, aggregated_into: int) -> dict[str, Any]:
+def local_doc(update: LocalUpdate, aggregated_into: int, stored_at: datetime) -> dict[str, Any]:
     return {"_id": ObjectId(), "device_id": update.device_id, "round": update.base_round,
-            "aggregated_into": aggregated_into, "trained_at": update.received_at,
+            "aggregated_into": aggregated_into, "trained_at": update.received_at, "stored_at": stored_at,
             "window_start": update.window_start, "window_end": update.window_end,
             "num_examples": update.num_examples, "metrics": dict(update.metrics),
             "weights": encode_weights(update.weights)}
@@ -117,7 +118,8 @@ def documents(outcome: RoundOutcome, transport: dict[str, Any] | None = None,
             "weights": encode_weights(outcome.state.weights),
         }
     # Every valid update of the tick, the superseded ones too: their readings count in num_examples.
-    local_docs = [local_doc(u, outcome.round) for u in outcome.accepted + outcome.superseded] if global_doc else []
+    local_docs = ([local_doc(u, outcome.round, outcome.at) for u in outcome.accepted + outcome.superseded]
+                  if global_doc else [])
     rejected = [*((u.device_id, why) for u, why in outcome.rejected), *refused]
     tick = {"_id": ObjectId(), "at": outcome.at, "status": outcome.status, "round": outcome.round,
             "reason": outcome.reason, "accepted": outcome.device_ids,

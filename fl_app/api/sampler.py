@@ -6,6 +6,10 @@ every :data:`SLOW_SECONDS` the dead letters (a full read of the dead-letter
 topic), the consumers' lag and the anomalies per minute. Rates come from two
 samples about a minute (per minute) or one sampling interval (per second)
 apart. A failed read is logged and the previous value kept.
+
+Documents are counted, and anomalies added up, from what was stamped since the
+last sample (``core.storage.DocumentCounts``): a count of a whole collection on
+the local MongoDB-wire server holds its lock for as long as the collection is big.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.config import AppConfig
-from core.storage import Storage
+from core.storage import PREDICTIONS, DocumentCounts, Storage, written_in
 
 log = logging.getLogger(__name__)
 
 SLOW_SECONDS = 30.0  # between the costlier reads
 WINDOW_SECONDS = 60.0  # per-minute growth is measured over this much history
 ANOMALY_MINUTES = 30  # the live page's anomalies-per-minute chart
+SETTLE_SECONDS = 2.0  # a document stamped this long ago is in MongoDB (writers insert right after stamping)
 
 
 @dataclass
@@ -57,6 +62,9 @@ class Sampler:
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="api-sampler", daemon=True)
         self.slow_at = 0.0
+        self.documents = DocumentCounts(SETTLE_SECONDS)
+        self.anomalies: dict[datetime, int] = {}  # per minute a prediction was stamped
+        self.anomalies_upper: datetime | None = None  # predictions stamped before it are in ``anomalies``
 
     def start(self) -> None:
         self.thread.start()
@@ -79,7 +87,7 @@ class Sampler:
         now = time.monotonic() if now is None else now
         snap = self.snapshot
         topics = self.cfg.kafka.topics
-        counts = self._try("documents per collection", self.store.counts, {})
+        counts = self._try("documents per collection", lambda: self.documents.update(self.store), {})
         ends_of: dict[str, dict[int, int]] = {}  # topic -> partition -> end offset
         for topic in (topics.readings, topics.windows, topics.dead_letter):
             ends = self._try(f"offsets of {topic.name}", lambda t=topic: flow.end_offsets(self.cfg, t.name,
@@ -114,19 +122,22 @@ class Sampler:
         snap.at = datetime.now(UTC)
 
     def anomalies_per_minute(self) -> list[tuple[datetime, int]]:
-        """Anomalous predictions per minute they were stored, the last :data:`ANOMALY_MINUTES`."""
-        from bson import ObjectId
-
-        since = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=ANOMALY_MINUTES - 1)
-        # The _id of a document holds when it was made: a range on it uses the _id index.
-        cursor = self.store.predictions.find({"_id": {"$gte": ObjectId.from_datetime(since)}, "is_anomaly": True},
-                                             {"_id": 1})
-        per_minute = {since + timedelta(minutes=i): 0 for i in range(ANOMALY_MINUTES)}
-        for doc in cursor:
-            minute = doc["_id"].generation_time.replace(second=0, microsecond=0)
-            if minute in per_minute:
-                per_minute[minute] += 1
-        return sorted(per_minute.items())
+        """Anomalous predictions per minute they were stamped (``scored_at``), the last :data:`ANOMALY_MINUTES`:
+        the counts so far plus the predictions stamped since the last call."""
+        now = datetime.now(UTC)
+        since = now.replace(second=0, microsecond=0) - timedelta(minutes=ANOMALY_MINUTES - 1)
+        lower = max(since, self.anomalies_upper) if self.anomalies_upper is not None else since
+        upper = max(lower, now - timedelta(seconds=SETTLE_SECONDS))
+        # The time range alone: with is_anomaly in the query too the local server scans the collection.
+        new = self.store.predictions.find(written_in(PREDICTIONS, lower, upper), {"is_anomaly": 1, "scored_at": 1})
+        for doc in new:
+            if doc.get("is_anomaly") is True:
+                minute = doc["scored_at"].replace(second=0, microsecond=0, tzinfo=UTC)
+                self.anomalies[minute] = self.anomalies.get(minute, 0) + 1
+        self.anomalies_upper = upper
+        self.anomalies = {m: n for m, n in self.anomalies.items() if m >= since}
+        return [(since + timedelta(minutes=i), self.anomalies.get(since + timedelta(minutes=i), 0))
+                for i in range(ANOMALY_MINUTES)]
 
     @staticmethod
     def _try(what: str, read: Any, fallback: Any) -> Any:

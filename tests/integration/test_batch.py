@@ -56,13 +56,17 @@ def documents() -> dict[str, list[dict]]:
 
 
 def insert(store: storage.Storage, docs: dict[str, list[dict]]) -> None:
+    """Stamped as their writers stamp them (the collection's ``written_at``: when made, just before inserting;
+    ``insert_readings`` stamps the readings itself)."""
+    now = datetime.now(UTC)
     if docs["readings"]:
         store.insert_readings(docs["readings"])
     if docs["predictions"]:
-        store.insert_predictions(docs["predictions"])
+        store.insert_predictions([{**d, "scored_at": now} for d in docs["predictions"]])
     for collection, key in ((store.global_model, "globals"), (store.local_models, "locals")):
         if docs[key]:
-            collection.insert_many([dict(d) for d in docs[key]])
+            stamp = storage.SPECS[collection.name].written_at
+            collection.insert_many([{**d, stamp: now} for d in docs[key]])
 
 
 def frames(docs: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:

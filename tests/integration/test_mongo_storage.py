@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, PyMongoError, WriteError
 
 from core import storage
@@ -148,3 +149,58 @@ def test_global_model_round_is_unique_and_weights_are_binary(store: storage.Stor
     np.testing.assert_array_equal(back[0], weights[0])
     with pytest.raises(WriteError):  # weights as a list of floats are refused
         store.global_model.insert_one({**doc, "round": round_no + 1, "weights": [1.0, 2.0]})
+
+
+@pytest.fixture()
+def own_store(stack: AppConfig):
+    """A database of its own: counts that no other test's documents move."""
+    from core.mongo_auth import client_uri
+
+    s = storage.Storage(client_uri(stack.mongo), f"counts_{uuid.uuid4().hex[:8]}")
+    s.ensure_schema()
+    yield s
+    s.client.drop_database(s.db.name)
+    s.close()
+
+
+def test_what_is_new_is_read_by_an_index_not_a_scan(own_store: storage.Storage) -> None:
+    """Every collection with a written_at finds a time range of it through an index (the local server
+    answers a range of _id by scanning the collection under its lock)."""
+    now = datetime.now(UTC)
+    for name, spec in storage.SPECS.items():
+        if spec.written_at is None:
+            continue
+        plan = own_store.db[name].find(storage.written_in(name, now, now)).explain()["queryPlanner"]["winningPlan"]
+        assert plan.get("inputStage", {}).get("stage") == "IXSCAN", (name, plan)
+        assert list(plan["inputStage"]["keyPattern"]) == [spec.written_at]  # its own index, either direction
+    scan = own_store.device_data.find({"_id": {"$gte": ObjectId()}}).explain()
+    assert scan["queryPlanner"]["winningPlan"]["stage"] == "COLLSCAN"  # why: the day this changes, _id would do
+
+
+def test_document_counts_follow_inserts_counting_only_what_is_new(own_store: storage.Storage) -> None:
+    """Counts equal a full count after each batch of inserts, documents stamped inside the settle time
+    included by the next update, none twice; what an update reads is what was new."""
+    import time
+    from unittest import mock
+
+    counts = storage.DocumentCounts(settle_seconds=1.0)
+    own_store.insert_readings([wire(seq=i, event_id=f"0-{i}") for i in range(40)])
+    assert counts.update(own_store)[storage.DEVICE_DATA] == 0  # stamped within the settle second
+    time.sleep(1.1)
+    assert counts.update(own_store)[storage.DEVICE_DATA] == 40
+    found: list[int] = []
+    real = storage._found
+
+    def counted(collection, query):
+        found.append(real(collection, query))
+        return found[-1]
+
+    with mock.patch.object(storage, "_found", side_effect=counted):
+        for step in range(3):
+            own_store.insert_readings([wire(seq=i, event_id=f"1-{step}-{i}") for i in range(25)])
+            own_store.fl_rounds.insert_one({"at": datetime.now(UTC), "status": "skipped", "round": step})
+            time.sleep(1.1)
+            got = counts.update(own_store)
+            assert got == {n: own_store.db[n].count_documents({}) for n in got}
+    assert max(found) == 25  # each update read what was new, never the collection
+    assert storage.FL_SERVER not in got  # rewritten in place: no stamp to count by

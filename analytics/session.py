@@ -63,6 +63,11 @@ def spark_session(cfg: AppConfig, app_name: str, jars: Sequence[str] = (),
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.executorEnv.PYTHONPATH", python_path)
                .config("spark.executorEnv.OMP_NUM_THREADS", "1"))
+    if cfg.spark.master.startswith("spark://"):
+        # A share of the cluster, so the scorer and the batch run beside each other; one core per
+        # executor spreads a job's executors over the workers.
+        builder = (builder.config("spark.cores.max", str(cfg.spark.cores_max)).config("spark.executor.cores", "1")
+                   .config("spark.executor.memory", cfg.spark.executor_memory))
     if jars:
         builder = builder.config("spark.jars", ",".join(jars))
     for key, value in (conf or {}).items():

@@ -3,7 +3,8 @@
 On each train message (contract: ``core/messages.py``) the device
 
 1. reads the window records that arrived in its own partition of the window
-   topic since its last reply (:class:`clients.windows.WindowReader`);
+   topic since its last reply the server received (:class:`clients.windows.WindowReader`,
+   from the message's ``read_from``);
 2. with none, replies at once with zero examples;
 3. otherwise makes the readings' rows (:func:`core.features.rows`, continuing
    the device's stream context) and adds them to its bounded replay buffer
@@ -14,7 +15,8 @@ On each train message (contract: ``core/messages.py``) the device
    received model's score histogram and the device's own threshold, and the
    windows' time span;
 4. commits its read position only after the reply is built, so a crash
-   re-reads those windows and never skips any.
+   re-reads those windows and never skips any; a reply lost on the way is
+   read again from the server's account (server/positions.py).
 
 A device talks to Kafka and to its SuperNode only; it holds no MongoDB address.
 """
@@ -43,6 +45,7 @@ from core.messages import (
     NUM_EXAMPLES,
     LocalUpdate,
     RunSettings,
+    Source,
     TrainInstruction,
     utc_time,
 )
@@ -76,8 +79,10 @@ def train(msg: Message, context: Context) -> Message:
     reader = WindowReader(settings.kafka_bootstrap, topic, partition, settings.group_of(device), device,
                           login=device_login(context.node_config))
     try:
-        windows = reader.read_new()
-        update = local_update(settings, device, instruction, windows, context)
+        windows = reader.read_new(start=instruction.read_from)
+        consumed = (topic, partition, reader.first_offset, reader.next_offset - 1) \
+            if reader.first_offset is not None and reader.next_offset is not None else None
+        update = local_update(settings, device, instruction, windows, context, consumed)
         update.delivery_seconds = started - msg.metadata.created_at  # wall clocks: the server's and ours
         update.work_seconds = time.time() - started
         content = update.to_record()
@@ -162,11 +167,14 @@ def _set_weights(content: RecordDict, change: Callable[[np.ndarray], np.ndarray]
 
 
 def local_update(settings: RunSettings, device: int, instruction: TrainInstruction, windows: list[dict],
-                 context: Context) -> LocalUpdate:
-    """Train on the new windows' readings (or report that there were none)."""
+                 context: Context, consumed: tuple[str, int, int, int] | None = None) -> LocalUpdate:
+    """Train on the new windows' readings (or report that there were none). ``consumed``: the topic,
+    partition and first and last offset of the records read, for the update's lineage."""
     readings = [r for w in windows for r in w["readings"] if int(r["device_id"]) == device]
-    if not readings:
-        return LocalUpdate(device_id=device, base_round=instruction.server_round, num_examples=0, weights=[])
+    if not readings:  # records consumed with none the model can take still name their source (lineage)
+        return LocalUpdate(device_id=device, base_round=instruction.server_round, num_examples=0, weights=[],
+                           source=Source(*consumed, windows=0, first_event_id="", last_event_id="", replayed=0,
+                                         held_out=0) if consumed is not None else None)
     spec = settings.model_config()
     saved = context.state.array_records.get(STREAM)
     stream = features.StreamContext.from_list(saved.to_numpy_ndarrays()[0].tolist(), len(spec.features)) \
@@ -188,6 +196,9 @@ def local_update(settings: RunSettings, device: int, instruction: TrainInstructi
         device_id=device, base_round=instruction.server_round, num_examples=len(readings), weights=result.weights,
         metrics={"loss": result.loss, "score-mean": result.score_mean}, histogram=result.histogram,
         threshold=result.threshold, moments=result.moments.to_list(),
+        source=Source(*consumed, windows=sum(1 for w in windows if w["readings"]),
+                      first_event_id=readings[0]["event_id"], last_event_id=readings[-1]["event_id"],
+                      replayed=result.replayed, held_out=result.held_out) if consumed is not None else None,
         window_start=min(_times(windows, "window_start"), default=None),
         window_end=max(_times(windows, "window_end"), default=None))
 

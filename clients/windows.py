@@ -1,10 +1,11 @@
 """A device's own window stream: its partition of the window topic, read committed.
 
-Each train message reads what arrived since the last one: the consumer
-group ``<prefix>-<device>`` remembers the position, and the position is
-committed only by :meth:`WindowReader.commit`, which the ClientApp calls once
-its reply is built. A crash before that re-reads the same windows next time;
-nothing is ever skipped.
+Each train message reads what arrived since the last one: from where the
+message says (the server's account of what it received, server/positions.py),
+else from the position the consumer group ``<prefix>-<device>`` remembers,
+committed by :meth:`WindowReader.commit` once the ClientApp's reply is built.
+A crash before that re-reads the same windows next time, and a reply lost
+after it is read again from the server's position; nothing is ever skipped.
 
 A window record is checked before it is used (:func:`parse_window`): one
 that is not a window of this device, or a reading in it that the model
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from core.messages import event_text
 from core.records import SENSOR_FIELDS
 
 T = TypeVar("T")
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def parse_window(value: bytes | None, device: int) -> tuple[dict[str, Any] | None, list[str]]:
     """``(window, problems)``: the record with only the readings the model can take (finite sensor
-    values, a ``source_time`` with a zone), or None if it is no window of ``device``; each reading
+    values, a ``source_time`` with a zone, an event id), or None if it is no window of ``device``; each reading
     or record left out gives one line in ``problems``."""
     try:
         window = json.loads(value or b"")
@@ -56,6 +58,10 @@ def parse_window(value: bytes | None, device: int) -> tuple[dict[str, Any] | Non
 def _reading_problem(reading: object, device: int) -> str:
     if not isinstance(reading, dict) or reading.get("device_id") != device:
         return "a reading of another device (or none)"
+    try:  # the update's lineage names its readings by event id (core.messages.Source)
+        event_text(reading.get("event_id"), "event_id")
+    except ValueError:
+        return "a reading without a valid event_id"
     for name in SENSOR_FIELDS:
         value = reading.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -103,10 +109,16 @@ class WindowReader:
             # more data: a read stops at the end, so that wait was every task's idle half second.
             "fetch.wait.max.ms": 10,
         })
+        # The positions read_new moved the group between, for the update's lineage (core.messages.Source):
+        # offsets, not records, because each of Flink's transactions leaves a commit marker that takes an
+        # offset and is never delivered. Consecutive reads thus tile the partition with no gap.
+        self.first_offset: int | None = None
         self.next_offset: int | None = None
 
-    def read_new(self, max_seconds: float = 5.0, idle_seconds: float = 0.5) -> list[dict[str, Any]]:
-        """Every committed window record after the group's position, up to the end of the partition.
+    def read_new(self, max_seconds: float = 5.0, idle_seconds: float = 0.5,
+                 start: int | None = None) -> list[dict[str, Any]]:
+        """Every committed window record from ``start`` (the server's account of this device,
+        server/positions.py; without one, the group's position) up to the end of the partition.
 
         Stops at the readable end of the partition (records of a Flink transaction still open
         are not readable yet: they come next time), or when nothing more arrives for ``idle_seconds``.
@@ -114,9 +126,17 @@ class WindowReader:
         tp = TopicPartition(self.topic, self.partition)
         committed = _retry(lambda: self.consumer.committed([tp], timeout=10)[0].offset)
         low, high = _retry(lambda: self.consumer.get_watermark_offsets(tp, timeout=10))
-        if committed >= high or high == low:
+        if start is not None and start > high:  # the server counts records this partition never had
+            log.warning("device %d: told to read from offset %d, past the end %d of %s[%d] (a topic made "
+                        "anew?): reading from the group's position", self.device, start, high, self.topic,
+                        self.partition)
+            start = None
+        if start is None:
+            start = committed if committed >= 0 else low
+        if start >= high or high == low:
             return []  # nothing new: the common case, answered without fetching
-        self.consumer.assign([TopicPartition(self.topic, self.partition, committed if committed >= 0 else low)])
+        start = max(start, low)  # records before low were deleted (retention) before they were read
+        self.consumer.assign([TopicPartition(self.topic, self.partition, start)])
         windows: list[dict[str, Any]] = []
         started = time.monotonic()
         last_new = started + 1.0  # allow a second for the first fetch
@@ -128,6 +148,10 @@ class WindowReader:
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         at_end = True
+                        # The readable end: past the last record read and past the commit marker Flink's
+                        # transaction wrote after it. Committing it spares the next read a fetch.
+                        if self.next_offset is not None and (message.offset() or 0) > self.next_offset:
+                            self.next_offset = message.offset()
                         continue
                     raise KafkaException(error)
                 window, problems = parse_window(message.value(), self.device)
@@ -136,6 +160,8 @@ class WindowReader:
                                 len(problems), "; ".join(sorted(set(problems))))
                 if window is not None:
                     windows.append(window)
+                if self.first_offset is None:
+                    self.first_offset = start
                 self.next_offset = (message.offset() or 0) + 1
                 last_new = time.monotonic()
             if at_end or (self.next_offset is not None and self.next_offset >= high):

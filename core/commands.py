@@ -37,8 +37,10 @@ from core import secrets
 from core.config import AppConfig, ConfigError, load_config, to_yaml
 from core.services.runner import State, Status
 
-console = Console(stderr=False)
-err = Console(stderr=True)
+# soft_wrap: a line (a list of stopped components, an address) stays one line however long, so it
+# can be copied and searched; rich otherwise breaks it at 80 columns when output is not a terminal.
+console = Console(stderr=False, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 # Failures a user can cause and fix (a missing file, a bad data set, a server that is not there).
 # ServiceError is a RuntimeError.

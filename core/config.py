@@ -201,6 +201,12 @@ class TopicConfig:
     partitions: int = checked(1, positive)
     retention_ms: int = checked(7 * 24 * 3600 * 1000, positive)
     replication_factor: int = checked(1, positive)
+    # Replicas that must have a write before it is acknowledged (producers use acks=all): with 3
+    # replicas and 2 here, a topic stays writable, and loses nothing acknowledged, with one node down.
+    min_insync_replicas: int = checked(1, positive, lambda v, app: None if all(
+        t.min_insync_replicas <= t.replication_factor for t in vars(app.kafka.topics).values()
+        if t.replication_factor > 0)  # a factor below 1 is its own field's error
+        else "must not exceed the topic's replication_factor (no write could ever be acknowledged)")
 
 
 @dataclass
@@ -225,12 +231,21 @@ class TopicsConfig:
     )
 
 
+def one_address_per_node(value: int, app: AppConfig) -> str | None:
+    given = len([p for p in app.kafka.bootstrap_servers.split(",") if p.strip()])
+    if not app.kafka.local_broker.enabled or given == value:
+        return None
+    return f"must equal the number of addresses in kafka.bootstrap_servers ({given}): node n listens on the n-th"
+
+
 @dataclass
 class LocalBrokerConfig:
-    """The single-node KRaft broker that ``fl-app services up`` starts."""
+    """The KRaft brokers that ``fl-app services up`` starts: one by default, ``nodes`` with
+    ``kafka=cluster`` (each a broker and a controller)."""
 
     enabled: bool = True
-    controller_port: int = checked(19093, tcp_port)
+    nodes: int = checked(1, between(1, 9), one_address_per_node)
+    controller_port: int = checked(19093, tcp_port)  # node n: controller_port + n - 1
     heap: str = "512m"
     startup_timeout_seconds: float = checked(90.0, positive)
 
@@ -277,9 +292,27 @@ class KafkaSaslConfig:
     private_network: bool = False  # true: PLAIN to a broker on a network only the pipeline reaches (compose's)
 
 
+def device_addresses(value: str | None, app: AppConfig) -> str | None:
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts or not all(_split_address(p) for p in parts):
+        return "must look like host:port[,host:port...]"
+    if any(_split_address(p)[0] in ("0.0.0.0", "::") for p in parts):  # type: ignore[index]
+        return "is what devices dial (and the broker advertises): give this host's address, not 0.0.0.0"
+    nodes = app.kafka.local_broker.nodes
+    if app.kafka.local_broker.enabled and len(parts) != nodes:
+        return f"must hold one address per local Kafka node ({nodes}): node n listens on the n-th"
+    return None
+
+
 @dataclass
 class KafkaConfig:
     bootstrap_servers: str = checked("127.0.0.1:9092", address)
+    # Where the devices' ClientApps read their windows; null: bootstrap_servers. Devices on other
+    # machines need an address they reach: the local broker then listens there too (node n on the
+    # n-th) with device logins only (SCRAM with SASL; the pipeline's PLAIN login stays on loopback).
+    device_bootstrap_servers: str | None = checked(None, device_addresses)
     local_broker: LocalBrokerConfig = field(default_factory=LocalBrokerConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     sasl: KafkaSaslConfig = field(default_factory=KafkaSaslConfig)
@@ -373,10 +406,32 @@ class ValidRanges:
 
 
 @dataclass
+class LocalFlinkClusterConfig:
+    """The standalone session cluster ``fl-app services up`` starts when ``flink.jobmanager`` is this
+    machine's (``flink=cluster``): one JobManager and TaskManagers, each its own process started by the
+    Flink distribution's own launch scripts (``jobmanager.sh``/``taskmanager.sh start-foreground``)."""
+
+    enabled: bool = True
+    taskmanagers: int = checked(2, between(1, 16))
+    # Two slots each: the job's parallelism 2 spreads over both TaskManagers, and when one is lost
+    # both subtasks fit on the other, so the job recovers without waiting for a replacement.
+    slots_per_taskmanager: int = checked(2, between(1, 64))
+    rpc_port: int = checked(6123, tcp_port)
+    jobmanager_memory: str = checked("768m", jvm_memory(512))  # process size (heap, metaspace, overhead)
+    taskmanager_memory: str = checked("1536m", jvm_memory(1024))
+    # How long the JobManager waits to hear from a TaskManager before it takes it as lost and
+    # restarts the job on the slots left (Flink's default is 50 s).
+    heartbeat_timeout_ms: int = checked(10_000, positive)
+    startup_timeout_seconds: float = checked(90.0, positive)
+
+
+@dataclass
 class FlinkConfig:
     """The stream job: validate, store, and cut per-device windows."""
 
-    jobmanager: str = "local"  # "local" = mini-cluster; else host:port of a cluster's REST endpoint
+    # "local" = a mini-cluster inside the job's process; else host:port of a cluster's REST endpoint
+    # (on this machine: the session cluster of `local_cluster`, started by `fl-app services up`).
+    jobmanager: str = checked("local", lambda v, app: None if v == "local" else address(v, app))
     parallelism: int = checked(1, positive)
     checkpoint_interval_ms: int = checked(10_000, positive)  # window records become visible at checkpoints
     checkpoint_dir: str = "${paths.data_dir}/flink/checkpoints"
@@ -398,6 +453,7 @@ class FlinkConfig:
     dedup_ttl_seconds: float = checked(3600.0, longer_than_ms("stream.delivery_timeout_ms"))
     transaction_timeout_ms: int = checked(300_000, positive)  # Kafka exactly-once sink; below the broker's 15 min cap
     valid_ranges: ValidRanges = field(default_factory=ValidRanges)
+    local_cluster: LocalFlinkClusterConfig = field(default_factory=LocalFlinkClusterConfig)
 
 
 # ------------------------------------------------------------------------ fl
@@ -587,11 +643,38 @@ class BatchConfig:
     rebuild_seconds: float = checked(3600.0, between(60, 10**7))
 
 
+def spark_master(value: str, _: AppConfig) -> str | None:
+    if re.fullmatch(r"local(\[([1-9][0-9]{0,3}|\*)(,[0-9]{1,3})?\])?", value):
+        return None
+    if value.startswith("spark://"):
+        return None if _split_address(value.removeprefix("spark://")) else "must look like spark://host:7077"
+    if re.fullmatch(r"[a-z0-9]+://\S+|yarn", value):
+        return None
+    return "must be local[N], spark://host:port or a master URL"
+
+
+@dataclass
+class LocalSparkClusterConfig:
+    """The standalone cluster ``fl-app services up`` starts when ``spark.master`` is a ``spark://``
+    URL of this machine: a master and workers, each a process of pyspark's own ``bin/spark-class``
+    (``org.apache.spark.deploy.master.Master`` / ``...worker.Worker``)."""
+
+    enabled: bool = True
+    workers: int = checked(2, between(1, 16))
+    # Cores each worker offers (may exceed the machine's: they are slots). With 2 x 2 and
+    # spark.cores_max 2 the scorer and the batch run side by side, an executor on each worker.
+    cores_per_worker: int = checked(2, between(1, 64))
+    worker_memory: str = checked("1g", jvm_memory(512))  # what a worker offers its executors
+    worker_base_port: int = checked(7078, tcp_port)  # worker i listens on worker_base_port + i - 1
+    webui_port: int = checked(8090, tcp_port)  # the master's web UI and its /json status
+    startup_timeout_seconds: float = checked(60.0, positive)
+
+
 @dataclass
 class SparkConfig:
     # local[*]-style masters run here; spark://host:7077 (or any master URL) runs the jobs on that cluster,
     # whose workers must have this project and its environment at the same path.
-    master: str = "local[2]"
+    master: str = checked("local[2]", spark_master)
     # The driver's heap. 1g made the batch's JVM 1.4 GB PSS and the scorer's 0.5 GB of it was used
     # (issue 22). 512m runs the tests' and the pipeline benchmark's rebuilds (tens of thousands of
     # documents); a rebuild of a day of readings (0.9 M) at 512m is not measured yet: give 1g if one
@@ -600,6 +683,10 @@ class SparkConfig:
     # The serial collector: no parallel GC threads on a small heap, and the heap shrinks after a full
     # collection instead of staying at its peak.
     driver_java_options: str = checked("-XX:+UseSerialGC", no_heap_size)
+    # On a cluster (a spark:// master): each job's share and its executors' size.
+    cores_max: int = checked(2, between(1, 1024))
+    executor_memory: str = checked("512m", jvm_memory(384))
+    local_cluster: LocalSparkClusterConfig = field(default_factory=LocalSparkClusterConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     # Between batch runs while the pipeline runs: a run reads only what is new (analytics/batch.py), so

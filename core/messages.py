@@ -205,13 +205,17 @@ class TrainInstruction:
     local_epochs: int
     centre: list[float] = field(default_factory=list)  # the normalisation; [] before the first round
     scale: list[float] = field(default_factory=list)
+    # Where the device reads its windows from: the server's account (server/positions.py); None: from
+    # its own Kafka position.
+    read_from: int | None = None
 
     def to_record(self) -> RecordDict:
         arrays, layout = pack(self.weights)
         return RecordDict({ARRAYS: ArrayRecord(arrays), CONFIG: ConfigRecord({
             "layout": layout, "server-round": self.server_round, "threshold": float(self.threshold),
             "centre": [float(v) for v in self.centre], "scale": [float(v) for v in self.scale],
-            "local-epochs": self.local_epochs})})
+            "local-epochs": self.local_epochs, **({"read-from": self.read_from} if self.read_from is not None else {})
+        })})
 
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainInstruction:
@@ -228,7 +232,8 @@ class TrainInstruction:
         return cls(weights=unpack(content.array_records[ARRAYS].to_numpy_ndarrays(), config.get("layout")),
                    server_round=integer(config.get("server-round"), "server-round"), threshold=threshold,
                    local_epochs=integer(config.get("local-epochs"), "local-epochs", 0, MAX_COUNT),
-                   centre=centre, scale=scale)
+                   centre=centre, scale=scale,
+                   read_from=integer(config["read-from"], "read-from") if "read-from" in config else None)
 
 
 class MalformedReply(ValueError):
@@ -238,6 +243,77 @@ class MalformedReply(ValueError):
     def __init__(self, reason: str, device_id: int | None = None) -> None:
         super().__init__(f"malformed reply: {reason}")
         self.reason, self.device_id = reason, device_id
+
+
+KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's own rule for a topic name
+
+
+def event_text(value: object, name: str) -> str:
+    """An event id as the readings' validation lets one in (core.validation): 1-128 characters of text."""
+    from core.validation import MAX_EVENT_ID_CHARS
+
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_EVENT_ID_CHARS:
+        raise ValueError(f"{name} must be text of 1-{MAX_EVENT_ID_CHARS} characters, got {_brief(value)}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid text") from None
+    return value
+
+
+@dataclass(frozen=True)
+class Source:
+    """What one local update trained on (its lineage): the window records it consumed, by their Kafka
+    position, and the readings in them. Each record is consumed by one update only: the device commits
+    past ``last_offset`` once its reply is built (clients/windows.py). A reply of no readings names a
+    source too when it consumed records (none the model could take): ``windows`` 0, no event ids."""
+
+    topic: str
+    partition: int
+    first_offset: int  # the group's position before the read ...
+    last_offset: int  # ... and after it, minus one: consecutive updates' ranges tile the partition
+    windows: int  # records among first..last that held readings the model could take
+    first_event_id: str  # of the first and the last reading trained on ("" with no readings)
+    last_event_id: str
+    replayed: int  # rows of the device's replay buffer trained on besides the new readings
+    held_out: int  # new readings the received model flagged, kept out of training (model.learn_flagged off)
+
+    KEYS = ("source-topic", "source-partition", "first-offset", "last-offset", "source-windows",
+            "first-event-id", "last-event-id", "replayed", "held-out")
+
+    def to_config(self) -> dict[str, Any]:
+        return dict(zip(self.KEYS, (self.topic, self.partition, self.first_offset, self.last_offset, self.windows,
+                                    self.first_event_id, self.last_event_id, self.replayed, self.held_out),
+                        strict=True))
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "first_offset": self.first_offset,
+                "last_offset": self.last_offset, "windows": self.windows, "first_event_id": self.first_event_id,
+                "last_event_id": self.last_event_id, "replayed": self.replayed, "held_out": self.held_out}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], num_examples: int) -> Source | None:
+        """The source a reply names (checked like the rest of it), or None if it names none (no readings)."""
+        if not any(k in config for k in cls.KEYS):
+            return None
+        topic = config.get("source-topic")
+        if not isinstance(topic, str) or not KAFKA_TOPIC.fullmatch(topic):
+            raise ValueError(f"source-topic must be a Kafka topic name, got {_brief(topic)}")
+        first = integer(config.get("first-offset"), "first-offset")
+        # Below int64's end: the next offset (last + 1) must still be one a train message can name.
+        last = integer(config.get("last-offset"), "last-offset", first, MAX_ID - 1)
+        # Readings come in windows with readings, and none in none.
+        windows = integer(config.get("source-windows"), "source-windows", 1 if num_examples else 0,
+                          min(last - first + 1, MAX_COUNT) if num_examples else 0)
+        events = [config.get(k) for k in ("first-event-id", "last-event-id")]
+        if not windows and events != ["", ""]:
+            raise ValueError(f"a source of no readings names no event ids, got {_brief(events)}")
+        return cls(topic=topic, partition=integer(config.get("source-partition"), "source-partition", 0, MAX_COUNT),
+                   first_offset=first, last_offset=last, windows=windows,
+                   first_event_id=event_text(events[0], "first-event-id") if windows else "",
+                   last_event_id=event_text(events[1], "last-event-id") if windows else "",
+                   replayed=integer(config.get("replayed"), "replayed", 0, MAX_COUNT),
+                   held_out=integer(config.get("held-out"), "held-out", 0, num_examples))
 
 
 @dataclass
@@ -257,6 +333,7 @@ class LocalUpdate:
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     threshold: float = math.nan  # the device's own quantile; NaN when it sent none
     moments: list[float] = field(default_factory=list)  # core.model.Moments.to_list(); [] when none
+    source: Source | None = None  # what it trained on; None when there were no readings
 
     def to_record(self) -> RecordDict:
         arrays, layout = pack(self.weights)
@@ -269,7 +346,8 @@ class LocalUpdate:
                                   "window-start": time_text(self.window_start),
                                   "window-end": time_text(self.window_end),
                                   "delivery-seconds": float(self.delivery_seconds),
-                                  "work-seconds": float(self.work_seconds)}),
+                                  "work-seconds": float(self.work_seconds),
+                                  **(self.source.to_config() if self.source is not None else {})}),
         })
 
     @classmethod
@@ -310,8 +388,10 @@ class LocalUpdate:
         end = utc_time(config.get("window-end", ""), "window-end")
         if start is not None and end is not None and start > end:
             raise ValueError(f"window-start {start.isoformat()} is after window-end {end.isoformat()}")
+        # Optional: the evaluation's devices train on a data set's rows, not on Kafka's records.
+        source = Source.from_config(config, num_examples)
         return cls(device_id=device, base_round=integer(config.get("base-round"), "base-round"),
-                   num_examples=num_examples, histogram=histogram, weights=weights, threshold=threshold,
+                   num_examples=num_examples, source=source, histogram=histogram, weights=weights, threshold=threshold,
                    moments=moments,
                    metrics={k: number(v, f"metric {k}") for k, v in metrics.items()},
                    window_start=start, window_end=end,
@@ -334,7 +414,7 @@ class RunSettings:
     server's machine only.
     """
 
-    kafka_bootstrap: str
+    kafka_bootstrap: str  # what the devices dial: kafka.device_bootstrap_servers, else bootstrap_servers
     windows_topic: str
     devices: list[int]  # in partition order of the window topic (core.records.window_partitions)
     windows_per_device: bool  # a window topic per device (Kafka SASL: ACLs name topics), not a partition
@@ -358,7 +438,8 @@ class RunSettings:
         from dataclasses import asdict
 
         fl = cfg.fl
-        return cls(kafka_bootstrap=cfg.kafka.bootstrap_servers, windows_topic=cfg.kafka.topics.windows.name,
+        return cls(kafka_bootstrap=cfg.kafka.device_bootstrap_servers or cfg.kafka.bootstrap_servers,
+                   windows_topic=cfg.kafka.topics.windows.name,
                    devices=sorted(devices), windows_per_device=cfg.kafka.sasl.enabled,
                    model=asdict(fl.model), local_epochs=fl.local_epochs,
                    train_every=fl.local_training_interval_seconds,

@@ -239,6 +239,8 @@ class LocalResult:
     histogram: list[float]  # of the received global model's scores on the buffer (global threshold)
     threshold: float  # the device's own quantile of those scores (per-device threshold)
     moments: Moments  # of the new rows only: each reading counts once in the federation's totals
+    replayed: int = 0  # rows of the buffer trained on besides the new ones
+    held_out: int = 0  # new rows left out of training, flagged by the received model
 
 
 def train_locally(spec: ModelConfig, weights: Sequence[np.ndarray], normalisation: Normalisation | None,
@@ -255,6 +257,7 @@ def train_locally(spec: ModelConfig, weights: Sequence[np.ndarray], normalisatio
     """
     net = build(spec)
     set_weights(net, weights)
+    offered = len(new_rows)
     if not spec.learn_flagged and normalisation is not None and math.isfinite(threshold) and len(new_rows):
         kept = new_rows[scores(net, normalisation.inputs(new_rows)) <= threshold]
         new_rows = kept if len(kept) or len(buffer) else new_rows  # a device's first rows train whatever they score
@@ -267,7 +270,9 @@ def train_locally(spec: ModelConfig, weights: Sequence[np.ndarray], normalisatio
     # The device's threshold follows the global one's rule (the bin's upper edge), so the two differ
     # only in whose scores they rest on.
     own = histogram_quantile(np.asarray(received), spec.threshold_quantile) if len(inputs) else math.nan
-    return LocalResult(get_weights(net), result.loss, result.score_mean, received, own, Moments.of(new_rows, spec))
+    learned = min(len(new_rows), buffer.capacity)  # the buffer keeps the newest rows of a large batch
+    return LocalResult(get_weights(net), result.loss, result.score_mean, received, own, Moments.of(new_rows, spec),
+                       replayed=len(buffer) - learned, held_out=offered - len(new_rows))
 
 
 def client_seed(spec: ModelConfig, server_round: int, device: int) -> int:

@@ -125,6 +125,8 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
                 "stored_at": _DATE,  # when the server made the document (the update waited for its round)
                 "window_start": {"bsonType": ["date", "null"]},
                 "window_end": {"bsonType": ["date", "null"]},
+                # Lineage (core.messages.Source): the window records it consumed and their readings.
+                "source": {"bsonType": ["object", "null"]},
                 "num_examples": _INT,
                 "metrics": {"bsonType": "object"},
                 "weights": _WEIGHTS,
@@ -132,6 +134,8 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
         },
         (
             IndexModel([("device_id", ASCENDING), ("trained_at", DESCENDING)], name="device_time"),
+            # Where each device's account ends when a ServerApp starts (Storage.newest_sources).
+            IndexModel([("device_id", ASCENDING), ("source.last_offset", DESCENDING)], name="device_source"),
             IndexModel([("round", DESCENDING)], name="round"),
             written_at_index("stored_at"),
         ),
@@ -154,6 +158,10 @@ COLLECTIONS: tuple[CollectionSpec, ...] = (
                 "stale": _INT,
                 "threshold": _NUMBER,
                 "device_thresholds": {"bsonType": "object"},  # device id (text) -> its own threshold
+                # Lineage: the local updates it averaged, the rounds they started from, its tick.
+                "local_model_ids": {"bsonType": "array", "items": {"bsonType": "objectId"}},
+                "base_rounds": {"bsonType": "array", "items": _INT},
+                "tick_id": {"bsonType": "objectId"},
                 "moments": {"bsonType": "object"},  # the federation's running count, sums, squares
                 "normalisation": {"bsonType": "object"},  # the centre and scale they give
                 "weights": _WEIGHTS,
@@ -422,6 +430,21 @@ class Storage:
             if spec.indexes:
                 self.db[spec.name].create_indexes(list(spec.indexes))
         return [spec.name for spec in COLLECTIONS]
+
+    def newest_sources(self, devices: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Each device's stored sources (core.messages.Source docs) that reach farthest: of its updates,
+        and of the left-out replies of its newest tick that lists one (server/positions.py)."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        for device in devices:
+            found = self.local_models.find_one({"device_id": device, "source": {"$type": "object"}}, {"source": 1},
+                                               sort=[("device_id", ASCENDING), ("source.last_offset", DESCENDING)])
+            sources = [found["source"]] if found else []
+            for tick in self.fl_rounds.find({"left_out.device_id": device}, {"left_out": 1},
+                                            sort=[("at", DESCENDING)], limit=1):
+                sources += [i["source"] for i in tick["left_out"] if i.get("device_id") == device and i.get("source")]
+            if sources:
+                out[device] = sources
+        return out
 
     def insert_readings(self, readings: Sequence[Mapping[str, Any]]) -> Inserted:
         """Store validated ``iot_stream`` readings (ISO timestamps); see :class:`Inserted`.

@@ -43,15 +43,22 @@ def admin_client(kafka: KafkaConfig) -> AdminClient:
 
 
 def broker_ready(kafka: KafkaConfig, timeout: float = 2.0) -> bool:
-    """True once the broker answers a metadata request and lists itself."""
-    host, port = host_port(kafka.bootstrap_servers)
-    if not port_is_open(host, port):  # cheap check first: no client, no log spam
-        return False
+    """True once a broker of the bootstrap list answers a metadata request and lists a broker."""
+    return bool(broker_ids(kafka, timeout))
+
+
+def broker_ids(kafka: KafkaConfig, timeout: float = 2.0) -> set[int]:
+    """The node ids the cluster lists now (empty: no answer)."""
+    if not any(port_is_open(host, port) for host, port in _addresses(kafka)):  # no client, no log spam
+        return set()
     try:
-        meta = admin_client(kafka).list_topics(timeout=timeout)
+        return set(admin_client(kafka).list_topics(timeout=timeout).brokers)
     except KafkaException:
-        return False
-    return len(meta.brokers) > 0
+        return set()
+
+
+def _addresses(kafka: KafkaConfig) -> list[tuple[str, int]]:
+    return [host_port(part) for part in kafka.bootstrap_servers.split(",") if part.strip()]
 
 
 def topic_configs(kafka: KafkaConfig) -> list[TopicConfig]:
@@ -92,7 +99,8 @@ def ensure_device_access(kafka: KafkaConfig, devices: list[int], timeout: float 
     existing = admin.list_topics(timeout=timeout).topics
     wanted = {device_window_topic(spec.name, d): d for d in devices}
     new = [NewTopic(name, num_partitions=1, replication_factor=spec.replication_factor,
-                    config={"retention.ms": str(spec.retention_ms), "cleanup.policy": "delete"})
+                    config={"retention.ms": str(spec.retention_ms), "cleanup.policy": "delete",
+                            "min.insync.replicas": str(spec.min_insync_replicas)})
            for name in wanted if name not in existing]
     for future in (admin.create_topics(new, operation_timeout=timeout).values() if new else []):
         try:
@@ -137,7 +145,7 @@ def ensure_topics(cfg: AppConfig, timeout: float = 30.0) -> list[TopicState]:
             config={
                 "retention.ms": str(t.retention_ms),
                 "cleanup.policy": "delete",
-                "min.insync.replicas": "1",
+                "min.insync.replicas": str(t.min_insync_replicas),
             },
         )
         for t in wanted

@@ -212,7 +212,9 @@ def reset_plan(cfg: AppConfig) -> ResetPlan:
 
     plan = ResetPlan()
     if kafka.runs_locally(cfg):
-        plan.remove.append(("the local Kafka broker's data (topics, consumer offsets)", kafka.storage_dir(cfg)))
+        nodes = cfg.kafka.local_broker.nodes
+        plan.remove += [(f"the local Kafka {'broker' if nodes == 1 else f'node {n}'}'s data (topics, consumer offsets)",
+                         kafka.storage_dir(cfg, n)) for n in range(1, nodes + 1)]
     else:
         plan.remote.append(f"Kafka topics {', '.join(t.name for t in _topics(cfg))} at {cfg.kafka.bootstrap_servers}")
     if mongo.runs_locally(cfg):

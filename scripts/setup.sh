@@ -42,7 +42,10 @@ fi
 
 # --- python and uv ---------------------------------------------------------
 PY=""
-for cand in python3.11 python3; do
+# An existing .venv's own interpreter first: uv recreates the environment when asked for another one
+# (a pyenv shim here, /usr/bin/python3.11 there), under whatever is running from it.
+existing="$(readlink -f .venv/bin/python 2>/dev/null || true)"
+for cand in $existing python3.11 python3; do
   if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     PY="$(command -v "$cand")"; break
   fi

@@ -27,6 +27,10 @@ checks it against what it knows itself (:class:`Admission`):
   ServerApp keeps one message per node at a time), and its base round must be
   the round that message carried. So each device sends at most one update per
   train message, and an old update sent again is refused.
+- **where its records start** (:class:`server.positions.Positions`): where the
+  server's account of the device ends, unless the message said where to read
+  (a reply lost after the device committed is then read again); a reply taken
+  in moves the account past its records.
 - **its readings**: at most what the device's windows can hold since its
   previous answered message (:class:`ReadingLimit`): an inflated count is
   capped, with a reason, and so are its moments (scaled, so the mean and
@@ -46,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 
 from core.atomic import read_json
 from core.messages import LocalUpdate
+from server.positions import Positions
 
 log = logging.getLogger("server.global")
 
@@ -56,6 +61,7 @@ class Sent(NamedTuple):
     node: int
     at: float  # monotonic seconds
     round: int  # the global round it carried
+    read_from: int | None = None  # where it told the device to read (server/positions.py)
 
 
 def key_der(key: bytes | str) -> bytes | None:
@@ -190,8 +196,10 @@ class Capped:
 class Admission:
     """The checks of one ServerApp's life: :meth:`admit` each reply before it may count."""
 
-    def __init__(self, bindings: Bindings, limit: ReadingLimit | None, started: float) -> None:
+    def __init__(self, bindings: Bindings, limit: ReadingLimit | None, started: float,
+                 positions: Positions | None = None) -> None:
         self.bindings, self.limit, self.started = bindings, limit, started
+        self.positions = positions if positions is not None else Positions()  # where each device reads next
         self.answered: dict[int, float] = {}  # device -> when its last admitted message was sent
 
     def admit(self, update: LocalUpdate, node: int, sent: Sent | None, now: float) -> tuple[str, Capped | None]:
@@ -206,6 +214,9 @@ class Admission:
             return why, None
         if update.base_round != sent.round:
             return f"base round {update.base_round}, but node {node} was sent round {sent.round}", None
+        if why := self.positions.misplaced(update, sent.read_from):
+            return why, None
+        self.positions.advance(update)  # taken in: its records are accounted for
         since = self.answered.get(update.device_id, self.started)
         self.answered[update.device_id] = sent.at
         most = self.limit.most(now - since) if self.limit is not None else None

@@ -26,6 +26,7 @@ from core.storage import Storage, decode_weights, encode_weights
 from server.aggregation import AGGREGATED, GlobalState, RoundOutcome
 
 log = logging.getLogger(__name__)
+NO_READINGS = "no readings the model can take"  # a tick's left-out reply that consumed only such records
 
 
 def initial_state(spec: ModelConfig) -> GlobalState:
@@ -83,6 +84,7 @@ def local_doc(update: LocalUpdate, aggregated_into: int, stored_at: datetime) ->
     return {"_id": ObjectId(), "device_id": update.device_id, "round": update.base_round,
             "aggregated_into": aggregated_into, "trained_at": update.received_at, "stored_at": stored_at,
             "window_start": update.window_start, "window_end": update.window_end,
+            "source": update.source.to_doc() if update.source is not None else None,  # its lineage
             "num_examples": update.num_examples, "metrics": dict(update.metrics),
             "weights": encode_weights(update.weights)}
 
@@ -120,12 +122,21 @@ def documents(outcome: RoundOutcome, transport: dict[str, Any] | None = None,
     # Every valid update of the tick, the superseded ones too: their readings count in num_examples.
     local_docs = ([local_doc(u, outcome.round, outcome.at) for u in outcome.accepted + outcome.superseded]
                   if global_doc else [])
+    tick_id = ObjectId()
+    if global_doc is not None:  # its lineage: the updates it averaged, and the tick with those left out
+        global_doc |= {"local_model_ids": [d["_id"] for d in local_docs], "tick_id": tick_id,
+                       "base_rounds": sorted({d["round"] for d in local_docs})}
     rejected = [*((u.device_id, why) for u, why in outcome.rejected), *refused]
-    tick = {"_id": ObjectId(), "at": outcome.at, "status": outcome.status, "round": outcome.round,
+    tick = {"_id": tick_id, "at": outcome.at, "status": outcome.status, "round": outcome.round,
             "reason": outcome.reason, "accepted": outcome.device_ids,
             "rejected": [{"device_id": device, "reason": why} for device, why in rejected],
             "stale": [u.device_id for u in outcome.stale], "idle": [u.device_id for u in outcome.idle],
             "malformed": malformed, "capped": [dict(c) for c in capped],
+            # The window records of the updates left out: consumed, trained into no round (lineage).
+            "left_out": [{"device_id": u.device_id, "reason": why[:200], "source": u.source.to_doc()}
+                         for u, why in [*((u, "stale") for u in outcome.stale), *outcome.rejected,
+                                        *((u, NO_READINGS) for u in outcome.idle)]
+                         if u.source is not None],
             **({"transport": transport} if transport is not None else {})}
     return TickDocuments(global_doc, local_docs, tick)
 

@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +42,7 @@ from core.storage import Storage
 from server import rounds
 from server.admission import Admission, Bindings, ReadingLimit, Sent
 from server.aggregation import AGGREGATED, Clock, GlobalState, RoundOutcome, TimedAggregation
+from server.positions import Positions
 from server.robust import Robustness
 
 log = logging.getLogger("server.global")
@@ -186,8 +187,9 @@ class TimedServer:
         self.state: GlobalState
         # Requests made before this ServerApp started were for an earlier one (its interval
         # override stays: a restarted ServerApp keeps what the operator set for the run).
-        self.control_seen, self.state = self.until_available("resume", lambda: (
-            store.server_control().get("aggregate_now_requested_at"), rounds.resume(store, settings.model_config())))
+        self.control_seen, self.state, self.admission.positions = self.until_available("resume", lambda: (
+            store.server_control().get("aggregate_now_requested_at"), rounds.resume(store, settings.model_config()),
+            Positions.from_store(store, settings.devices)))
         self.control_checked = 0.0
         self.last_train = -math.inf
         self.early_devices = 0  # devices with data at the last early attempt (warm-up)
@@ -308,18 +310,27 @@ class TimedServer:
         online = sorted(bindings.online)
         busy = {sent.node for sent in self.outstanding.values()}
         targets = [n for n in online if n not in busy]  # one message at a time per device
-        record = self.state.instruction(self.settings.local_epochs).to_record()
-        messages = [Message(record, dst_node_id=node, message_type=MessageType.TRAIN, ttl=self.ttl)
+        instruction = self.state.instruction(self.settings.local_epochs)
+        told = {node: self.read_from(node) for node in targets}
+        records = {at: replace(instruction, read_from=at).to_record() for at in set(told.values())}
+        messages = [Message(records[told[node]], dst_node_id=node, message_type=MessageType.TRAIN, ttl=self.ttl)
                     for node in targets]
         pushed = time.monotonic()
         ids = list(self.grid.push_messages(messages)) if messages else []
         pushed = time.monotonic() - pushed
         for node, message_id in zip(targets, ids, strict=True):
-            self.outstanding[message_id] = Sent(node, now, self.state.round)
+            self.outstanding[message_id] = Sent(node, now, self.state.round, told[node])
         self.transport.online, self.transport.sent = len(online), self.transport.sent + len(ids)
         log.info("tick: round %d, %d devices online, %d train messages sent in %.1fs, %d still out, "
                  "%d updates pending", self.state.round, len(online), len(ids), pushed,
                  len(self.outstanding) - len(ids), len(self.pending))
+
+    def read_from(self, node: int) -> int | None:
+        """Where the device of ``node`` reads its windows next (None: the node's device is not known yet)."""
+        device = self.admission.bindings.device_of(node)
+        if device is None or device not in self.devices:
+            return None
+        return self.admission.positions.read_from(device, self.settings.window_source(device))
 
     def collect_replies(self, now: float) -> None:
         if not self.outstanding:

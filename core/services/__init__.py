@@ -2,7 +2,9 @@
 
 :func:`up` starts what the config says should run here (a Kafka broker when
 ``kafka.bootstrap_servers`` is local and ``kafka.local_broker.enabled``; a
-MongoDB-wire server likewise for ``mongo.uri``), then creates the topics and
+MongoDB-wire server likewise for ``mongo.uri``; a Flink session cluster when
+``flink.jobmanager`` is this machine's, a Spark standalone cluster when
+``spark.master`` is), then creates the topics and
 the collections. :func:`down` stops them; :func:`status` reports them.
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from core import mongo_auth
 from core.config import AppConfig
 from core.secrets import redact_url
-from core.services import kafka, mongo
+from core.services import flink_cluster, kafka, mongo, spark_cluster
 from core.services.runner import ManagedProcess, ServiceError, State, Status
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,13 @@ def local_processes(cfg: AppConfig) -> list[ManagedProcess]:
     """The processes this machine runs for ``cfg``, in start order."""
     procs = []
     if kafka.runs_locally(cfg):
-        procs.append(kafka.broker_process(cfg))
+        procs.extend(kafka.broker_processes(cfg))
     if mongo.runs_locally(cfg):
         procs.append(mongo.server_process(cfg))
+    if flink_cluster.runs_locally(cfg):
+        procs.extend(flink_cluster.processes(cfg))
+    if spark_cluster.runs_locally(cfg):
+        procs.extend(spark_cluster.processes(cfg))
     return procs
 
 
@@ -43,8 +49,15 @@ class Readiness:
 
 def up(cfg: AppConfig) -> Readiness:
     """Start local servers (idempotent) and provision topics and collections."""
-    for proc in local_processes(cfg):
-        proc.start()
+    procs = local_processes(cfg)
+    brokers = [p for p in procs if p.name.startswith(kafka.NAME)]
+    for proc in brokers:  # a quorum of several nodes becomes healthy together
+        proc.start(wait=False)
+    for proc in brokers:
+        proc.wait_started()
+    for proc in procs:
+        if proc not in brokers:
+            proc.start()
     ready = provision(cfg)
     ready.services = status(cfg)
     return ready
@@ -90,7 +103,7 @@ def status(cfg: AppConfig) -> list[Status]:
     out: list[Status] = []
     local = {p.name: p for p in local_processes(cfg)}
     if kafka.NAME in local:
-        out.append(local[kafka.NAME].status())
+        out.extend(p.status() for name, p in local.items() if name.startswith(kafka.NAME))
     else:
         ok = topics.broker_ready(cfg.kafka, timeout=2.0)
         out.append(Status(kafka.NAME, State.EXTERNAL, address=cfg.kafka.bootstrap_servers,
@@ -101,4 +114,5 @@ def status(cfg: AppConfig) -> list[Status]:
         ok = storage.ping(mongo_auth.client_uri(cfg.mongo), timeout_ms=2000)
         out.append(Status(mongo.NAME, State.EXTERNAL, address="{}:{}".format(*mongo.uri_host_port(cfg.mongo.uri)),
                           detail="reachable" if ok else "unreachable"))
+    out.extend(p.status() for name, p in local.items() if name.startswith(("flink_", "spark_")))
     return out

@@ -206,6 +206,7 @@ class ManagedProcess:
     address: str = ""
     prepare: Callable[[], Sequence[str]] | None = None
     killed: bool = field(default=False, init=False, repr=False)  # the last stop() needed SIGKILL
+    _launched: subprocess.Popen | None = field(default=None, init=False, repr=False)  # by start(wait=False)
 
     @property
     def pid_file(self) -> Path:
@@ -241,10 +242,14 @@ class ManagedProcess:
         return Status(self.name, state, pid=pid, address=self.address)
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> Status:
-        """Start the process unless it already runs; wait until it is healthy."""
+    def start(self, wait: bool = True) -> Status:
+        """Start the process unless it already runs; wait until it is healthy (``wait=False``: only
+        launch it, and call :meth:`wait_started` later; for servers that become healthy together,
+        such as the nodes of a Kafka quorum)."""
         pid = self.pid()
         if pid is not None:
+            if not wait:
+                return self.status()
             if self._wait_healthy(pid, self.startup_timeout):
                 log.info("%s already running (pid %d)", self.name, pid)
                 return self.status()
@@ -291,8 +296,17 @@ class ManagedProcess:
                 raise ServiceError(f"cannot start {self.name}: {exc.filename} not found") from exc
         write_pid_file(self.pid_file, proc.pid)
         log.info("started %s (pid %d), log %s", self.name, proc.pid, self.log_file)
-        if not self._wait_healthy(proc.pid, self.startup_timeout, proc):
-            code = proc.poll()
+        self._launched = proc
+        return self.wait_started() if wait else self.status()
+
+    def wait_started(self) -> Status:
+        """Wait until the process :meth:`start` launched is healthy; stop it and raise if it is not."""
+        proc, self._launched = self._launched, None
+        pid = proc.pid if proc is not None else self.pid()
+        if pid is None:
+            raise ServiceError(f"{self.name} is not running; last lines of {self.log_file}:\n{self.tail()}")
+        if not self._wait_healthy(pid, self.startup_timeout, proc):
+            code = proc.poll() if proc is not None else None
             self.stop()
             why = f"exited with code {code}" if code is not None else f"not healthy after {self.startup_timeout:.0f}s"
             raise ServiceError(f"{self.name} {why}; last lines of {self.log_file}:\n{self.tail()}")

@@ -15,7 +15,7 @@ from pymongo.errors import PyMongoError
 from core.config import AppConfig
 from core.storage import Storage
 from fl_app.api.deps import Services
-from fl_app.api.routers import admin, devices, history, live, models, predictions, status
+from fl_app.api.routers import admin, devices, history, lineage, live, models, predictions, status
 from fl_app.api.sampler import Sampler
 from fl_app.api.values import json_safe
 
@@ -43,7 +43,7 @@ def create_app(cfg: AppConfig, devices_of_data_set: list[int], sample: bool = Tr
                   description="Streaming federated learning on IoT sensor data: the pipeline's state. "
                               "Admin actions need the X-API-Key header.")
     for router in (status.router, history.router, models.router, devices.router, predictions.router,
-                   admin.router, live.router):
+                   lineage.router, admin.router, live.router):
         app.include_router(router)
 
     @app.exception_handler(RequestValidationError)

@@ -213,3 +213,62 @@ class LiveResponse(BaseModel):
     current_round: int
     loss_per_round: list[LossPoint]
     anomalies_per_minute: list[MinuteCount]
+
+
+# ------------------------------------------------------------------ lineage (fl_app/federation/lineage.py)
+class SourceOut(BaseModel):
+    """The window records a local update consumed (Kafka) and the readings in them (core.messages.Source)."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    windows: int
+    first_event_id: str
+    last_event_id: str
+    replayed: int
+    held_out: int
+
+
+class UpdateLineage(BaseModel):
+    id: str
+    device_id: int
+    base_round: int = Field(description="the global round it trained from")
+    num_examples: int
+    trained_at: datetime
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    source: SourceOut | None = Field(default=None, description="null: recorded before lineage, or no Kafka source")
+
+
+class LeftOut(BaseModel):
+    device_id: int
+    reason: str
+    source: SourceOut | None = None
+
+
+class RoundLineage(BaseModel):
+    """Which updates (and so which readings) made one global model, and which were left out and why."""
+
+    round: int
+    created_at: datetime
+    num_examples: int | None = None
+    base_rounds: list[int]
+    readings_per_device: dict[str, int]
+    updates: Page[UpdateLineage]
+    left_out: list[LeftOut] = Field(description="updates of its tick trained into no round (stale, rejected)")
+    refused: list[LeftOut] = Field(description="replies of its tick refused, by device")
+    idle: list[int] = Field(description="devices that replied with no new readings")
+
+
+class PredictionLineage(BaseModel):
+    prediction: PredictionOut
+    lineage: str = Field(description="the path of the lineage of the model that scored it")
+
+
+class Contribution(BaseModel):
+    round: int = Field(description="the global round its readings went into")
+    base_round: int
+    num_examples: int
+    trained_at: datetime
+    source: SourceOut | None = None

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer()
 fl_group = group(app, "fl", "Federated learning with Flower (serve, up, down, simulate, certs).")
+lineage_group = group(app, "lineage", "Which readings made which model: check what MongoDB records.")
 
 
 @command(fl_group, "serve", log="fl_launcher")
@@ -131,3 +132,34 @@ def _print_evaluation(result: Evaluation) -> None:
         console.print(table, width=max(console.width, 110))  # whole numbers, also in a log or a pipe
     if "holdout" in result.results:
         console.print(f"holdout, local, mean of the devices' own F1: {result.local_mean_f1:.3f}")
+
+
+SINCE = typer.Option(None, "--since-minutes", min=0.0, help="Only the rounds of the last this many minutes.")
+AS_JSON = typer.Option(False, "--json", help="Print the report as JSON.")
+
+
+@command(lineage_group, "check", log="fl_app")
+def lineage_check(cfg: AppConfig, since_minutes: float | None = SINCE, as_json: bool = AS_JSON) -> None:
+    """Check the lineage MongoDB records: no window record trained on twice or consumed without a trace,
+    every local update in exactly one round, each round's readings the sum of its updates'. Exit 1 if not."""
+    from datetime import UTC, datetime, timedelta
+
+    from core.storage import Storage
+    from fl_app.federation import lineage
+
+    since = datetime.now(UTC) - timedelta(minutes=since_minutes) if since_minutes is not None else None
+    with Storage.from_config(cfg.mongo) as store:
+        report = lineage.check(store, since)
+    if as_json:
+        console.print_json(json.dumps(report.to_json()))
+    else:
+        console.print(f"lineage: {report.rounds} rounds, {report.updates} local updates, {report.readings:,} readings, "
+                      f"{report.records:,} window records ({report.left_out} updates left out, "
+                      f"{report.without_source} without a source)")
+        for kind, items in report.problems.items():
+            console.print(f"[red]{kind}: {len(items)}[/]")
+            for item in items[:lineage.MAX_LISTED]:
+                console.print(f"  {item}")
+        console.print("[green]consistent.[/]" if report.ok else "[red]inconsistent.[/]")
+    if not report.ok:
+        raise typer.Exit(1)

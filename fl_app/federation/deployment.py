@@ -8,11 +8,13 @@ SuperNodes (``clients/supernodes.py``) and one executor runs their ClientApps
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from core.atomic import write_text
@@ -20,7 +22,7 @@ from core.certs import CertPaths
 from core.config import PROJECT_ROOT, AppConfig
 from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, kill_all
 from fl_app.federation.security import ensure_certificates, superlink_flags, supernode_flags
-from fl_app.federation.settings import devices, run_settings
+from fl_app.federation.settings import devices, every_device, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -111,26 +113,54 @@ def write_flwr_config(cfg: AppConfig) -> None:
 
 
 def register_supernodes(cfg: AppConfig) -> int:
-    """Register each device's public key with the SuperLink (``flwr supernode register``); returns how many
-    were new. Needs a running SuperLink; a key registered before counts as done."""
-    import subprocess
+    """Register every device's public key with the SuperLink (what ``flwr supernode register`` does),
+    those of devices left to other machines too; returns how many were new. Needs a running SuperLink;
+    a key registered before counts as done.
+
+    In this process over one Control API connection: 53 keys took 0.3 s, where one ``flwr`` CLI
+    call per key took 1.2 s each (64 s)."""
+    from cryptography.hazmat.primitives import serialization
+    from flwr.cli.flower_config import read_superlink_connection
+    from flwr.cli.utils import init_http_client_from_connection
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+    from httpx import HTTPError, HTTPStatusError
 
     write_flwr_config(cfg)
     paths = CertPaths(Path(cfg.fl.security.certs_dir))
+    # The CLI's connection settings come from $FLWR_HOME/config.toml; it prints "Using SuperLink ...".
+    with _flwr_home(cfg), contextlib.redirect_stdout(io.StringIO()):
+        client = init_http_client_from_connection(read_superlink_connection(FEDERATION))
     new = 0
-    for device in devices(cfg):
-        proc = subprocess.run([_bin("flwr"), "supernode", "register", str(paths.supernode_public_key(device)),
-                               FEDERATION, "--name", f"device-{device}", "--format", "json"],
-                              capture_output=True, text=True, env={**os.environ, **_env(cfg)}, timeout=60)
-        try:
-            reply = json.loads(proc.stdout)
-        except ValueError:
-            reply = {"success": False, "error-message": proc.stdout[-500:] + proc.stderr[-500:]}
-        if reply.get("success"):
-            new += 1
-        elif "already in use" not in str(reply.get("error-message")):
-            raise RuntimeError(f"registering device {device}'s SuperNode key failed: {reply.get('error-message')}")
+    try:
+        for device in every_device(cfg):
+            key = serialization.load_ssh_public_key(paths.supernode_public_key(device).read_bytes())
+            try:
+                client.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key),  # type: ignore[arg-type]
+                                                        name=f"device-{device}"))
+                new += 1
+            except HTTPStatusError as exc:
+                if "already in use" not in exc.response.text:
+                    raise RuntimeError(f"registering device {device}'s SuperNode key failed: "
+                                       f"{exc.response.text[:300]}") from None
+            except HTTPError as exc:
+                raise RuntimeError(f"registering device {device}'s SuperNode key failed: {exc}") from None
+    finally:
+        client.close()
     return new
+
+
+@contextlib.contextmanager
+def _flwr_home(cfg: AppConfig) -> Iterator[None]:
+    before = os.environ.get("FLWR_HOME")
+    os.environ["FLWR_HOME"] = str(flwr_home(cfg))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FLWR_HOME", None)
+        else:
+            os.environ["FLWR_HOME"] = before
 
 
 def _bin(name: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from core import certs
 from core.certs import CertPaths
 from core.config import AppConfig
-from fl_app.federation.settings import devices
+from fl_app.federation.settings import every_device
 
 
 def superlink_flags(cfg: AppConfig) -> list[str]:
@@ -33,8 +33,10 @@ def supernode_flags(cfg: AppConfig, device: int) -> list[str]:
 
 
 def ensure_certificates(cfg: AppConfig, force: bool = False) -> list[Path]:
-    """Make the CA, the SuperLink certificate and the devices' key pairs that are missing."""
+    """Make the CA, the SuperLink certificate and the devices' key pairs that are missing: a key pair for
+    every device of the data set, those left to other machines (``fl.devices``) too."""
     security = cfg.fl.security
-    return certs.make(Path(security.certs_dir), security.hostnames, devices(cfg) if security.supernode_auth else [],
+    keyed = every_device(cfg) if security.supernode_auth else []
+    return certs.make(Path(security.certs_dir), security.hostnames, keyed,
                       days=security.certificate_days, force=force)
 

@@ -50,10 +50,11 @@ from core.atomic import write_json
 from core.records import DeadLetter, window_record
 from core.storage import Storage
 from core.validation import validate
-from stream.flink import interpreter
+from stream.flink import interpreter, session
 from stream.flink.settings import JobSettings
 
 log = logging.getLogger("stream.flink.job")
+JOB_NAME = "fl-iot-stream"
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OWN_PACKAGES = (PROJECT_ROOT / "core", PROJECT_ROOT / "stream")  # the only modules imported from the repo
@@ -265,7 +266,7 @@ class DeviceWindows(KeyedProcessFunction):
 
 def _environment(s: JobSettings) -> StreamExecutionEnvironment:
     config = Configuration()
-    config.set_string("pipeline.name", "fl-iot-stream")
+    config.set_string("pipeline.name", JOB_NAME)
     config.set_string("python.executable", s.python_executable)
     config.set_string("python.client.executable", s.python_executable)
     config.set_string("python.fn-execution.bundle.size", str(s.bundle_size))
@@ -282,11 +283,6 @@ def _environment(s: JobSettings) -> StreamExecutionEnvironment:
     config.set_string("restart-strategy.exponential-delay.max-backoff", "60 s")
     if s.resume_from:
         config.set_string("execution.state-recovery.path", s.resume_from)
-    if s.jobmanager != "local":
-        host, _, port = s.jobmanager.rpartition(":")
-        config.set_string("execution.target", "remote")
-        config.set_string("rest.address", host)
-        config.set_string("rest.port", port)
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.add_jars(*(Path(j).resolve().as_uri() for j in s.jars))
     env.set_parallelism(s.parallelism)
@@ -401,7 +397,12 @@ def main(argv: list[str] | None = None) -> None:
     Path(s.python_env_report).unlink(missing_ok=True)
     started = time.monotonic()
     threading.Thread(target=_log_operator_interpreter, args=(s,), name="interpreter-report", daemon=True).start()
-    build(s).execute("fl-iot-stream")
+    if s.jobmanager == "local":
+        build(s).execute(JOB_NAME)
+    else:
+        # The job's name says whose it is: a cluster may run the jobs of other consumer groups too.
+        session.run(s.jobmanager, f"{JOB_NAME} ({s.group_id})",
+                    lambda: str(build(s).execute_async(f"{JOB_NAME} ({s.group_id})").get_job_id()))
     log.info("job ended after %.0fs", time.monotonic() - started)
 
 

@@ -16,15 +16,12 @@ from core import dataset, mongo_auth
 from core.config import PROJECT_ROOT, AppConfig, ConfigError
 from core.kafka_auth import FLINK_SHADED, java_properties
 from core.records import SENSOR_FIELDS, window_partitions
-from core.services import jars
+from core.services import flink_cluster, jars
+from core.services.flink_cluster import flink_env
 from core.services.runner import ServiceError
 from stream.flink.settings import JobSettings, latest_checkpoint
 
 JAVA_SOURCES = Path(__file__).resolve().parent / "java"
-
-
-def flink_env(cfg: AppConfig) -> Path:
-    return Path(cfg.flink.python_env) if cfg.flink.python_env else PROJECT_ROOT / ".venv-flink"
 
 
 def flink_python(cfg: AppConfig) -> Path:
@@ -114,4 +111,11 @@ def prepare(cfg: AppConfig) -> tuple[list[str], dict[str, str]]:
         # Flink's own logs (JobManager/TaskManager of the mini-cluster) next to ours.
         "FLINK_LOG_DIR": str(Path(cfg.paths.logs_dir) / "flink"),
     }
-    return [job_settings.python_executable, "-m", "stream.flink.job", "--settings", str(path)], env
+    program = ["--settings", str(path)]
+    if cfg.flink.jobmanager == "local":
+        return [job_settings.python_executable, "-m", "stream.flink.job", *program], env
+    # A cluster: Flink's own client runs the job's module with a context that submits to that
+    # JobManager (PyFlink's StreamExecutionEnvironment on its own only makes a local one).
+    flink = flink_cluster.flink_home(cfg) / "bin" / "flink"
+    return [str(flink), "run", "--jobmanager", cfg.flink.jobmanager, "--pyModule", "stream.flink.job",
+            "--pyClientExecutable", job_settings.python_executable, *program], env

@@ -211,6 +211,27 @@ def test_predictions_filters_and_pages(api: Api) -> None:
     assert api.get("/api/predictions", anomalies_only="perhaps").status_code == 422
 
 
+def test_lineage_of_a_round_a_prediction_and_a_device(api: Api) -> None:
+    """Which updates (and readings) made a round, which rounds scored a reading, where a device's data went."""
+    one = api.get("/api/models/1/lineage").json()
+    assert one["readings_per_device"] == {"1": 10, "2": 5, "3": 5} and one["updates"]["total"] == 4
+    assert [u["device_id"] for u in one["updates"]["items"]] == [1, 1, 2, 3]  # a device's two updates both count
+    assert len(api.get("/api/models/1/lineage", limit=3, page=2).json()["updates"]["items"]) == 1
+    missing = api.get("/api/models/99/lineage")
+    assert missing.status_code == 404 and "round 99" in missing.json()["detail"]
+    assert api.get("/api/models/1/lineage", limit=0).status_code == 422
+    preds = api.docs["predictions"]
+    twice = preds[preds["model_round"] == 2].iloc[0]["event_id"]  # scored by round 1, then by round 2
+    scored = api.get(f"/api/predictions/{twice}").json()
+    assert [p["prediction"]["model_round"] for p in scored] == [1, 2]
+    assert scored[1]["lineage"] == "/api/models/2/lineage" and api.get(scored[1]["lineage"]).status_code == 200
+    assert api.get("/api/predictions/no-such-reading").status_code == 404
+    assert api.get("/api/predictions/" + "e" * 129).status_code == 422
+    mine = api.get("/api/devices/1/contributions").json()
+    assert mine["total"] == 4 and sorted(c["round"] for c in mine["items"]) == [1, 1, 2, 3]
+    assert api.get("/api/devices/999/contributions").status_code == 404
+
+
 def test_admin_actions_need_the_key_and_reach_the_control_document(api: Api) -> None:
     assert api.http.post("/api/admin/aggregate").status_code == 401
     assert api.http.post("/api/admin/aggregate", headers={"X-API-Key": "wrong"}).status_code == 401

@@ -81,10 +81,10 @@ def test_the_pipeline_dashboard_is_at_most_a_minute_behind_mongodb(tmp_path: Pat
                 page.fill("#password", password)
                 page.click('[data-test="login-button"]')
                 page.wait_for_url(re.compile(r".*/superset/welcome/?.*"), timeout=60_000)
-                until = time.monotonic() + 120
+                until, blank = time.monotonic() + 120, 0
                 while time.monotonic() < until:
                     page.goto(f"{base}/superset/dashboard/fl-pipeline/")
-                    found = None
+                    found, texts = None, []
                     wait = time.monotonic() + 60
                     while found is None and time.monotonic() < wait:  # charts load one by one
                         texts = [h.inner_text() for h in page.query_selector_all(
@@ -93,6 +93,11 @@ def test_the_pipeline_dashboard_is_at_most_a_minute_behind_mongodb(tmp_path: Pat
                                       and NUMBER.search(t.strip())), None)
                         if found is None:
                             page.wait_for_timeout(500)
+                    if not texts:  # the page drew no chart at all in 60 s (seen once in CI): load it again,
+                        blank += 1  # the minute lost is added to the window, and twice fails the test
+                        assert blank < 2, "the dashboard drew no chart in 60 s, twice"
+                        until += 60
+                        continue
                     assert found, texts  # the exact number (format ",d"), not "6.91k"
                     seen.append((time.monotonic(), int(found.group(1).replace(",", ""))))
                     time.sleep(10)

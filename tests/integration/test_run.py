@@ -86,6 +86,18 @@ def test_run_status_stop(tmp_path: Path) -> None:
             api_status = httpx.get(f"{api_url}/api/status", timeout=30).json()
             newest = store.global_model.find_one(sort=[("round", -1)])
             assert newest is not None and abs(api_status["current_round"] - newest["round"]) <= 1
+        # Lineage: a prediction leads to the model that scored it, that to its updates, and they to the
+        # readings they trained on (stored by the Flink job); MongoDB's records agree (`fl-app lineage check`).
+        scored = httpx.get(f"{api_url}/api/predictions", params={"limit": 1}, timeout=30).json()["items"][0]
+        chain = httpx.get(f"{api_url}/api/predictions/{scored['event_id']}", timeout=30).json()
+        made = httpx.get(api_url + chain[-1]["lineage"], params={"limit": 500}, timeout=30).json()
+        assert made["updates"]["total"] >= 1 and all(u["source"] for u in made["updates"]["items"]), made
+        with Storage.from_config(load_config(overrides).mongo) as store:
+            for u in made["updates"]["items"]:
+                for event in (u["source"]["first_event_id"], u["source"]["last_event_id"]):
+                    assert store.device_data.find_one({"event_id": event, "device_id": u["device_id"]}), (u, event)
+        checked = fl_app("lineage", "check")
+        assert checked.returncode == 0 and "consistent." in checked.stdout, checked.stdout + checked.stderr
         admin = {"X-API-Key": "e2e-key"}
         slower = httpx.put(f"{api_url}/api/admin/aggregation-interval", json={"seconds": 600}, headers=admin,
                            timeout=30)

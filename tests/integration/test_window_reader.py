@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from clients.windows import WindowReader
 from core import services
@@ -74,3 +74,49 @@ def test_bad_window_records_are_left_out_and_the_position_moves_past_them(stack:
         assert again.read_new(max_seconds=5) == []  # committed past the bad records: they never come back
     finally:
         again.close()
+
+
+def test_consecutive_reads_of_transactional_windows_tile_the_partition(stack: AppConfig, tmp_path: Path) -> None:
+    """Flink writes windows in transactions; each commit leaves a marker that takes an offset and is never
+    delivered. The reads' positions (an update's lineage, core.messages.Source) must still meet end to
+    end, and a read to the end must commit past the marker, so that the next read with nothing new is
+    answered without a fetch. Before, each update began at its first record: every marker looked like a
+    record consumed without a trace, and the position stopped on the marker, so every idle read fetched."""
+    tag = uuid.uuid4().hex[:8]
+    cfg = load_config(tenant_overrides(stack, tmp_path, tag))
+    services.provision(cfg)
+    topic, device, partition = cfg.kafka.topics.windows.name, 3, 2
+    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "transactional.id": f"tx-{tag}"})
+    producer.init_transactions(30)
+
+    def transaction(first: int, count: int) -> None:
+        producer.begin_transaction()
+        for i in range(first, first + count):
+            reading = {**GOOD, "device_id": device, "event_id": f"t-{i}", "seq": i}
+            producer.produce(topic, value=json.dumps(window_record(device, "a", "b", [reading])).encode(),
+                             key=str(device).encode(), partition=partition)
+        producer.commit_transaction(30)
+
+    group = f"fl-device-tiles-{tag}"
+    spans, got = [], []
+    for first, count in ((0, 3), (3, 2), (5, 4)):
+        transaction(first, count)
+        reader = WindowReader(cfg.kafka.bootstrap_servers, topic, partition, group, device)
+        try:
+            got += [r["event_id"] for w in read_once_the_coordinator_is_up(reader) for r in w["readings"]]
+            reader.commit()
+            assert reader.first_offset is not None and reader.next_offset is not None
+            spans.append((reader.first_offset, reader.next_offset - 1))
+            _, high = reader.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            assert reader.next_offset == high  # past the marker: nothing left to fetch
+        finally:
+            reader.close()
+    assert got == [f"t-{i}" for i in range(9)]  # each reading once, in order
+    # 9 records and 3 markers, in three spans that meet end to end.
+    assert spans[0][0] == 0 and spans[-1][1] == 9 + 3 - 1
+    assert all(spans[i][1] + 1 == spans[i + 1][0] for i in range(len(spans) - 1)), spans
+    idle = WindowReader(cfg.kafka.bootstrap_servers, topic, partition, group, device)
+    try:
+        assert idle.read_new(max_seconds=5) == [] and idle.first_offset is None  # answered from the offsets
+    finally:
+        idle.close()

@@ -26,7 +26,10 @@ def test_records_that_are_no_window_of_this_device_are_refused() -> None:
 def test_readings_the_model_cannot_take_are_left_out() -> None:
     bad: list[Any] = [{**GOOD, "humidity": None}, {**GOOD, "light": True}, {**GOOD, "voltage": "2.7"},
            {**GOOD, "source_time": "2004-02-28T01:00:00"}, {**GOOD, "source_time": 5}, {**GOOD, "device_id": 2},
-           {k: v for k, v in GOOD.items() if k != "temperature"}, [1, 2], "x"]
+           {k: v for k, v in GOOD.items() if k != "temperature"}, [1, 2], "x",
+           # An update's lineage names its readings by event id (core.messages.Source).
+           {k: v for k, v in GOOD.items() if k != "event_id"}, {**GOOD, "event_id": ""}, {**GOOD, "event_id": 7},
+           {**GOOD, "event_id": "e" * 129}]
     value = json.dumps(window_record(1, "s", "e", [*bad, GOOD])).replace('"voltage": 2.7}]', '"voltage": NaN}]')
     window, problems = parse_window(json.dumps(window_record(1, "s", "e", [*bad, GOOD])).encode(), 1)
     assert window is not None and window["readings"] == [GOOD] and len(problems) == len(bad)

@@ -58,3 +58,13 @@ def test_a_bad_key_exits_2_naming_it_and_a_users_error_exits_1_in_one_line(tmp_p
 def test_an_exit_passes_through(tmp_path: Path) -> None:
     app, _ = make_app(tmp_path)
     assert runner.invoke(app, ["other", f"paths.home={tmp_path}"]).exit_code == 7
+
+
+def test_a_long_stop_line_stays_one_line_when_output_is_not_a_terminal(capsys) -> None:
+    # CI failed so: rich broke "stopped: ..., mongo, kafka in 13.9 s" at 80 columns and a search for it missed.
+    from core.commands import print_stopped
+
+    names = [f"fl_supernode_{n}" for n in range(1, 20)]
+    print_stopped(names)
+    out = capsys.readouterr().out
+    assert out == f"stopped: {', '.join(names)}\n"

@@ -85,3 +85,33 @@ def test_the_sasl_broker_authenticates_every_listener_and_denies_by_default(tmp_
     assert "PLAINTEXT://" not in props["listeners"].replace("SASL_PLAINTEXT://", "")
     plain = load_config([f"paths.home={tmp_path}"])
     assert "super.users" not in kafka._server_properties(plain)
+
+
+def test_a_device_listener_takes_device_logins_only_and_the_run_settings_give_devices_its_address(
+        tmp_path: Path) -> None:
+    from core.messages import RunSettings
+
+    cfg = sasl_config(tmp_path, "kafka.bootstrap_servers=127.0.0.1:9092",
+                      "kafka.device_bootstrap_servers=10.231.0.1:9095")
+    props = dict(line.split("=", 1) for line in kafka._server_properties(cfg).splitlines())
+    assert props["listeners"].endswith(",DEVICES://10.231.0.1:9095")
+    assert props["advertised.listeners"] == "SASL_PLAINTEXT://127.0.0.1:9092,DEVICES://10.231.0.1:9095"
+    assert props["listener.security.protocol.map"].endswith(",DEVICES:SASL_PLAINTEXT")
+    # The pipeline's PLAIN password is never asked for on the devices' network.
+    assert props["listener.name.devices.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert "password" not in props["listener.name.devices.scram-sha-512.sasl.jaas.config"]
+    assert "listener.name.devices.plain.sasl.jaas.config" not in props
+    assert RunSettings.from_config(cfg, [1, 2], "s.json").kafka_bootstrap == "10.231.0.1:9095"
+    assert RunSettings.from_config(sasl_config(tmp_path), [1], "s.json").kafka_bootstrap == "127.0.0.1:9092"
+    without = dict(line.split("=", 1) for line in kafka._server_properties(sasl_config(tmp_path)).splitlines())
+    assert "DEVICES" not in without["listeners"] + without["listener.security.protocol.map"]
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("0.0.0.0:9095", "not 0.0.0.0"),
+    ("nohost", "host:port"),
+    ("10.0.0.1:9095,10.0.0.1:9096", "one address per local Kafka node"),
+])
+def test_a_device_address_devices_cannot_dial_is_refused(tmp_path: Path, value: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_config([f"paths.home={tmp_path}", f"kafka.device_bootstrap_servers='{value}'"])

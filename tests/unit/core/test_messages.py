@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from core.messages import (
     NUM_EXAMPLES,
     LocalUpdate,
     MalformedReply,
+    Source,
     unpack,
 )
 from core.model import HISTOGRAM_EDGES
@@ -35,7 +37,10 @@ def good() -> RecordDict:
     return LocalUpdate(DEVICE, 4, 16, [np.zeros((3, 2), np.float32), np.ones(2, np.float32)],
                        {"loss": 0.1, "score-mean": 0.2}, [1.0] * (len(HISTOGRAM_EDGES) - 1),
                        datetime(2026, 11, 28, 1, 0, tzinfo=UTC), datetime(2026, 11, 28, 1, 0, 30, tzinfo=UTC),
-                       0.5, 0.25).to_record()
+                       0.5, 0.25, source=SOURCE).to_record()
+
+
+SOURCE = Source("windows.7", 0, 120, 124, 4, "0-1001", "0-1016", replayed=40, held_out=2)
 
 
 def config(key: str, value: Any) -> Callable[[RecordDict], None]:
@@ -101,6 +106,24 @@ MALFORMED: dict[str, tuple[Callable[[RecordDict], object], str, bool]] = {
     "no config record": (lambda r: r.pop(CONFIG), "lacks record", False),
     "no metrics record": (lambda r: r.pop(METRICS), "lacks record", False),
     "delivery-seconds a string": (config("delivery-seconds", "fast"), "duration must be a number", True),
+    # Its lineage (core.messages.Source): what MongoDB, Kafka's names and the counts can hold.
+    "source topic with a slash": (config("source-topic", "../windows"), "Kafka topic name", True),
+    "source topic of 300 characters": (config("source-topic", "w" * 300), "Kafka topic name", True),
+    "source topic a number": (config("source-topic", 7), "Kafka topic name", True),
+    "source named by halves": (lambda r: r.config_records[CONFIG].pop("source-topic"), "source-topic", True),
+    "negative partition": (config("source-partition", -1), "out of range", True),
+    "last offset before the first": (config("last-offset", 119), "out of range", True),
+    "offset past int64": (config("last-offset", 2**63), "out of range", True),
+    "last offset at int64's end": (config("last-offset", 2**63 - 1), "out of range", True),  # next: past it
+    "float offset": (config("first-offset", 120.0), "must be an integer", True),
+    "more windows than records": (config("source-windows", 6), "out of range", True),
+    "no windows": (config("source-windows", 0), "out of range", True),
+    "empty event id": (config("first-event-id", ""), "1-128 characters", True),
+    "event id of 200 characters": (config("last-event-id", "e" * 200), "1-128 characters", True),
+    "event id with a lone surrogate": (config("last-event-id", "\udc80"), "not valid text", True),
+    "event id a list": (config("first-event-id", ["0-1"]), "1-128 characters", True),
+    "negative replayed": (config("replayed", -1), "out of range", True),
+    "more held out than readings": (config("held-out", 17), "out of range", True),
 }
 
 
@@ -142,6 +165,19 @@ def test_a_good_reply_is_parsed_with_utc_times() -> None:
     assert update.window_start.utcoffset() == timedelta(0)
     assert [w.shape for w in update.weights] == [(3, 2), (2,)] and update.metrics == {"loss": 0.1, "score-mean": 0.2}
     assert update.delivery_seconds == 0.5 and update.work_seconds == 0.25
+    assert update.source == SOURCE  # its lineage, as sent
+
+
+def test_a_reply_of_no_readings_names_the_records_it_consumed() -> None:
+    """Records consumed with no reading the model could take: a source of no windows and no event ids,
+    so that the lineage check does not count them as consumed without a trace."""
+    none = Source("windows.7", 0, 125, 127, 0, "", "", 0, 0)
+    update = LocalUpdate.from_record(LocalUpdate(DEVICE, 0, 0, [], source=none).to_record())
+    assert update.num_examples == 0 and update.source == none
+    for bad, why in ((Source("windows.7", 0, 125, 127, 0, "0-1", "0-2", 0, 0), "names no event ids"),
+                     (Source("windows.7", 0, 125, 127, 1, "0-1", "0-2", 0, 0), "out of range")):
+        with pytest.raises(MalformedReply, match=why):
+            LocalUpdate.from_record(LocalUpdate(DEVICE, 0, 0, [], source=bad).to_record())
 
 
 def test_a_reply_without_data_has_no_times_and_unknown_durations() -> None:
@@ -163,3 +199,16 @@ def test_unpack_checks_the_layout_before_using_it() -> None:
             unpack(flat, layout)
     assert [w.shape for w in unpack(flat, [2, 3, 2])] == [(3, 2)]
     assert [w.shape for w in unpack([np.zeros(1, np.float32)], [0])] == [()]
+
+
+def test_a_train_message_names_where_to_read_only_as_an_offset() -> None:
+    from core.messages import TrainInstruction
+
+    told = TrainInstruction([np.zeros(2, np.float32)], 3, 1.0, 1, read_from=120)
+    assert TrainInstruction.from_record(told.to_record()).read_from == 120
+    assert TrainInstruction.from_record(replace(told, read_from=None).to_record()).read_from is None
+    for bad in (-1, 1.5, "120", 2**63):
+        content = told.to_record()
+        content.config_records[CONFIG]["read-from"] = bad
+        with pytest.raises(ValueError, match="read-from"):
+            TrainInstruction.from_record(content)

@@ -21,7 +21,7 @@ FL_APP = Path(sys.executable).parent / "fl-app"
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "stop", "services", "config"):
+    for command in ("run", "stop", "services", "config", "lineage"):
         assert command in result.output
 
 

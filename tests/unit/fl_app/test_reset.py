@@ -86,3 +86,10 @@ def test_reset_with_include_remote_deletes_the_remote_topics_and_database(stack:
     with Storage.from_config(stack.mongo) as store:
         databases = store.client.list_database_names()
     assert f"run_{tag}" not in databases and f"run_{other}" in databases
+
+
+def test_reset_of_a_local_kafka_cluster_removes_every_nodes_data(tmp_path: Path) -> None:
+    from fl_app.pipeline import reset_plan
+
+    removed = [path for _, path in reset_plan(load_config([f"paths.home={tmp_path}", "kafka=cluster"])).remove]
+    assert {tmp_path / ".data" / name for name in ("kafka", "kafka-2", "kafka-3")} <= {Path(p) for p in removed}

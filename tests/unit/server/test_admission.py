@@ -82,7 +82,8 @@ def key_pair() -> tuple[bytes, str]:
 def make_server(store: MongoStand, grid: Grid, device_keys: dict[str, str] | None = None,
                 per_second: float = 0.0, keys_file: str = "") -> TimedServer:
     settings = RunSettings(
-        kafka_bootstrap="", windows_topic="", devices=DEVICES, windows_per_device=False, model={}, local_epochs=1,
+        kafka_bootstrap="", windows_topic="windows", devices=DEVICES, windows_per_device=False, model={},
+        local_epochs=1,
         train_every=10.0, aggregate_every=60.0, min_devices=3, max_staleness_rounds=2, aggregator="fedavg",
         # The robust aggregation's own bounds (server.robust) wide open: these tests see the admission alone.
         trim_fraction=0.2, max_distance_factor=1e6, max_weight_factor=1e12,

@@ -200,6 +200,13 @@ class MongoStand:
         self._call("control")
         return {}
 
+    def newest_sources(self, devices: list[int]) -> dict[int, list[dict[str, Any]]]:
+        self._call("sources")
+        found = {d: [u["source"] for u in self.locals if u["device_id"] == d and u.get("source")] +
+                 [i["source"] for t in self.ticks for i in t.get("left_out", []) if i["device_id"] == d]
+                 for d in devices}
+        return {d: s for d, s in found.items() if s}
+
     def save_server_state(self, state: dict[str, Any]) -> None:
         self._call("state")
         self.state = dict(state)
@@ -414,9 +421,36 @@ def test_the_learned_normalisation_is_the_pooled_statistics_of_every_round(aggre
     np.testing.assert_allclose(norm.centre, pooled.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(norm.scale, pooled.std(axis=0), rtol=1e-9)
     assert state.instruction(1).centre == norm.centre.tolist()
-    doc = rounds.documents(outcome).global_doc
+    docs = rounds.documents(outcome)
+    doc = docs.global_doc
     assert doc is not None and doc["normalisation"]["centre"] == norm.centre.tolist()
     assert doc["moments"]["count"] == len(pooled)
+    # Its lineage: every update whose readings it counts (the superseded too), their rounds, its tick.
+    assert doc["local_model_ids"] == [d["_id"] for d in docs.local_docs] and len(docs.local_docs) == 6
+    assert sum(d["num_examples"] for d in docs.local_docs) == doc["num_examples"]
+    assert doc["base_rounds"] == sorted({u.base_round for u in updates}) and doc["tick_id"] == docs.tick["_id"]
+
+
+def test_a_tick_lists_the_records_of_the_updates_it_left_out(aggregation: TimedAggregation) -> None:
+    """Stale, rejected, and of no readings the model can take: each with the records it consumed, so that
+    the lineage check (fl_app.federation.lineage) finds every consumed record in some document."""
+    from core.messages import Source
+
+    def named(u: LocalUpdate, first: int) -> LocalUpdate:
+        u.source = Source(f"w.{u.device_id}", 0, first, first + 1, 0 if not u.num_examples else 1,
+                          *(("", "") if not u.num_examples else ("0-1", "0-2")), 0, 0)
+        return u
+
+    good = [named(update(d, 0.1), 10) for d in (1, 2, 3)]
+    stale = named(update(4, 0.1, base=CURRENT.round - aggregation.max_staleness_rounds - 1), 20)
+    bad = named(update(5, 0.1), 30)
+    bad.weights = weights(float("nan"))
+    idle = named(LocalUpdate(device_id=6, base_round=5, num_examples=0, weights=[]), 40)
+    outcome = aggregation.aggregate_round([*good, stale, bad, idle], CURRENT)
+    left = {item["device_id"]: item for item in rounds.documents(outcome).tick["left_out"]}
+    assert sorted(left) == [4, 5, 6]
+    assert left[4]["reason"] == "stale" and left[6]["reason"] == rounds.NO_READINGS
+    assert [left[d]["source"]["first_offset"] for d in (4, 5, 6)] == [20, 30, 40]
 
 
 def test_each_device_keeps_its_own_newest_threshold(aggregation: TimedAggregation) -> None:

@@ -549,7 +549,7 @@ class FLConfig:
     # The SuperLink's Fleet API, the one address devices get: 0.0.0.0:9091 to serve other machines.
     superlink_address: str = checked("127.0.0.1:9091", address)
     # Its Control API (`flwr` run/ls/stop/supernode register) and the ServerApp's Runtime API, on
-    # loopback only (fl_app/federation/superlink.py); null = 127.0.0.1:<superlink_address's port + 1>.
+    # loopback only (fl_app/federation/superlink.py); null = 127.0.0.1:<superlink_address's port - 1>.
     control_address: str | None = checked(None, loopback_address_or_null)
     supernode_base_port: int = checked(9100, tcp_port)  # SuperNode i serves its runtime API on base + i
     # "deployment": flower-superlink + one flower-supernode per device;

@@ -22,6 +22,7 @@ from core.atomic import read_json, write_json
 from core.component import Component
 from core.config import AppConfig, TopicConfig
 from core.services.runner import KILL_WAIT_SECONDS, ManagedProcess, ServiceError, State, Status, kill_all
+from fl_app import ports
 from fl_app.components import components
 
 # Last: it restarts the others when they crash (fl_app/supervisor.py); stopped first.
@@ -74,6 +75,7 @@ def run(cfg: AppConfig, overrides: Sequence[str] = ()) -> RunReport:
         A service is unhealthy, or a component died within :data:`SETTLE_SECONDS`
         (the message holds the last lines of its log).
     """
+    ports.check_distinct(cfg)
     ready = services.up(cfg)
     unhealthy = [s.name for s in ready.services if s.state not in (State.RUNNING, State.EXTERNAL)]
     if unhealthy:

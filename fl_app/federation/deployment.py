@@ -50,10 +50,11 @@ def _env(cfg: AppConfig) -> dict[str, str]:
 
 def control_address(cfg: AppConfig) -> str:
     """The SuperLink's Control and Runtime APIs (``flwr``, the ServerApp): ``fl.control_address``, by
-    default loopback at the Fleet API's port + 1. Never a device's address (core/config.py checks)."""
+    default loopback at the Fleet API's port - 1 (9090; + 1 was 9092, the local Kafka broker's).
+    Never a device's address (core/config.py checks)."""
     from core.config import host_port
 
-    return cfg.fl.control_address or f"127.0.0.1:{host_port(cfg.fl.superlink_address)[1] + 1}"
+    return cfg.fl.control_address or f"127.0.0.1:{host_port(cfg.fl.superlink_address)[1] - 1}"
 
 
 def superlink_process(cfg: AppConfig) -> ManagedProcess:

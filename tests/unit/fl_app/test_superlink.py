@@ -41,11 +41,11 @@ def test_only_fleet_paths_pass_on_the_fleet_port() -> None:
 
 def test_devices_get_the_fleet_address_and_flwr_the_loopback_control_address(tmp_path: Path) -> None:
     cfg = load_config([f"paths.home={tmp_path}", "fl.superlink_address=0.0.0.0:9091", "fl.devices=2"])
-    assert deployment.control_address(cfg) == "127.0.0.1:9092"
+    assert deployment.control_address(cfg) == "127.0.0.1:9090"
     argv = list(deployment.superlink_process(cfg).argv)
     assert argv[argv.index("--fleet-host") + 1] == "0.0.0.0" and argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--port") + 1] == "9092"
+    assert argv[argv.index("--port") + 1] == "9090"
     node = deployment.supernode_process(cfg, 0, 1)
     assert node.argv[list(node.argv).index("--superlink") + 1] == "0.0.0.0:9091"
     deployment.write_flwr_config(cfg)
-    assert 'address = "127.0.0.1:9092"' in (deployment.flwr_home(cfg) / "config.toml").read_text()
+    assert 'address = "127.0.0.1:9090"' in (deployment.flwr_home(cfg) / "config.toml").read_text()

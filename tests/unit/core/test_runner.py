@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.services.runner import ManagedProcess, ServiceError, State, _pid_alive, free_port, port_is_open
+from core.services.runner import ManagedProcess, ServiceError, State, _pid_alive, free_port_block, port_is_open
 
 
 def http_server(tmp_path: Path, port: int, **kwargs) -> ManagedProcess:
@@ -26,7 +26,9 @@ def http_server(tmp_path: Path, port: int, **kwargs) -> ManagedProcess:
 
 
 def test_start_is_idempotent_and_stop_cleans_up(tmp_path: Path) -> None:
-    port = free_port()
+    # Below the ephemeral range: a connect to a closed ephemeral port can pick that very port as its
+    # own source and connect to itself, so "is the port open" said yes after the stop (CI, once).
+    port = free_port_block(1)
     proc = http_server(tmp_path, port)
     first = proc.start()
     try:
@@ -99,7 +101,7 @@ def test_stop_escalates_to_sigkill_for_a_process_ignoring_sigterm(tmp_path: Path
 
 
 def test_stale_pid_file_does_not_block_start(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_block(1)
     proc = http_server(tmp_path, port)
     proc.pid_file.parent.mkdir(parents=True)
     proc.pid_file.write_text("999999\n")  # no such process
@@ -113,7 +115,7 @@ def test_a_reused_pid_is_not_taken_for_ours(tmp_path: Path) -> None:
     """A stale pid file naming a live but unrelated process (pid reuse) is ignored, never signalled."""
     import os
 
-    proc = http_server(tmp_path, free_port())
+    proc = http_server(tmp_path, free_port_block(1))
     proc.pid_file.parent.mkdir(parents=True)
     proc.pid_file.write_text(f"{os.getpid()} 1\n")  # this test process, with a wrong start time
     assert proc.pid() is None

@@ -42,8 +42,11 @@ def local_listeners(cfg: AppConfig) -> list[Listener]:
     if cfg.fl.runtime == "deployment":
         out += [("fl.superlink_address", host_port(cfg.fl.superlink_address)[1]),
                 ("fl.control_address", host_port(deployment.control_address(cfg))[1])]
-        devices = cfg.fl.devices or cfg.stream.num_devices  # at most this many local SuperNodes
-        out += [("fl.supernode_base_port", cfg.fl.supernode_base_port + i) for i in range(devices)]
+        # At most this many local SuperNodes, and no port past 65535 (fl.devices may be any positive
+        # number: 2**63 must not make a list of that length).
+        base = cfg.fl.supernode_base_port
+        devices = min(cfg.fl.devices or cfg.stream.num_devices, cfg.stream.num_devices, 65536 - base)
+        out += [("fl.supernode_base_port", base + i) for i in range(devices)]
     if cfg.api.enabled:
         out.append(("api.port", cfg.api.port))
     if cfg.superset.enabled:

@@ -36,3 +36,11 @@ def test_ranges_clash_too() -> None:
     # SuperNode 1 of 53 at base + 1 = 8000, the API's port.
     assert ports.clashes(load_config(["fl.supernode_base_port=7999"])) == ["8000: fl.supernode_base_port and api.port"]
     assert ports.clashes(load_config(["fl.runtime=simulation", "fl.supernode_base_port=7999"])) == []
+
+
+def test_a_huge_device_count_lists_only_the_ports_there_are() -> None:
+    # fl.devices and stream.num_devices take any positive number; the check must not build 2**63 entries.
+    cfg = load_config([f"fl.devices={2**63}", "stream.num_devices=1000000000", "stream.dataset_records=1000000000",
+                       "fl.supernode_base_port=65000"])
+    supernodes = [port for what, port in ports.local_listeners(cfg) if what == "fl.supernode_base_port"]
+    assert supernodes == list(range(65000, 65536))

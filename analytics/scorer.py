@@ -98,16 +98,17 @@ class ScoringModel:
         """ValueError for a document the scorer cannot use (no normalisation, or one of another width;
         weights that do not fit the configured model: written by an earlier version, or before
         fl.model changed), refused here on the driver rather than failing every task of the query."""
-        from core.model import Normalisation, build, set_weights
+        from core import inference
         from core.storage import decode_weights
+        from core.summaries import Normalisation
 
         norm = doc.get("normalisation") or {}
         if "centre" not in norm or "scale" not in norm:
             raise ValueError("it has no normalisation")
         checked = Normalisation.from_lists(norm["centre"], norm["scale"], spec)
         try:
-            set_weights(build(spec), decode_weights(doc["weights"]))
-        except (RuntimeError, ValueError) as exc:  # torch: size mismatch; ours: the number of arrays
+            inference.check(decode_weights(doc["weights"]), spec)
+        except ValueError as exc:
             raise ValueError(f"its weights do not fit the configured model: {str(exc).splitlines()[0][:200]}") \
                 from None
         centre, scale = checked.to_lists()
@@ -291,7 +292,8 @@ def predictions(batch: pd.DataFrame, model: ScoringModel) -> tuple[list[dict[str
 
     Never raises for a record: one the model cannot score is counted under "cannot score".
     """
-    from core import model as task
+    from core import inference
+    from core.summaries import Normalisation
 
     skipped: Counter[str] = Counter()
     for reason, n in zip(batch["reason"], batch["n"], strict=True):
@@ -301,17 +303,15 @@ def predictions(batch: pd.DataFrame, model: ScoringModel) -> tuple[list[dict[str
     if readings.empty:
         return [], skipped
     spec = ModelConfig(**model.spec)
-    net = task.build(spec)
-    task.set_weights(net, model.weights)
-    norm = task.Normalisation(np.asarray(model.centre), np.asarray(model.scale))
+    norm = Normalisation(np.asarray(model.centre), np.asarray(model.scale))
     rows = np.array([np.asarray(f, dtype=np.float64) for f in readings["features"]])
     try:
-        scored = [(list(range(len(rows))), task.predict(net, rows, norm, spec))]
+        scored = [(list(range(len(rows))), inference.predict(model.weights, rows, norm, spec))]
     except Exception:  # noqa: BLE001 - find the row(s) at fault, score the others
         scored = []
         for i in range(len(rows)):
             try:
-                scored.append(([i], task.predict(net, rows[i:i + 1], norm, spec)))
+                scored.append(([i], inference.predict(model.weights, rows[i:i + 1], norm, spec)))
             except Exception as exc:  # noqa: BLE001 - a row the model cannot take is skipped, counted
                 skipped[f"cannot score: {type(exc).__name__}"] += 1
     now = datetime.now(UTC)
@@ -469,7 +469,7 @@ class Scorer:
             log.warning("%s was the checkpoint of the stateless scorer, which Spark cannot resume with the "
                         "devices' context: removed; scoring again from the earliest offset (predictions already "
                         "stored stay, one per reading and round)", scorer.checkpoint_dir)
-        # Its Python workers fork from a daemon that has torch imported (analytics/worker_daemon.py).
+        # Its Python workers fork from a daemon that has the scoring modules imported (analytics/worker_daemon.py).
         spark = spark_session(self.cfg, "fl-iot-scorer", extra_jars(self.cfg, ["spark-kafka"]),
                               {"spark.python.daemon.module": "analytics.worker_daemon"})
         # The devices' state partitions; a checkpoint keeps the number it was made with.

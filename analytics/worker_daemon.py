@@ -1,23 +1,24 @@
-"""The scorer's PySpark daemon: :mod:`pyspark.daemon`, with torch imported before it forks the workers.
+"""The scorer's PySpark daemon: :mod:`pyspark.daemon`, with the scoring modules imported before it forks
+the workers.
 
-Spark starts ``python -m <spark.python.daemon.module>`` once and forks every Python worker from it.
-The stock daemon imports nothing heavy, so each scoring worker imported torch itself: ~480 MB of
-private memory per worker, four workers (PSS, issue 22). Imported here, the pages are shared
-copy-on-write. Only torch (single-threaded, as the workers run it): pandas and pyarrow start threads
-when imported, which a fork would not carry over, so they stay after the fork as in the stock daemon.
+Spark starts ``python -m <spark.python.daemon.module>`` once and forks every Python worker from it, so
+what is imported here is shared copy-on-write instead of imported by each worker. Scoring is numpy
+(:mod:`core.inference`): workers that imported torch themselves held ~480 MB of private memory each,
+four of them, and still ~110 MB each when forked from a daemon with torch (PSS, issue 22). Only modules
+that start no thread: pandas and pyarrow start threads when imported, which a fork would not carry
+over, so they stay after the fork as in the stock daemon.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
+import numpy  # noqa: F401
+import pymongo  # noqa: F401
+from pyspark import daemon
 
-import torch  # noqa: E402
-from pyspark import daemon  # noqa: E402
+from core import config, features, inference, storage  # noqa: F401
 
-torch.set_num_threads(1)
 gc.collect()
 gc.freeze()  # a worker's collections then leave the shared pages alone
 

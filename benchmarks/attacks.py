@@ -46,7 +46,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from core import dataset, features, model, quality
+from core import dataset, features, model, quality, summaries
 from core.config import AppConfig, load_config
 from core.messages import LocalUpdate
 from server import robust
@@ -96,7 +96,7 @@ def attack_update(kind: str, update: LocalUpdate, state: GlobalState) -> LocalUp
 
 
 def attack_histogram(kind: str) -> list[float] | None:
-    counts = np.zeros(len(model.HISTOGRAM_EDGES) - 1)
+    counts = np.zeros(len(summaries.HISTOGRAM_EDGES) - 1)
     if kind == "histogram high":
         counts[-1] = SCORES_CLAIMED
     elif kind == "histogram low":
@@ -147,7 +147,7 @@ def detection(cfg: AppConfig, partitions: list[quality.Partition], state: Global
     model.set_weights(net, state.weights)
     crafted = attack_histogram(attack)
     histograms = [crafted if crafted is not None and p.device in malicious else
-                  model.histogram_of(model.scores(net, norm.inputs(p.train))) for p in partitions]
+                  summaries.histogram_of(model.scores(net, norm.inputs(p.train))) for p in partitions]
     threshold = robust.global_threshold(histograms, spec.threshold_quantile, robust_)
     return quality.scored(net, norm, threshold, partitions)
 

@@ -107,6 +107,28 @@ def proc_cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+# Started by the SuperLink in sessions of their own, so in no pid file's session: counted by name.
+SERVERAPP_PROCESSES = ("flwr-serverapp", "flower-superexec")
+
+
+def component_of(pid: int, names: dict[int, str]) -> str | None:
+    """The component a process belongs to: the ServerApp's processes by name, the others by the session of
+    a pid file, or failing that by their parent's (a process that started a session of its own)."""
+    for _ in range(16):  # a few generations at most
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        if any(name.encode() in cmdline for name in SERVERAPP_PROCESSES):
+            return "fl_serverapp"
+        name = names.get(session_of(pid) or -1)
+        if name is not None or parent <= 1:
+            return name
+        pid = parent
+    return None
+
+
 def by_component(cfg: AppConfig) -> tuple[dict[str, float], dict[str, float]]:
     """(PSS MB, CPU seconds so far) summed per component over its processes."""
     names = components(cfg)
@@ -115,7 +137,7 @@ def by_component(cfg: AppConfig) -> tuple[dict[str, float], dict[str, float]]:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
-        name = names.get(session_of(int(proc.name)) or -1)
+        name = component_of(int(proc.name), names)
         if name is None:
             continue
         pss[name] = pss.get(name, 0.0) + pss_mb(int(proc.name))

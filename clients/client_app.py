@@ -35,7 +35,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.windows import WindowReader
-from core import features, model
+from core import features, model, summaries
 from core.kafka_auth import KAFKA_CREDENTIALS, Credentials
 from core.messages import (
     ARRAYS,
@@ -138,7 +138,7 @@ FORGE = "forge"
 
 
 def forged(device: int, instruction: TrainInstruction, readings: int) -> LocalUpdate:
-    counts = [0.0] * (len(model.HISTOGRAM_EDGES) - 1)
+    counts = [0.0] * (len(summaries.HISTOGRAM_EDGES) - 1)
     counts[0] = float(readings)
     log.warning("forge: this node sends device %d a forged update of %d readings", device, readings)
     return LocalUpdate(device_id=device, base_round=instruction.server_round, num_examples=readings,
@@ -184,7 +184,7 @@ def local_update(settings: RunSettings, device: int, instruction: TrainInstructi
     old = stored.to_numpy_ndarrays()[0] if stored is not None else None
     buffer = model.ReplayBuffer(spec.replay_size, rows.shape[1],
                                 old if old is not None and old.ndim == 2 and old.shape[1] == rows.shape[1] else None)
-    normalisation = model.Normalisation.from_lists(instruction.centre, instruction.scale, spec) \
+    normalisation = summaries.Normalisation.from_lists(instruction.centre, instruction.scale, spec) \
         if instruction.centre else None
     result = model.train_locally(spec, instruction.weights, normalisation, buffer, rows, instruction.local_epochs,
                                  seed=model.client_seed(spec, instruction.server_round, device),

@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from core import model, quality
+from core import model, quality, summaries
 from core.config import ModelConfig
 from core.messages import LocalUpdate, TrainInstruction
 
@@ -31,8 +31,10 @@ def _device_rows(context: Context) -> tuple[quality.EvaluationSettings, int, np.
     return settings, device, quality.load_training_rows(settings.partitions_dir, device)
 
 
-def _normalisation(instruction: TrainInstruction, spec: ModelConfig) -> model.Normalisation | None:
-    return model.Normalisation.from_lists(instruction.centre, instruction.scale, spec) if instruction.centre else None
+def _normalisation(instruction: TrainInstruction, spec: ModelConfig) -> summaries.Normalisation | None:
+    if not instruction.centre:
+        return None
+    return summaries.Normalisation.from_lists(instruction.centre, instruction.scale, spec)
 
 
 @app.train()
@@ -66,6 +68,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     net = model.build(spec)
     model.set_weights(net, instruction.weights)
     scores = model.scores(net, norm.inputs(rows))
-    update = LocalUpdate(device, instruction.server_round, len(rows), [], {}, model.histogram_of(scores),
+    update = LocalUpdate(device, instruction.server_round, len(rows), [], {}, summaries.histogram_of(scores),
                          threshold=float(np.quantile(scores, spec.threshold_quantile)))
     return Message(update.to_record(), reply_to=msg)

@@ -246,7 +246,9 @@ class LocalBrokerConfig:
     enabled: bool = True
     nodes: int = checked(1, between(1, 9), one_address_per_node)
     controller_port: int = checked(19093, tcp_port)  # node n: controller_port + n - 1
-    heap: str = "512m"
+    # Each broker's heap (-Xms and -Xmx). A heap that started at 64m and could grow to 512m was no smaller
+    # at 10 readings/s (433 MB PSS against 394, issue 22): G1 grows it to keep its pauses short.
+    heap: str = checked("512m", jvm_memory(128))
     startup_timeout_seconds: float = checked(90.0, positive)
 
 

@@ -7,7 +7,7 @@ Train message, server -> device (``RecordDict``)::
                              "server-round": the global round of those weights,
                              "threshold": the global anomaly threshold,
                              "centre", "scale": the global model's normalisation of the
-                             row columns (core.model.Normalisation; [] in round 0),
+                             row columns (core.summaries.Normalisation; [] in round 0),
                              "local-epochs": passes over the device's replay buffer}
 
 Reply, device -> server::
@@ -17,10 +17,10 @@ Reply, device -> server::
                              "loss", "score-mean",
                              "score-histogram": counts of the received global model's
                              scores on the device's buffer per fixed bin
-                             (core.model.HISTOGRAM_EDGES), for the threshold,
+                             (core.summaries.HISTOGRAM_EDGES), for the threshold,
                              "device-threshold": the device's own quantile of those scores,
                              "moments": count, sums and sums of squares of the new readings'
-                             rows (core.model.Moments), for the normalisation}
+                             rows (core.summaries.Moments), for the normalisation}
     "config"  ConfigRecord  {"layout", "device-id", "base-round": the "server-round" trained from,
                              "window-start", "window-end": ISO times of the readings, or "",
                              "delivery-seconds": from the train message's creation to the
@@ -71,7 +71,7 @@ MAX_ID = 2**63 - 1
 MAX_COUNT = 2**31 - 1
 MAX_NDIM = 8
 MAX_ARRAYS = 256
-MAX_HISTOGRAM = 1024  # bins (the contract's histogram has len(core.model.HISTOGRAM_EDGES) - 1)
+MAX_HISTOGRAM = 1024  # bins (the contract's histogram has len(core.summaries.HISTOGRAM_EDGES) - 1)
 MAX_COLUMNS = 256  # normalised row columns (a few per sensor field)
 MAX_METRICS = 32
 MAX_TIME_TEXT = 64  # characters of an ISO 8601 time
@@ -332,7 +332,7 @@ class LocalUpdate:
     work_seconds: float = float("nan")  # ClientApp started -> reply built
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     threshold: float = math.nan  # the device's own quantile; NaN when it sent none
-    moments: list[float] = field(default_factory=list)  # core.model.Moments.to_list(); [] when none
+    moments: list[float] = field(default_factory=list)  # core.summaries.Moments.to_list(); [] when none
     source: Source | None = None  # what it trained on; None when there were no readings
 
     def to_record(self) -> RecordDict:

@@ -8,7 +8,9 @@ its new readings' rows with its update, the server adds them up over all
 rounds and ships the pooled mean and standard deviation with the global model
 (:class:`Normalisation`). So no constant fitted to one data set, and no
 device's raw values, leave a device; the normalisation equals the one
-computed over all devices' readings pooled.
+computed over all devices' readings pooled. Those statistics are in
+:mod:`core.summaries` and scoring with a model's weights in :mod:`core.inference`,
+both without torch; this module trains.
 
 The anomaly score of a reading is its reconstruction error (mean squared
 error over the inputs); a reading is an anomaly when its score exceeds a
@@ -39,7 +41,9 @@ import torch
 from torch import nn
 
 from core import features as stream_features
+from core import inference
 from core.config import ModelConfig
+from core.summaries import Moments, Normalisation, histogram_of, histogram_quantile
 
 # The model is tiny: torch's default of one thread per core only adds synchronisation, and
 # while another process busies the cores its threads spin-wait (measured here: 3 epochs of
@@ -49,19 +53,15 @@ torch.set_num_threads(1)
 
 
 class AutoEncoder(nn.Module):
-    """``inputs -> hidden... -> bottleneck -> ...hidden -> inputs`` with ReLU between layers."""
+    """``inputs -> hidden... -> bottleneck -> ...hidden -> inputs`` (:func:`core.inference.layer_sizes`)
+    with ReLU between layers."""
 
-    def __init__(self, inputs: int, hidden: Sequence[int]) -> None:
+    def __init__(self, layers: Sequence[tuple[int, int]]) -> None:
         super().__init__()
-        sizes = [inputs, *hidden]
-        encoder: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-            encoder += [nn.Linear(a, b), nn.ReLU()]
-        decoder: list[nn.Module] = []
-        back = sizes[::-1]
-        for a, b in zip(back[:-1], back[1:], strict=True):
-            decoder += [nn.Linear(a, b), nn.ReLU()]
-        self.net = nn.Sequential(*encoder, *decoder[:-1])  # no ReLU on the output: inputs can be negative
+        stack: list[nn.Module] = []
+        for a, b in layers:
+            stack += [nn.Linear(a, b), nn.ReLU()]
+        self.net = nn.Sequential(*stack[:-1])  # no ReLU on the output: inputs can be negative
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -74,7 +74,12 @@ def input_size(spec: ModelConfig) -> int:
 def build(spec: ModelConfig) -> AutoEncoder:
     """A fresh model, initialised from ``spec.seed`` (the federation's round-0 weights)."""
     torch.manual_seed(spec.seed)
-    return AutoEncoder(input_size(spec), spec.hidden)
+    return AutoEncoder(inference.layer_sizes(spec))
+
+
+def initial_weights(spec: ModelConfig) -> list[np.ndarray]:
+    """The federation's round-0 weights: those of :func:`build`."""
+    return get_weights(build(spec))
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:
@@ -88,94 +93,6 @@ def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
     model.load_state_dict({k: torch.from_numpy(np.asarray(a, dtype=np.float32).copy())
                            for k, a in zip(keys, arrays, strict=True)}, strict=True)
 
-
-# A column whose spread is below this (relative to its centre) is not scaled up further: a
-# constant column (the gap of a mote that reports on a fixed clock) would otherwise turn the
-# slightest jitter into a huge score.
-MIN_RELATIVE_SCALE = 0.01
-# The largest mean or root mean square a row column can have: the widest valid range (light, 0 to
-# 1e5, core.config.ValidRanges) and differences across it stay well below.
-MAX_MOMENT = 1e6
-
-
-@dataclass
-class Moments:
-    """Count, sum and sum of squares of the normalised columns of some rows (sufficient
-    statistics: moments of disjoint sets of rows add up to the moments of their union)."""
-
-    count: float
-    sums: np.ndarray
-    squares: np.ndarray
-
-    @classmethod
-    def of(cls, rows: np.ndarray, spec: ModelConfig) -> Moments:
-        part = np.asarray(rows, dtype=np.float64)[:, :stream_features.normalised_width(spec)]
-        return cls(float(len(part)), part.sum(axis=0), (part ** 2).sum(axis=0))
-
-    def __add__(self, other: Moments) -> Moments:
-        return Moments(self.count + other.count, self.sums + other.sums, self.squares + other.squares)
-
-    def to_list(self) -> list[float]:
-        return [self.count, *self.sums.tolist(), *self.squares.tolist()]
-
-    @classmethod
-    def from_list(cls, values: Sequence[float], width: int) -> Moments:
-        """The inverse of :meth:`to_list`, for moments a device sent; ValueError unless they are moments
-        some rows can have: ``1 + 2 * width`` finite numbers, a whole count >= 0 (0: sums and squares 0),
-        every sum of squares at least the square of the sum over the count (Cauchy-Schwarz), and a mean
-        and root mean square within :data:`MAX_MOMENT` (a row's columns are validated sensor values,
-        their differences and spreads, a log gap). Moments past that bound would make the running
-        totals, and every later normalisation, infinite for good."""
-        if len(values) != 1 + 2 * width:
-            raise ValueError(f"moments must be {1 + 2 * width} numbers (count, {width} sums, {width} squares), "
-                             f"got {len(values)}")
-        array = np.asarray(values, dtype=np.float64)
-        count, sums, squares = array[0], array[1:1 + width], array[1 + width:]
-        if not np.all(np.isfinite(array)) or count < 0 or count != math.floor(count) or np.any(squares < 0):
-            raise ValueError("moments must be finite, with a whole count and sums of squares >= 0")
-        if count == 0:
-            if np.any(sums != 0) or np.any(squares != 0):
-                raise ValueError("moments of 0 rows must have sums and squares of 0")
-            return cls(0.0, sums, squares)
-        if np.any(np.abs(sums) / count > MAX_MOMENT) or np.any(squares / count > MAX_MOMENT ** 2):
-            raise ValueError(f"moments with a mean or root mean square beyond {MAX_MOMENT:g}")
-        if np.any(squares * count < sums ** 2 * (1 - 1e-9) - 1e-9):
-            raise ValueError("moments no rows can have: a sum of squares below the square of the sum / count")
-        return cls(float(count), sums, squares)
-
-    def normalisation(self) -> Normalisation:
-        """The mean and standard deviation of the rows (the spread floored, see :data:`MIN_RELATIVE_SCALE`)."""
-        n = max(self.count, 1.0)
-        centre = self.sums / n
-        spread = np.sqrt(np.maximum(self.squares / n - centre ** 2, 0.0))
-        return Normalisation(centre, np.maximum(spread, MIN_RELATIVE_SCALE * (1.0 + np.abs(centre))))
-
-
-@dataclass
-class Normalisation:
-    """Centre and scale of each normalised column: what the global model was trained for."""
-
-    centre: np.ndarray
-    scale: np.ndarray
-
-    def inputs(self, rows: np.ndarray) -> np.ndarray:
-        """The network's inputs for raw :func:`core.features.rows`: standardised, then the time of day."""
-        raw = np.asarray(rows, dtype=np.float64)
-        width = len(self.centre)
-        return np.hstack([(raw[:, :width] - self.centre) / self.scale, raw[:, width:]]).astype(np.float32)
-
-    def to_lists(self) -> tuple[list[float], list[float]]:
-        return self.centre.tolist(), self.scale.tolist()
-
-    @classmethod
-    def from_lists(cls, centre: Sequence[float], scale: Sequence[float], spec: ModelConfig) -> Normalisation:
-        """ValueError unless both have one finite number per normalised column and every scale is > 0."""
-        width = stream_features.normalised_width(spec)
-        c, s = np.asarray(centre, dtype=np.float64), np.asarray(scale, dtype=np.float64)
-        if c.shape != (width,) or s.shape != (width,) or not np.all(np.isfinite(c)) or not np.all(np.isfinite(s)) \
-                or np.any(s <= 0):
-            raise ValueError(f"a normalisation needs {width} finite centres and {width} finite scales > 0")
-        return cls(c, s)
 
 
 class ReplayBuffer:
@@ -288,26 +205,6 @@ def client_seed(spec: ModelConfig, server_round: int, device: int) -> int:
     return spec.seed * 1_000_003 + device * 10_007 + server_round
 
 
-# Fixed, log-spaced score bins shared by every device, so histograms add up across the
-# federation and the server gets the pooled quantile without seeing a single score.
-HISTOGRAM_EDGES = np.logspace(-5, 5, 251)  # 25 bins per decade: ~10 % resolution
-
-
-def histogram_of(scores: np.ndarray) -> list[float]:
-    """Counts of ``scores`` per bin of :data:`HISTOGRAM_EDGES` (clipped to its range)."""
-    clipped = np.clip(scores, HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1])
-    return np.histogram(clipped, bins=HISTOGRAM_EDGES)[0].astype(float).tolist()
-
-
-def histogram_quantile(counts: np.ndarray, q: float) -> float:
-    """The ``q`` quantile of summed :func:`histogram_of` counts: the upper edge of its bin."""
-    total = counts.sum()
-    if total <= 0:
-        return float("inf")
-    index = int(np.searchsorted(np.cumsum(counts), q * total))
-    return float(HISTOGRAM_EDGES[min(index + 1, len(HISTOGRAM_EDGES) - 1)])
-
-
 def scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Per-row anomaly score: mean squared reconstruction error over the inputs."""
     if len(x) == 0:
@@ -317,26 +214,3 @@ def scores(model: nn.Module, x: np.ndarray) -> np.ndarray:
         data = torch.from_numpy(np.asarray(x, dtype=np.float32))
         out: np.ndarray = ((model(data) - data) ** 2).mean(dim=1).numpy()
     return out
-
-
-@dataclass
-class Predictions:
-    """What a model makes of readings: per reading and configured sensor field (``spec.features``)
-    the reconstructed value in the field's own unit and the absolute error; and the score."""
-
-    fields: list[str]
-    outputs: np.ndarray  # (n, fields)
-    errors: np.ndarray  # (n, fields): |reading - output|
-    scores: np.ndarray  # (n,): the anomaly score (see :func:`scores`)
-
-
-def predict(model: nn.Module, rows: np.ndarray, normalisation: Normalisation, spec: ModelConfig) -> Predictions:
-    """Reconstruct raw :func:`core.features.rows` and score them."""
-    x = normalisation.inputs(rows)
-    model.eval()
-    with torch.no_grad():
-        y = model(torch.from_numpy(x)).numpy() if len(x) else np.empty_like(x)
-    n = len(spec.features)
-    outputs = y[:, :n] * normalisation.scale[:n] + normalisation.centre[:n]
-    actual = np.asarray(rows, dtype=np.float64)[:, :n]
-    return Predictions(list(spec.features), outputs, np.abs(actual - outputs), ((y - x) ** 2).mean(axis=1))

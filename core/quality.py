@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core import features, model
+from core import features, model, summaries
 from core.config import ModelConfig
 
 SETTINGS_ENV = "FL_APP_EVALUATION"  # the evaluation settings as JSON (the simulation API passes no run config)
@@ -122,22 +122,22 @@ def load_training_rows(folder: str | Path, device: int) -> np.ndarray:
 
 
 def trained(spec: ModelConfig, rows: np.ndarray, epochs: int,
-            seed: int) -> tuple[model.AutoEncoder, model.Normalisation]:
+            seed: int) -> tuple[model.AutoEncoder, summaries.Normalisation]:
     """A model trained ``epochs`` passes over raw ``rows`` from the seeded initial weights, normalised
     with the rows' own moments."""
     net = model.build(spec)
-    norm = model.Moments.of(rows, spec).normalisation()
+    norm = summaries.Moments.of(rows, spec).normalisation()
     model.train(net, norm.inputs(rows), spec, epochs=epochs, seed=seed)
     return net, norm
 
 
 def threshold_of(net: model.AutoEncoder, inputs: np.ndarray, spec: ModelConfig) -> float:
     """The threshold rule of every approach: the histogram quantile the ServerApp computes."""
-    return model.histogram_quantile(np.asarray(model.histogram_of(model.scores(net, inputs))),
+    return summaries.histogram_quantile(np.asarray(summaries.histogram_of(model.scores(net, inputs))),
                                     spec.threshold_quantile)
 
 
-def scored(net: model.AutoEncoder, norm: model.Normalisation, thresholds: Mapping[int, float] | float,
+def scored(net: model.AutoEncoder, norm: summaries.Normalisation, thresholds: Mapping[int, float] | float,
            partitions: Sequence[Partition]) -> Scores:
     """Scores on the held-out parts, at one threshold or one per device."""
     test = np.concatenate([p.test for p in partitions])
@@ -200,7 +200,7 @@ class FederatedResult:
     """What the evaluation ServerApp hands back: the final global model and its thresholds."""
 
     weights: list[np.ndarray]
-    normalisation: model.Normalisation
+    normalisation: summaries.Normalisation
     threshold: float
     device_thresholds: dict[int, float]
 
@@ -218,5 +218,5 @@ class FederatedResult:
     def load(cls, path: str | Path) -> FederatedResult:
         with np.load(path) as saved:
             weights = [saved[f"w{i}"] for i in range(sum(k.startswith("w") for k in saved.files))]
-            return cls(weights, model.Normalisation(saved["centre"], saved["scale"]), float(saved["threshold"]),
+            return cls(weights, summaries.Normalisation(saved["centre"], saved["scale"]), float(saved["threshold"]),
                        dict(zip(saved["devices"].tolist(), saved["device_thresholds"].tolist(), strict=True)))

@@ -25,7 +25,7 @@ docstring), which
 
 The global anomaly threshold is the ``threshold_quantile`` of the devices'
 score histograms pooled, with the devices of extreme shares trimmed per bin
-(:func:`server.robust.global_threshold`, on ``core.model.histogram_quantile``),
+(:func:`server.robust.global_threshold`, on ``core.summaries.histogram_quantile``),
 computed for the global model the devices received (so the threshold lags the
 weights by one round). Each device's own threshold is kept beside it (the
 newest it sent), for ``fl.threshold=per_device``.
@@ -33,7 +33,7 @@ newest it sent), for ``fl.threshold=per_device``.
 The normalisation the next global model ships is the mean and spread of every
 reading the federation has trained on: the devices' moments (count, sums,
 sums of squares of their new readings' rows) of every valid update, added to
-the running totals (``core.model.Moments``).
+the running totals (``core.summaries.Moments``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
 from core.messages import ARRAYS, METRICS, NUM_EXAMPLES, LocalUpdate, TrainInstruction
-from core.model import HISTOGRAM_EDGES, Moments, Normalisation
+from core.summaries import HISTOGRAM_EDGES, Moments, Normalisation
 from server import robust
 from server.robust import Robustness
 

@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from core import model, quality
+from core import model, quality, summaries
 from core.features import normalised_width
 from core.messages import LocalUpdate
 from server.aggregation import GlobalState, TimedAggregation
@@ -53,7 +53,7 @@ def main(grid: Grid, context: Context) -> None:
     norm = state.normalisation()
     assert norm is not None, "every round adds the devices' moments"
     replies = _ask(grid, nodes, state.instruction(0).to_record(), MessageType.EVALUATE)
-    threshold = model.histogram_quantile(np.sum([u.histogram for u in replies], axis=0), spec.threshold_quantile)
+    threshold = summaries.histogram_quantile(np.sum([u.histogram for u in replies], axis=0), spec.threshold_quantile)
     quality.FederatedResult(state.weights, norm, threshold, {u.device_id: u.threshold for u in replies}).save(
         settings.result_path)
 

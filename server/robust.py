@@ -40,7 +40,7 @@ import numpy as np
 from flwr.server.strategy.aggregate import aggregate_median, aggregate_trimmed_avg
 
 from core.config import FLConfig
-from core.model import histogram_quantile
+from core.summaries import histogram_quantile
 
 AGGREGATORS = ("fedavg", "trimmed_mean", "median")
 MIN_DEVICES_FOR_REFERENCE = 3  # a lower median of three is one no single device can move
@@ -113,7 +113,7 @@ def global_threshold(histograms: Sequence[Sequence[float]], q: float, robust: Ro
     """The ``q`` quantile of the devices' score histograms pooled, each device's weight (its
     histogram's total) capped at ``max_weight_factor`` x the lower median total, clamped between
     the devices' own ``q`` quantiles trimmed by ``trim_fraction`` at each end (the ``cut + 1``-th
-    smallest and largest). Every quantile is :func:`core.model.histogram_quantile`.
+    smallest and largest). Every quantile is :func:`core.summaries.histogram_quantile`.
 
     The cap stops a device that claims 1e15 scores at 1e-5 (it weighs 3 of ~55, far from the 99.9 %
     it would need); the clamp stops one that puts its mass at 1e5 (a pooled 0.999 quantile moves

@@ -10,19 +10,24 @@ never a second one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-from collections.abc import Sequence
+import multiprocessing
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from bson import ObjectId
 
+from core import inference
 from core.config import ModelConfig
 from core.features import normalised_width
 from core.messages import LocalUpdate
-from core.model import Moments
 from core.storage import Storage, decode_weights, encode_weights
+from core.summaries import Moments
 from server.aggregation import AGGREGATED, GlobalState, RoundOutcome
 
 log = logging.getLogger(__name__)
@@ -30,29 +35,44 @@ NO_READINGS = "no readings the model can take"  # a tick's left-out reply that c
 
 
 def initial_state(spec: ModelConfig) -> GlobalState:
-    """Round 0: the seeded initial weights, and no threshold yet (infinity: nothing is an anomaly)."""
-    from core import model
+    """Round 0: the seeded initial weights (torch's, :func:`core.model.initial_weights`), and no threshold
+    yet (infinity: nothing is an anomaly).
 
-    return GlobalState(round=0, weights=model.get_weights(model.build(spec)), threshold=float("inf"))
+    Unless this process has torch already, they are made in a child process: torch imported here would
+    stay in the ServerApp for its whole life (~300 MB of private memory, measured; issue 22), and after
+    round 0 it only adds up arrays and statistics. The child costs 2-3 s once per fresh federation.
+    """
+    if "torch" in sys.modules:
+        weights = _initial_weights(spec)
+    else:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            weights = child.submit(_initial_weights, spec).result()
+    return GlobalState(round=0, weights=weights, threshold=float("inf"))
 
 
-def resume(store: Storage, spec: ModelConfig) -> GlobalState:
-    """The newest stored global model, or round 0 if there is none.
+def _initial_weights(spec: ModelConfig) -> list[np.ndarray]:
+    from core import model  # imports torch, in whichever process runs this
+
+    return model.initial_weights(spec)
+
+
+def resume(doc: Mapping[str, Any] | None, spec: ModelConfig) -> GlobalState:
+    """The state to go on from: the newest stored global model ``doc``
+    (:meth:`core.storage.Storage.latest_global_model`), or round 0 if there is none.
 
     A stored model this configuration cannot use (weights of other shapes, moments of another width:
     written by an earlier version, or before ``fl.model.features`` or ``context`` changed) is not
     resumed: the federation starts from fresh weights, and its round numbers go on from the stored one
-    (they are unique), with a warning that says why.
+    (they are unique), with a warning that says why. No I/O: round 0's weights take a child process
+    (:func:`initial_state`), which must not run inside a MongoDB operation's time limit.
     """
-    doc = store.latest_global_model()
     if doc is None:
         return initial_state(spec)
-    fresh = initial_state(spec)
     weights = decode_weights(doc["weights"])
     moments = doc.get("moments")
     width = normalised_width(spec)
     why = ""
-    shapes, expected = [list(w.shape) for w in weights], [list(w.shape) for w in fresh.weights]
+    shapes, expected = [list(w.shape) for w in weights], [list(s) for s in inference.weight_shapes(spec)]
     if shapes != expected:
         why = f"its first weights have shapes {shapes[:2]}, this model's {expected[:2]}"
     else:
@@ -64,6 +84,7 @@ def resume(store: Storage, spec: ModelConfig) -> GlobalState:
     if why:
         log.warning("global round %s does not fit the configured model (%s): starting from fresh weights, "
                     "rounds going on from %s", doc["round"], why, doc["round"])
+        fresh = initial_state(spec)
         return GlobalState(round=int(doc["round"]), weights=fresh.weights, threshold=fresh.threshold)
     return GlobalState(round=int(doc["round"]), weights=weights, threshold=float(doc["threshold"]), moments=totals,
                        device_thresholds={int(k): float(v) for k, v in doc.get("device_thresholds", {}).items()})

@@ -187,9 +187,10 @@ class TimedServer:
         self.state: GlobalState
         # Requests made before this ServerApp started were for an earlier one (its interval
         # override stays: a restarted ServerApp keeps what the operator set for the run).
-        self.control_seen, self.state, self.admission.positions = self.until_available("resume", lambda: (
-            store.server_control().get("aggregate_now_requested_at"), rounds.resume(store, settings.model_config()),
+        self.control_seen, latest, self.admission.positions = self.until_available("resume", lambda: (
+            store.server_control().get("aggregate_now_requested_at"), store.latest_global_model(),
             Positions.from_store(store, settings.devices)))
+        self.state = rounds.resume(latest, settings.model_config())
         self.control_checked = 0.0
         self.last_train = -math.inf
         self.early_devices = 0  # devices with data at the last early attempt (warm-up)

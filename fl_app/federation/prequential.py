@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from core import features, model, quality
+from core import features, model, quality, summaries
 from core.config import AppConfig, ModelConfig
 from core.messages import LocalUpdate
 from server.aggregation import GlobalState, TimedAggregation
@@ -80,12 +80,12 @@ class Own:
 
     weights: list[np.ndarray]
     buffer: model.ReplayBuffer
-    moments: model.Moments | None = None
+    moments: summaries.Moments | None = None
     threshold: float = math.inf
     pooled: bool = False  # sees the whole stream (central): learns a change of it, as the federation does
     learn_flagged: bool = False
 
-    def normalisation(self) -> model.Normalisation | None:
+    def normalisation(self) -> summaries.Normalisation | None:
         return self.moments.normalisation() if self.moments is not None else None
 
     def step(self, spec: ModelConfig, rows: np.ndarray, epochs: int, seed: int) -> None:
@@ -107,7 +107,7 @@ def _net(spec: ModelConfig, weights: list[np.ndarray]) -> model.AutoEncoder:
     return net
 
 
-def _scores(net: model.AutoEncoder, norm: model.Normalisation | None, rows: np.ndarray) -> np.ndarray:
+def _scores(net: model.AutoEncoder, norm: summaries.Normalisation | None, rows: np.ndarray) -> np.ndarray:
     return model.scores(net, norm.inputs(rows)) if norm is not None else np.zeros(len(rows))
 
 

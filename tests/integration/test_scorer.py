@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from core import features, model, services, storage
+from core import features, model, services, storage, summaries
 from core.config import PROJECT_ROOT, AppConfig, load_config
 from core.records import Reading, iso
 from core.services.runner import ManagedProcess
@@ -70,7 +70,7 @@ class Global:
         self.cfg, self.round, self.threshold = cfg, round_, threshold
         self.weights = [(w + rng.normal(0, 0.1, w.shape)).astype(np.float32)
                         for w in model.get_weights(model.build(cfg.fl.model))]
-        self.norm = model.Moments.of(rows, cfg.fl.model).normalisation()  # of the readings' own rows
+        self.norm = summaries.Moments.of(rows, cfg.fl.model).normalisation()  # of the readings' own rows
         self.device_thresholds = device_thresholds or {}
 
     def store(self, store: storage.Storage) -> None:
@@ -84,7 +84,7 @@ class Global:
     def scores(self, rows: np.ndarray) -> np.ndarray:
         net = model.build(self.cfg.fl.model)
         model.set_weights(net, self.weights)
-        return model.predict(net, rows, self.norm, self.cfg.fl.model).scores
+        return model.scores(net, self.norm.inputs(rows))  # torch's forward pass; the scorer's is numpy
 
 
 def expected_scores(glob: Global, rows: dict[str, np.ndarray], events: Sequence[Reading]) -> np.ndarray:

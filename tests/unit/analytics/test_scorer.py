@@ -16,7 +16,7 @@ import pytest
 
 from analytics.scorer import Rules, ScoringModel, device_features, predictions, start_afresh_if_stateless, validated
 from analytics.session import _artifact
-from core import features, model
+from core import features, inference, model, summaries
 from core.config import ModelConfig, load_config
 from core.records import SENSOR_FIELDS, Reading, iso
 from core.storage import encode_weights
@@ -70,9 +70,9 @@ def features_of(frame: pd.DataFrame, state: FakeState, spec: ModelConfig) -> pd.
 
 
 def scoring_model(spec: ModelConfig, threshold: float = 0.3, per_device: bool = False,
-                  device_thresholds: dict[str, float] | None = None) -> tuple[ScoringModel, model.Normalisation]:
+                  device_thresholds: dict[str, float] | None = None) -> tuple[ScoringModel, summaries.Normalisation]:
     width = features.normalised_width(spec)
-    norm = model.Normalisation(np.linspace(1.0, 2.0, width), np.linspace(0.5, 3.0, width))
+    norm = summaries.Normalisation(np.linspace(1.0, 2.0, width), np.linspace(0.5, 3.0, width))
     doc = {"round": 4, "threshold": threshold, "device_thresholds": device_thresholds or {},
            "normalisation": {"centre": norm.centre.tolist(), "scale": norm.scale.tolist()},
            "weights": encode_weights(model.get_weights(model.build(spec)))}
@@ -162,9 +162,9 @@ def test_scores_are_the_global_models_with_its_normalisation_and_the_chosen_thre
         assert skipped == {} and [d["event_id"] for d in docs] == rows["event_id"].tolist()
         net = model.build(spec)
         model.set_weights(net, scoring.weights)
-        expected = model.predict(net, raw, norm, spec)
-        assert np.allclose([d["score"] for d in docs], expected.scores)
-        for d, s in zip(docs, expected.scores, strict=True):
+        expected = model.scores(net, norm.inputs(raw))  # torch's forward pass; the scorer's is numpy
+        assert np.allclose([d["score"] for d in docs], expected, rtol=1e-5)
+        for d, s in zip(docs, expected, strict=True):
             assert d["threshold"] == wanted[d["device_id"]] and d["is_anomaly"] == bool(s > d["threshold"])
             assert d["model_round"] == 4 and d["prediction_type"] == "streaming"
             assert d["event_time"] == datetime(2026, 11, 28, 10, tzinfo=UTC)
@@ -176,14 +176,14 @@ def test_a_row_the_model_cannot_score_is_skipped_and_the_others_scored(monkeypat
     spec = load_config([]).fl.model
     rows = features_of(checked([reading(i) for i in (1, 2, 3)]), FakeState(), spec)
     scoring, _ = scoring_model(spec)
-    real = model.predict
+    real = inference.predict
 
-    def fussy(net, rows, normalisation, spec):  # a model that chokes on one particular reading
+    def fussy(weights, rows, normalisation, spec):  # a model that chokes on one particular reading
         if np.any(rows[:, 0] == reading(2).temperature):
             raise FloatingPointError("boom")
-        return real(net, rows, normalisation, spec)
+        return real(weights, rows, normalisation, spec)
 
-    monkeypatch.setattr(model, "predict", fussy)
+    monkeypatch.setattr(inference, "predict", fussy)
     docs, skipped = predictions(rows, scoring)
     assert [d["event_id"] for d in docs] == ["0-1", "0-3"]
     assert skipped == {"cannot score: FloatingPointError": 1}

@@ -140,7 +140,8 @@ def test_flower_app_declares_every_run_setting() -> None:
                                       "spark.batch.rebuild_seconds=inf", "spark.scorer.partitions=18446744073709551616",
                                       "fl.supernode_heartbeat_seconds=1e300", "fl.supernode_heartbeat_seconds=nan",
                                       "spark.driver_memory=64m", "spark.driver_memory=lots", "spark.driver_memory=1t",
-                                      "spark.driver_java_options='-XX:+UseSerialGC -Xmx8g'"])
+                                      "spark.driver_java_options='-XX:+UseSerialGC -Xmx8g'",
+                                      "kafka.local_broker.heap=64m", "kafka.local_broker.heap='512m -XX:+Evil'"])
 def test_the_cost_settings_refuse_values_that_would_crash_or_stall_a_component(override: str) -> None:
     # inf seconds overflow datetime/timedelta in the batch loop (a crash loop under the supervisor);
     # Flower takes heartbeats of 10-1800 s only; Spark refuses to start with -Xmx in the Java options,

@@ -28,7 +28,7 @@ from core.messages import (
     Source,
     unpack,
 )
-from core.model import HISTOGRAM_EDGES
+from core.summaries import HISTOGRAM_EDGES
 
 DEVICE = 7
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import features, model
+from core import features, model, summaries
 from core.config import ModelConfig, load_config
 from core.dataset import synthetic
 
@@ -30,7 +30,7 @@ def test_inputs_are_standardised_columns_then_time_of_day(spec: ModelConfig) -> 
                "source_time": "2004-03-01T06:00:00+00:00", "anomaly": "spike"}
     raw, _ = features.rows([reading], spec)
     width = features.normalised_width(spec)
-    norm = model.Normalisation(np.full(width, 1.0), np.full(width, 2.0))
+    norm = summaries.Normalisation(np.full(width, 1.0), np.full(width, 2.0))
     x = norm.inputs(raw)
     assert x.shape == (1, model.input_size(spec)) and x.dtype == np.float32
     np.testing.assert_allclose(x[0, :4], [11.5, 19.0, 399.5, 0.75])  # (value - 1) / 2
@@ -42,26 +42,26 @@ def test_a_subset_of_sensors_and_no_context_is_configuration() -> None:
                         "fl.model.hidden=[8,3]"]).fl.model
     net = model.build(spec)
     raw, _ = features.rows([{"temperature": 21.0, "voltage": 2.7, "source_time": "2004-03-01T00:00:00+00:00"}], spec)
-    x = model.Moments.of(raw, spec).normalisation().inputs(raw)
+    x = summaries.Moments.of(raw, spec).normalisation().inputs(raw)
     assert x.shape == (1, 4) and model.scores(net, x).shape == (1,)
 
 
 def test_moments_add_up_to_the_pooled_mean_and_spread(spec: ModelConfig, frame: pd.DataFrame) -> None:
     raw, _ = features.rows(rows(frame[frame["device_id"] == 1].head(400)), spec)
     parts = [raw[:7], raw[7:150], raw[150:]]
-    summed = model.Moments.of(parts[0], spec) + model.Moments.of(parts[1], spec) + model.Moments.of(parts[2], spec)
+    summed = sum((summaries.Moments.of(part, spec) for part in parts[1:]), summaries.Moments.of(parts[0], spec))
     pooled = raw[:, :features.normalised_width(spec)]
     norm = summed.normalisation()
     np.testing.assert_allclose(norm.centre, pooled.mean(axis=0), rtol=1e-9, atol=1e-12)
     spread = pooled.std(axis=0)
-    floor = model.MIN_RELATIVE_SCALE * (1 + np.abs(pooled.mean(axis=0)))
+    floor = summaries.MIN_RELATIVE_SCALE * (1 + np.abs(pooled.mean(axis=0)))
     np.testing.assert_allclose(norm.scale, np.maximum(spread, floor), rtol=1e-6)
-    back = model.Moments.from_list(summed.to_list(), features.normalised_width(spec))
+    back = summaries.Moments.from_list(summed.to_list(), features.normalised_width(spec))
     assert back.to_list() == summed.to_list()
     with pytest.raises(ValueError, match="finite"):
-        model.Moments.from_list([float("nan")] * len(summed.to_list()), features.normalised_width(spec))
+        summaries.Moments.from_list([float("nan")] * len(summed.to_list()), features.normalised_width(spec))
     with pytest.raises(ValueError, match="numbers"):
-        model.Moments.from_list(summed.to_list()[:-1], features.normalised_width(spec))
+        summaries.Moments.from_list(summed.to_list()[:-1], features.normalised_width(spec))
 
 
 def test_replay_buffer_is_bounded_and_keeps_the_newest_window() -> None:
@@ -77,7 +77,7 @@ def test_replay_buffer_is_bounded_and_keeps_the_newest_window() -> None:
 
 def test_training_is_deterministic_under_a_seed_and_lowers_the_loss(spec: ModelConfig, frame: pd.DataFrame) -> None:
     raw, _ = features.rows(rows(frame[frame["device_id"] == 1].head(300)), spec)
-    x = model.Moments.of(raw, spec).normalisation().inputs(raw)
+    x = summaries.Moments.of(raw, spec).normalisation().inputs(raw)
 
     def run() -> tuple[list[np.ndarray], float, float]:
         net = model.build(spec)
@@ -97,7 +97,7 @@ def test_scores_separate_labelled_anomalies_without_seeing_labels(spec: ModelCon
     raw = np.concatenate(list(series.values()))
     odd = np.concatenate([(part.sort_values("source_time")["anomaly"] != "normal").to_numpy()
                           for _, part in frame.groupby("device_id")])
-    norm = model.Moments.of(raw, spec).normalisation()  # labels never used: anomalies are in the moments too
+    norm = summaries.Moments.of(raw, spec).normalisation()  # labels never used: anomalies are in the moments too
     net = model.build(spec)
     train = np.random.default_rng(0).choice(len(raw), 5000, replace=False)
     model.train(net, norm.inputs(raw[train]), spec, epochs=10, seed=0)
@@ -111,12 +111,12 @@ def test_train_locally_reports_the_received_models_scores_and_the_new_rows_momen
     raw, _ = features.rows(rows(frame[frame["device_id"] == 2].head(200)), spec)
     start = model.get_weights(model.build(spec))
     buffer = model.ReplayBuffer(spec.replay_size, raw.shape[1], raw[:150])
-    norm = model.Moments.of(raw, spec).normalisation()
+    norm = summaries.Moments.of(raw, spec).normalisation()
     result = model.train_locally(spec, start, norm, buffer, raw[150:], epochs=1, seed=3)
     received = model.scores(model.build(spec), norm.inputs(buffer.rows))  # the seeded start = `start`
     assert sum(result.histogram) == len(buffer) == 200
     # the global threshold's rule on the device's own histogram: the upper edge of the quantile's bin
-    assert result.threshold == model.histogram_quantile(np.array(result.histogram), spec.threshold_quantile)
+    assert result.threshold == summaries.histogram_quantile(np.array(result.histogram), spec.threshold_quantile)
     quantile = float(np.quantile(received, spec.threshold_quantile))
     assert quantile <= result.threshold <= 1.1 * quantile  # bins of ~10 %
     assert result.moments.count == 50  # the new rows only: each reading counts once in the totals
@@ -135,7 +135,7 @@ def test_weights_round_trip_and_a_wrong_count_is_refused(spec: ModelConfig) -> N
 def test_flagged_new_rows_stay_out_of_the_buffer_unless_it_would_be_empty(spec: ModelConfig,
                                                                          frame: pd.DataFrame) -> None:
     raw, _ = features.rows(rows(frame[frame["device_id"] == 3].head(120)), spec)
-    norm = model.Moments.of(raw, spec).normalisation()
+    norm = summaries.Moments.of(raw, spec).normalisation()
     start = model.get_weights(model.build(spec))
     received = model.scores(model.build(spec), norm.inputs(raw[100:]))
     threshold = float(np.median(received))

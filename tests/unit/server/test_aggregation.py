@@ -14,10 +14,11 @@ import pytest
 from flwr.app import RecordDict
 from pymongo.errors import AutoReconnect, DuplicateKeyError
 
+from core import inference
 from core.config import load_config
 from core.messages import LocalUpdate, RunSettings
-from core.model import HISTOGRAM_EDGES
 from core.storage import encode_weights
+from core.summaries import HISTOGRAM_EDGES
 from server import rounds
 from server.aggregation import AGGREGATED, SKIPPED, Clock, GlobalState, TimedAggregation
 from server.robust import Robustness
@@ -46,6 +47,7 @@ def update(device: int, value: float, examples: int = 10, base: int = 5, seconds
 
 CURRENT = GlobalState(round=5, weights=weights(0.0), threshold=1.0)
 REAL_INITIAL_STATE = rounds.initial_state
+REAL_WEIGHT_SHAPES = inference.weight_shapes
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +55,7 @@ def stand_in_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests average a two-array stand-in (:func:`weights`), not the configured autoencoder: the
     ServerApp's fresh state, and what a stored model must fit to be resumed, is the stand-in too."""
     monkeypatch.setattr(rounds, "initial_state", lambda spec: GlobalState(0, weights(0.0), float("inf")))
+    monkeypatch.setattr(inference, "weight_shapes", lambda spec: [w.shape for w in weights(0.0)])
 
 
 @pytest.fixture
@@ -168,10 +171,10 @@ class FakeStore:
 
 def test_resume_continues_from_the_newest_global_model() -> None:
     spec = load_config().fl.model
-    fresh = rounds.resume(FakeStore([]), spec)  # type: ignore[arg-type]
+    fresh = rounds.resume(FakeStore([]).latest_global_model(), spec)
     assert fresh.round == 0 and fresh.threshold == float("inf")
     docs = [{"round": r, "threshold": 0.5 + r, "weights": encode_weights(weights(float(r)))} for r in (3, 7, 5)]
-    state = rounds.resume(FakeStore(docs), spec)  # type: ignore[arg-type]
+    state = rounds.resume(FakeStore(docs).latest_global_model(), spec)
     assert state.round == 7 and state.threshold == 7.5
     np.testing.assert_array_equal(state.weights[0], weights(7.0)[0])
 
@@ -488,27 +491,28 @@ def test_a_stored_model_of_another_shape_is_not_resumed_but_its_rounds_go_on(mon
     """A document of the previous version (6 inputs, no normalisation) or of another fl.model.context:
     fresh weights that fit, rounds going on from the stored one (never a crash loop)."""
     monkeypatch.setattr(rounds, "initial_state", REAL_INITIAL_STATE)  # the configured autoencoder here
+    monkeypatch.setattr(inference, "weight_shapes", REAL_WEIGHT_SHAPES)
     spec = load_config().fl.model
     fresh = rounds.initial_state(spec)
     old = {"round": 41, "threshold": 0.2, "weights": encode_weights([np.zeros((16, 6), np.float32)])}
-    state = rounds.resume(SimpleNamespace(latest_global_model=lambda: old), spec)  # type: ignore[arg-type]
+    state = rounds.resume(old, spec)
     assert state.round == 41 and state.moments is None and state.threshold == float("inf")
     assert [w.shape for w in state.weights] == [w.shape for w in fresh.weights]
     width = len(fresh.weights[0][0])  # the normalised columns plus the two of the time of day
     moments = {"count": 3.0, "sums": [1.0] * (width - 2), "squares": [1.0] * (width - 2)}
     fits = {"round": 9, "threshold": 0.2, "weights": encode_weights(fresh.weights), "moments": moments,
             "device_thresholds": {"4": 0.5}}
-    state = rounds.resume(SimpleNamespace(latest_global_model=lambda: fits), spec)  # type: ignore[arg-type]
+    state = rounds.resume(fits, spec)
     assert state.round == 9 and state.threshold == 0.2 and state.device_thresholds == {4: 0.5}
     assert state.moments is not None and state.moments.count == 3.0  # the running totals go on
     narrow = {"round": 7, "threshold": 0.2, "weights": encode_weights(fresh.weights),
               "moments": {"count": 3.0, "sums": [1.0, 2.0], "squares": [1.0, 2.0]}}
-    state = rounds.resume(SimpleNamespace(latest_global_model=lambda: narrow), spec)  # type: ignore[arg-type]
+    state = rounds.resume(narrow, spec)
     assert state.round == 7 and state.moments is None
     for bad in ({"count": None, "sums": moments["sums"], "squares": moments["squares"]},  # a wrong type
                 {**moments, "sums": [float("inf")] * (width - 2)}, {"count": 3.0}):  # inf; fields missing
         doc = {**fits, "moments": bad}
-        state = rounds.resume(SimpleNamespace(latest_global_model=lambda doc=doc: doc), spec)  # type: ignore[arg-type]
+        state = rounds.resume(doc, spec)
         assert state.round == 9 and state.moments is None  # started fresh, not a crash loop
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from core.config import ConfigError, load_config
 from core.messages import LocalUpdate
-from core.model import HISTOGRAM_EDGES, histogram_quantile
+from core.summaries import HISTOGRAM_EDGES, histogram_quantile
 from server import robust
 from server.aggregation import AGGREGATED, GlobalState, TimedAggregation
 from server.robust import Robustness

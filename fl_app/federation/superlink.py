@@ -66,6 +66,54 @@ class FleetOnly:
         await self.app(scope, receive, send)
 
 
+CONTROL_PREFIX = "/v1/control/"
+
+
+class ControlPathsOnly:
+    """ASGI middleware: ``inner``, one of flwr's Control API middlewares, on Control API paths only.
+
+    flwr 1.42 stacks eight ``BaseHTTPMiddleware`` layers on every request (``flwr/superlink/main.py``,
+    ``_get_middleware``), each a task group and a memory stream per request: a third of the SuperLink's
+    samples at rest (py-spy, issue 22), where almost every request is a device's Fleet API call. Its
+    four Control ones pass any path outside ``/v1/control/`` straight on (``routers/control/
+    middlewares.py``: ``_is_control_path``, and the sensitive routes are all under it), so for those
+    paths this skips them instead, and the request takes the same way through everything else."""
+
+    def __init__(self, app: ASGIApp, inner: Callable[..., ASGIApp], **kwargs: Any) -> None:
+        self.app, self.inner = app, inner(app, **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(CONTROL_PREFIX):
+            await self.app(scope, receive, send)
+        else:
+            await self.inner(scope, receive, send)
+
+
+def control_middlewares_on_control_paths() -> None:
+    """Make flwr's ``create_app`` put its Control API middlewares behind :class:`ControlPathsOnly`;
+    RuntimeError if this flwr's names or routes are not the ones that makes safe."""
+    from flwr.superlink import main as superlink_main
+    from flwr.superlink.routers.control import middlewares as control
+    from starlette.middleware import Middleware
+
+    names = ("ControlSensitiveResponseMiddleware", "ControlEventLogMiddleware", "ControlLicenseMiddleware",
+             "ControlAuthenticationMiddleware")
+    if not (hasattr(superlink_main, "_get_middleware") and all(hasattr(control, n) for n in names)
+            and all(path.startswith(CONTROL_PREFIX) for _, path in control.CONTROL_SENSITIVE_ROUTE_KEYS)):
+        raise RuntimeError("flwr.superlink.main._get_middleware or its Control middlewares changed: "
+                           "this flwr's middleware cannot be scoped to the Control API")
+    classes = tuple(getattr(control, n) for n in names)
+    original = superlink_main._get_middleware
+
+    def scoped() -> list[Middleware]:
+        # (starlette's middleware-factory protocol has no way to say "and a keyword `inner`")
+        return [Middleware(ControlPathsOnly, inner=m.cls, **m.kwargs)  # type: ignore[arg-type]
+                if m.cls in classes and not m.args else m for m in original()]
+
+    superlink_main._get_middleware = scoped
+
+
 def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -88,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     ours, flower_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     sys.argv = [sys.argv[0], *flower_args]  # flwr parses its own flags from sys.argv
     config = _parse_superlink_lifespan_config()
+    control_middlewares_on_control_paths()
     if ours.fleet_port == config.port:
         raise SystemExit("--fleet-port must differ from --port (the Control and Runtime APIs' port)")
     app = FleetOnly(create_app(config, SuperLinkLifespan), ours.fleet_port)

@@ -8,7 +8,7 @@ from typing import Any
 
 from core.config import load_config
 from fl_app.federation import deployment
-from fl_app.federation.superlink import FleetOnly, fleet_path
+from fl_app.federation.superlink import ControlPathsOnly, FleetOnly, control_middlewares_on_control_paths, fleet_path
 
 
 def call(app: FleetOnly, path: str, port: int) -> int:
@@ -49,3 +49,75 @@ def test_devices_get_the_fleet_address_and_flwr_the_loopback_control_address(tmp
     assert node.argv[list(node.argv).index("--superlink") + 1] == "0.0.0.0:9091"
     deployment.write_flwr_config(cfg)
     assert 'address = "127.0.0.1:9090"' in (deployment.flwr_home(cfg) / "config.toml").read_text()
+
+
+# ------------------------------------------------- flwr's Control middlewares on Control paths only
+def stock_and_scoped(monkeypatch: Any) -> tuple[Any, Any]:
+    from flwr.superlink import main as superlink_main
+
+    stock = superlink_main.create_app()
+    monkeypatch.setattr(superlink_main, "_get_middleware", superlink_main._get_middleware)  # put back after
+    control_middlewares_on_control_paths()
+    return stock, superlink_main.create_app()
+
+
+def test_the_control_middlewares_are_wrapped_in_place_and_nothing_else(monkeypatch: Any) -> None:
+    stock, scoped = stock_and_scoped(monkeypatch)
+    before = [m.cls for m in stock.user_middleware]
+    after = [m.kwargs.get("inner", m.cls) if m.cls is ControlPathsOnly else m.cls for m in scoped.user_middleware]
+    assert after == before
+    wrapped = {m.kwargs["inner"].__name__ for m in scoped.user_middleware if m.cls is ControlPathsOnly}
+    assert wrapped == {"ControlSensitiveResponseMiddleware", "ControlEventLogMiddleware",
+                       "ControlLicenseMiddleware", "ControlAuthenticationMiddleware"}
+
+
+def test_every_request_is_answered_as_by_flowers_own_stack(monkeypatch: Any) -> None:
+    import httpx
+
+    stock, scoped = stock_and_scoped(monkeypatch)
+    requests = [("POST", "/v1/fleet/send-node-heartbeat", b"not protobuf"), ("POST", "/v1/fleet/pull-messages", b""),
+                ("POST", "/v1/control/list-runs", b"x"), ("POST", "/v1/control/get-auth-tokens", b""),
+                ("POST", "/v1/control/get-login-details", b""), ("GET", "/v1/runtime/nope", b""),
+                ("GET", "/health", b"")]
+
+    async def answers(app: Any) -> list[tuple[int, str, str | None]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://superlink") as client:
+            out = []
+            for method, path, body in requests:
+                r = await client.request(method, path, content=body,
+                                         headers={"content-type": "application/protobuf"})
+                out.append((r.status_code, r.text, r.headers.get("cache-control")))
+            return out
+
+    got, expected = asyncio.run(answers(scoped)), asyncio.run(answers(stock))
+    assert got == expected
+    assert expected[3][2] == "no-store"  # a sensitive Control route: its middleware still ran
+
+
+def test_the_wrapped_middleware_runs_for_control_paths_only() -> None:
+    ran: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append("app")
+
+    class Inner:
+        def __init__(self, app: Any, **kwargs: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            ran.append("inner")
+            await self.app(scope, receive, send)
+
+    wrapped = ControlPathsOnly(app, inner=Inner)
+    for path in ("/v1/fleet/pull-messages", "/v1/control/list-runs", "/v1/controlx", "/v1/runtime/get-run"):
+        asyncio.run(wrapped({"type": "http", "path": path}, None, None))  # type: ignore[arg-type]
+    assert ran == ["app", "inner", "app", "app", "app"]  # the control path: inner, then on to the app
+
+
+def test_a_flower_whose_sensitive_routes_leave_the_control_api_is_refused(monkeypatch: Any) -> None:
+    import pytest
+    from flwr.superlink.routers.control import middlewares
+
+    monkeypatch.setattr(middlewares, "CONTROL_SENSITIVE_ROUTE_KEYS", frozenset({("POST", "/v1/fleet/secret")}))
+    with pytest.raises(RuntimeError, match="Control API"):
+        control_middlewares_on_control_paths()

@@ -107,14 +107,15 @@ class ScoringModel:
             raise ValueError("it has no normalisation")
         checked = Normalisation.from_lists(norm["centre"], norm["scale"], spec)
         try:
-            inference.check(decode_weights(doc["weights"]), spec)
+            weights = decode_weights(doc["weights"])
+            inference.check(weights, spec)
         except ValueError as exc:
             raise ValueError(f"its weights do not fit the configured model: {str(exc).splitlines()[0][:200]}") \
                 from None
         centre, scale = checked.to_lists()
         return cls(int(doc["round"]), float(doc["threshold"]),
                    {str(k): float(v) for k, v in (doc.get("device_thresholds") or {}).items()},
-                   threshold == "per_device", centre, scale, decode_weights(doc["weights"]), asdict(spec))
+                   threshold == "per_device", centre, scale, weights, asdict(spec))
 
     def threshold_for(self, device: int) -> float:
         return self.device_thresholds.get(str(device), self.threshold) if self.per_device else self.threshold

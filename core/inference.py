@@ -54,13 +54,6 @@ def reconstruct(weights: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
     return out
 
 
-def scores(weights: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Per-row anomaly score: mean squared reconstruction error over the inputs."""
-    data = np.asarray(x, dtype=np.float32)
-    out: np.ndarray = ((reconstruct(weights, data) - data) ** 2).mean(axis=1)
-    return out
-
-
 @dataclass
 class Predictions:
     """What a model makes of readings: per reading and configured sensor field (``spec.features``)
@@ -69,7 +62,7 @@ class Predictions:
     fields: list[str]
     outputs: np.ndarray  # (n, fields)
     errors: np.ndarray  # (n, fields): |reading - output|
-    scores: np.ndarray  # (n,): the anomaly score (see :func:`scores`)
+    scores: np.ndarray  # (n,): the anomaly score, mean squared reconstruction error over the inputs
 
 
 def predict(weights: Sequence[np.ndarray], rows: np.ndarray, normalisation: Normalisation,

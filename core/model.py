@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from core import features as stream_features
 from core import inference
 from core.config import ModelConfig
 from core.summaries import Moments, Normalisation, histogram_of, histogram_quantile
@@ -68,7 +67,7 @@ class AutoEncoder(nn.Module):
 
 
 def input_size(spec: ModelConfig) -> int:
-    return len(stream_features.columns(spec))
+    return inference.layer_sizes(spec)[0][0]
 
 
 def build(spec: ModelConfig) -> AutoEncoder:

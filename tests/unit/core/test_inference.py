@@ -7,7 +7,7 @@ import pytest
 
 from core import features, inference, model
 from core.config import load_config
-from core.summaries import Moments
+from core.summaries import Moments, Normalisation
 
 
 @pytest.mark.parametrize("hidden", ["[16,8]", "[32,16,4]", "[5]"])
@@ -25,7 +25,8 @@ def test_shapes_and_outputs_are_torchs(hidden: str) -> None:
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
     assert np.allclose(inference.reconstruct(weights, x), expected, rtol=1e-5, atol=1e-5)
-    assert np.allclose(inference.scores(weights, x), model.scores(net, x), rtol=1e-5, atol=1e-6)
+    identity = Normalisation(np.zeros(features.normalised_width(spec)), np.ones(features.normalised_width(spec)))
+    assert np.allclose(inference.predict(weights, x, identity, spec).scores, model.scores(net, x), rtol=1e-5, atol=1e-6)
 
 
 def test_predictions_are_in_the_fields_units() -> None:

@@ -78,7 +78,11 @@ def test_every_request_is_answered_as_by_flowers_own_stack(monkeypatch: Any) -> 
     requests = [("POST", "/v1/fleet/send-node-heartbeat", b"not protobuf"), ("POST", "/v1/fleet/pull-messages", b""),
                 ("POST", "/v1/control/list-runs", b"x"), ("POST", "/v1/control/get-auth-tokens", b""),
                 ("POST", "/v1/control/get-login-details", b""), ("GET", "/v1/runtime/nope", b""),
-                ("GET", "/health", b"")]
+                ("GET", "/health", b""),
+                # Control paths only after decoding, or not at all: still answered alike (httpx refuses
+                # longer URLs, and it resolves dot segments itself: those are in the next test)
+                ("POST", "//v1/control/list-runs", b"x"), ("POST", "/v1/%63ontrol/list-runs", b"x"),
+                ("POST", "/v1/control/" + "a" * 60_000, b"")]
 
     async def answers(app: Any) -> list[tuple[int, str, str | None]]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://superlink") as client:
@@ -112,6 +116,29 @@ def test_the_wrapped_middleware_runs_for_control_paths_only() -> None:
     for path in ("/v1/fleet/pull-messages", "/v1/control/list-runs", "/v1/controlx", "/v1/runtime/get-run"):
         asyncio.run(wrapped({"type": "http", "path": path}, None, None))  # type: ignore[arg-type]
     assert ran == ["app", "inner", "app", "app", "app"]  # the control path: inner, then on to the app
+
+
+def test_the_wrapper_takes_a_raw_path_for_control_exactly_as_flowers_middlewares_do() -> None:
+    from flwr.superlink.routers.control.middlewares import _is_control_path
+
+    ran: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(False)
+
+    class Inner:
+        def __init__(self, app: Any, **kwargs: Any) -> None:
+            pass
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            ran.append(True)
+
+    wrapped = ControlPathsOnly(app, inner=Inner)
+    paths = ["/v1/control/list-runs", "//v1/control/list-runs", "/v1/fleet/../control/list-runs", "/v1/control",
+             "/V1/CONTROL/list-runs", "/v1/control/" + "a" * 10_000_000, "", "/v1/control/\x00", "v1/control/x"]
+    for path in paths:
+        asyncio.run(wrapped({"type": "http", "path": path}, None, None))  # type: ignore[arg-type]
+    assert ran == [_is_control_path(p) for p in paths]
 
 
 def test_a_flower_whose_sensitive_routes_leave_the_control_api_is_refused(monkeypatch: Any) -> None:

@@ -221,6 +221,12 @@ def test_a_global_model_without_normalisation_is_refused() -> None:
                ["fl.model.context=[]"]).fl.model)))}
     with pytest.raises(ValueError, match="do not fit the configured model"):
         ScoringModel.from_doc(old, spec)
+    # Weights that are not numbers a reading can be scored with: refused too (torch took them before).
+    fresh = model.initial_weights(spec)
+    for bad in (float("nan"), float("inf")):
+        poisoned = {**old, "weights": encode_weights([np.full_like(fresh[0], bad), *fresh[1:]])}
+        with pytest.raises(ValueError, match="not finite"):
+            ScoringModel.from_doc(poisoned, spec)
 
 
 def test_a_stateless_checkpoint_is_started_afresh_and_a_stateful_one_kept(tmp_path: Path) -> None:

@@ -148,15 +148,42 @@ def newest_per_reading(predictions: DataFrame) -> DataFrame:
     return predictions.withColumn("rank", rank).where("rank = 1").drop("rank")
 
 
-def _labelled(predictions: DataFrame, labels: DataFrame | None) -> DataFrame:
-    """``predictions`` with ``label`` (null without labels). An ``event_id`` is ``<loop>-<seq>``, so
-    every loop of the replay is checked against the same labels."""
+@dataclass(frozen=True)
+class Labels:
+    """The data set's labels in Spark, compact: the seqs of its anomalous readings (1.8 % of the stand-in's),
+    and how many readings it has (a seq is a reading's position, 0 to size - 1); every other seq is normal.
+    All 152,533 ``(seq, label)`` rows kept the batch driver's live heap at ~150 MB (the rows in the
+    plan, their cache and each run's broadcast of them; issue 22)."""
+
+    anomalous: DataFrame  # one column, seq
+    size: int
+
+    @classmethod
+    def of(cls, spark: SparkSession, labels: pd.DataFrame) -> Labels:
+        """From ``seq``, ``label`` (True: an anomaly) of every reading; raises ValueError unless the seqs
+        are the positions 0 .. n - 1 (as :func:`core.dataset.table.finish` numbers them)."""
+        import numpy as np
+
+        seqs = labels["seq"].to_numpy()
+        if not np.array_equal(np.sort(seqs), np.arange(len(seqs))):
+            raise ValueError("labels: the seqs must be the readings' positions 0 .. n - 1, each once")
+        anomalous = labels.loc[labels["label"].astype(bool), ["seq"]].astype("int64")
+        return cls(spark.createDataFrame(anomalous, "seq bigint").cache(), len(seqs))
+
+
+def _labelled(predictions: DataFrame, labels: Labels | None) -> DataFrame:
+    """``predictions`` with ``label`` (null without labels, or for a seq the data set does not have). An
+    ``event_id`` is ``<loop>-<seq>``, so every loop of the replay is checked against the same labels."""
     from pyspark.sql import functions as F
 
     if labels is None:
         return predictions.withColumn("label", F.lit(None).cast("boolean"))
     seq = F.split("event_id", "-").getItem(1).cast("long")
-    return predictions.withColumn("seq", seq).join(labels, "seq", "left").drop("seq")
+    anomalous = F.broadcast(labels.anomalous.withColumn("anomalous", F.lit(True)))
+    known = F.col("seq").between(0, labels.size - 1)
+    return (predictions.withColumn("seq", seq).join(anomalous, "seq", "left")
+            .withColumn("label", F.when(known, F.col("anomalous").isNotNull()))
+            .drop("seq", "anomalous"))
 
 
 def _confusion() -> list[Any]:
@@ -167,7 +194,7 @@ def _confusion() -> list[Any]:
             F.sum((~flagged & label).cast("long")).alias("fn"), F.sum((~flagged & ~label).cast("long")).alias("tn")]
 
 
-def per_reading_sums(predictions: DataFrame, labels: DataFrame | None) -> DataFrame:
+def per_reading_sums(predictions: DataFrame, labels: Labels | None) -> DataFrame:
     """Per device: readings scored, anomalies and confusion counts, each reading by its newest prediction."""
     from pyspark.sql import functions as F
 
@@ -176,7 +203,7 @@ def per_reading_sums(predictions: DataFrame, labels: DataFrame | None) -> DataFr
                                            F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"), *_confusion())
 
 
-def per_round_confusion(predictions: DataFrame, labels: DataFrame) -> DataFrame:
+def per_round_confusion(predictions: DataFrame, labels: Labels) -> DataFrame:
     return _labelled(predictions, labels).groupBy("model_round").agg(*_confusion())
 
 
@@ -335,7 +362,7 @@ def prediction_quality(sums: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------ one run
 def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
             dead_letters: Mapping[str, int] | None = None, parts: Mapping[str, pd.DataFrame] | None = None,
-            lower: datetime = EPOCH, settle_seconds: float = 1.0, label_frame: DataFrame | None = None) -> BatchResult:
+            lower: datetime = EPOCH, settle_seconds: float = 1.0, label_frame: Labels | None = None) -> BatchResult:
     """One run: the documents of the window ``[lower, now - settle_seconds)`` added to ``parts``
     (None: a rebuild, from empty sums and ``lower`` = the epoch), and every table derived.
     ``dead_letters``: count per reason (:func:`core.topics.dead_letter_reasons`)."""
@@ -359,7 +386,7 @@ def compute(spark: SparkSession, store: Storage, labels: pd.DataFrame | None,
         "round": "bigint", "created_at": "timestamp", "num_devices": "bigint", "num_examples": "bigint",
         "metrics.loss": "double", "rejected": "bigint", "stale": "bigint", "threshold": "double"})
     if label_frame is None and labels is not None:
-        label_frame = spark.createDataFrame(labels)
+        label_frame = Labels.of(spark, labels)
 
     # Readings: sums per device (the gap from each device's last reading so far included) and minute.
     previous = parts["parts_device"][["device_id", "last_seen"]].dropna()
@@ -477,7 +504,7 @@ class Batches:
     def __init__(self, cfg: AppConfig, labels: pd.DataFrame | None) -> None:
         self.cfg, self.labels = cfg, labels
         self.spark: SparkSession | None = None
-        self.label_frame: DataFrame | None = None  # the labels in Spark, made once (3 MB per task otherwise)
+        self.label_frame: Labels | None = None  # the labels in Spark, made once
 
     def run(self, dead_letters: Mapping[str, int] | None = None, rebuild: bool = False) -> BatchResult:
         from analytics.session import spark_session
@@ -487,7 +514,7 @@ class Batches:
         if self.spark is None:
             self.spark = spark_session(self.cfg, "fl-iot-batch")
             if self.labels is not None:
-                self.label_frame = self.spark.createDataFrame(self.labels).cache()
+                self.label_frame = Labels.of(self.spark, self.labels)
         kept = None if rebuild else load_parts(batch.store_url)
         now = datetime.now(UTC)
         if kept is not None and now - kept[2] > timedelta(seconds=batch.rebuild_seconds):

@@ -60,6 +60,11 @@ def spark_session(cfg: AppConfig, app_name: str, jars: Sequence[str] = (),
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")  # a progress bar per stage, in a log file
                .config("spark.sql.shuffle.partitions", "4")
+               # Spark frees a finished job's broadcasts and shuffle files once a GC of the driver finds them
+               # unreferenced, and asks for one every 30 min by default: the batch's heap filled up to
+               # spark.driver_memory meanwhile. Each of these full GCs also gives back what the heap does not
+               # need (spark.driver_java_options' heap free ratios).
+               .config("spark.cleaner.periodicGC.interval", "2min")
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.executorEnv.PYTHONPATH", python_path)
                .config("spark.executorEnv.OMP_NUM_THREADS", "1"))

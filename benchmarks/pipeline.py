@@ -74,6 +74,9 @@ class Result:
     pss_mb: dict[str, float] = field(default_factory=dict)  # mean per component
     cpu_percent_by_component: dict[str, float] = field(default_factory=dict)  # of one core
     total_pss_mb: float = 0.0
+    # The last sample's: a JVM's heap and Kafka's indexes grow for minutes, so the mean of a short
+    # window is below where the memory settles.
+    last_pss_mb: float = 0.0
     rounds: int = 0
     counts: dict[str, int] = field(default_factory=dict)  # documents per collection --counts-after min after run
     error: str = ""
@@ -229,6 +232,7 @@ def measure(cfg: AppConfig, store: storage.Storage, result: Result, minutes: flo
     names = sorted({n for s in pss_samples for n in s})
     result.pss_mb = {n: sum(s.get(n, 0.0) for s in pss_samples) / len(pss_samples) for n in names}
     result.total_pss_mb = sum(result.pss_mb.values())
+    result.last_pss_mb = sum(pss_samples[-1].values()) if pss_samples else 0.0
     result.cpu_percent_by_component = {n: 100 * (cpu1.get(n, 0.0) - cpu0.get(n, 0.0)) / span for n in names}
     result.rounds = store.global_model.estimated_document_count()
     latencies = sorted((d["stored_at"] - d["event_time"]).total_seconds() * 1000 for d in store.device_data.find(
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
     table = Table(title="Whole pipeline (fl-app run, testing profile, 53 devices)", title_justify="left")
     for col in ("asked /s", "run returned", "first global", "first prediction", "produced /s", "stored /s",
-                "Flink lag start -> end", "send to stored p50 / p99", "CPU (of 200 %)", "load", "PSS total", "rounds",
+                "Flink lag start -> end", "send to stored p50 / p99", "CPU (of 200 %)", "load",
+                "PSS total (mean / last)", "rounds",
                 f"readings / local updates / rounds at {args.counts_after:g} min", "error"):
         table.add_column(col)
 
@@ -268,7 +273,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         table.add_row(f"{r.rate:g}", seconds(r.run_seconds), seconds(r.first_global_s), seconds(r.first_prediction_s),
                       f"{r.produced_per_s:,.1f}", f"{r.stored_per_s:,.1f}", f"{r.flink_lag_start} -> {r.flink_lag_end}",
                       "-" if r.latency_p99_ms is None else f"{r.latency_p50_ms:,.0f} / {r.latency_p99_ms:,.0f} ms",
-                      f"{r.cpu_percent:.0f} %", f"{r.load_average:.1f}", f"{r.total_pss_mb / 1024:.1f} GB",
+                      f"{r.cpu_percent:.0f} %", f"{r.load_average:.1f}",
+                      f"{r.total_pss_mb / 1024:.1f} / {r.last_pss_mb / 1024:.1f} GB",
                       str(r.rounds), f"{r.counts[storage.DEVICE_DATA]:,} / {r.counts[storage.LOCAL_MODELS]:,} "
                       f"(+{r.counts['pending_updates']} pending) / {r.counts[storage.GLOBAL_MODEL]}"
                       if r.counts else "-",

@@ -96,19 +96,31 @@ def between(low: float, high: float) -> Check:
     return check
 
 
+def megabytes(value: str) -> float | None:
+    """A JVM memory size (``512m``, ``2g``, ``65536k``) in megabytes; None if it is not one."""
+    match = re.fullmatch(r"([0-9]{1,7})([kmg])", str(value).lower())
+    return int(match[1]) * {"k": 1 / 1024, "m": 1, "g": 1024}[match[2]] if match else None
+
+
 def jvm_memory(minimum_mb: int) -> Check:
     """A JVM memory size (``512m``, ``2g``) of at least ``minimum_mb`` megabytes."""
     def check(value: str, _: AppConfig) -> str | None:
-        match = re.fullmatch(r"([0-9]{1,7})([kmg])", str(value).lower())
-        size_mb = int(match[1]) * {"k": 1 / 1024, "m": 1, "g": 1024}[match[2]] if match else 0
-        return None if size_mb >= minimum_mb else f"must be a JVM size such as 512m or 2g, at least {minimum_mb}m"
+        size_mb = megabytes(value)
+        return None if size_mb is not None and size_mb >= minimum_mb else \
+            f"must be a JVM size such as 512m or 2g, at least {minimum_mb}m"
     return check
 
 
-def no_heap_size(value: str, _: AppConfig) -> str | None:
-    # Spark refuses -Xmx in Java options at start-up: the heap is spark.driver_memory.
-    return "must not set the heap (-Xmx, -Xms): that is spark.driver_memory" if re.search(r"-Xm[xs]", value) \
-        else None
+def no_max_heap(value: str, app: AppConfig) -> str | None:
+    # Spark refuses -Xmx in Java options at start-up: the maximum heap is spark.driver_memory. A JVM
+    # whose initial heap exceeds its maximum does not start.
+    if re.search(r"-Xmx|MaxHeapSize", value):
+        return "must not set the maximum heap (-Xmx): that is spark.driver_memory"
+    for initial in re.findall(r"(?:-Xms|InitialHeapSize=)(\S*)", value):
+        size_mb, most = megabytes(initial), megabytes(app.spark.driver_memory)
+        if size_mb is None or size_mb < 1 or (most is not None and size_mb > most):
+            return f"initial heap {initial!r} must be a JVM size such as 64m, at most spark.driver_memory"
+    return None
 
 
 def below_half(value: float, _: AppConfig) -> str | None:
@@ -247,8 +259,9 @@ class LocalBrokerConfig:
     nodes: int = checked(1, between(1, 9), one_address_per_node)
     controller_port: int = checked(19093, tcp_port)  # node n: controller_port + n - 1
     # Each broker's heap (-Xms and -Xmx). A heap that started at 64m and could grow to 512m was no smaller
-    # at 10 readings/s (433 MB PSS against 394, issue 22): G1 grows it to keep its pauses short.
-    heap: str = checked("512m", jvm_memory(128))
+    # at 10 readings/s (433 MB PSS against 394, issue 22): G1 grows it to keep its pauses short. At 512m
+    # the broker reached 655 MB PSS after 8 minutes as G1 touched all of it; at 256m, 436 MB.
+    heap: str = checked("256m", jvm_memory(128))
     startup_timeout_seconds: float = checked(90.0, positive)
 
 
@@ -682,11 +695,14 @@ class SparkConfig:
     # documents); a rebuild of a day of readings (0.9 M) at 512m is not measured yet: give 1g if one
     # fails with OutOfMemoryError.
     driver_memory: str = checked("512m", jvm_memory(256))
-    # The serial collector: no parallel GC threads on a small heap, and the heap shrinks after a full
-    # collection instead of staying at its peak. Only the first JIT tier (C1): the drivers run small
-    # jobs, and C2 compiling Spark's generated code cost CPU it never paid back (30 rounds of two small
-    # jobs, local[2], 512m: JVM CPU 31.1 -> 22.4 s, PSS 524 -> 483 MB, the jobs as fast; issue 22).
-    driver_java_options: str = checked("-XX:+UseSerialGC -XX:TieredStopAtLevel=1", no_heap_size)
+    # The serial collector: no parallel GC threads on a small heap. Its heap gives memory back after a
+    # full collection (Spark asks for one every 2 min, analytics/session.py) down to the live data plus
+    # 30 % (the free ratios), never below the initial heap: the default one (1/64 of this machine's
+    # memory, 384m) kept the batch's JVM at 700-820 MB PSS; ... (issue 22). Only the first JIT tier
+    # (C1): the drivers run small jobs, and C2 compiling Spark's generated code cost CPU it never paid
+    # back (30 rounds of two small jobs, local[2], 512m: JVM CPU 31.1 -> 22.4 s, PSS 524 -> 483 MB).
+    driver_java_options: str = checked("-XX:+UseSerialGC -Xms64m -XX:MinHeapFreeRatio=10 -XX:MaxHeapFreeRatio=30 "
+                                       "-XX:TieredStopAtLevel=1", no_max_heap)
     # On a cluster (a spark:// master): each job's share and its executors' size.
     cores_max: int = checked(2, between(1, 1024))
     executor_memory: str = checked("512m", jvm_memory(384))

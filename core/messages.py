@@ -48,10 +48,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+if TYPE_CHECKING:  # flwr (grpc, protobuf: ~40 MB) only where a record is built: the settings below are
+    # also read by processes that never build one (the supervisor, the federation's launcher)
+    from flwr.app import RecordDict
 
 from core import mongo_auth
 from core.atomic import write_json
@@ -210,6 +213,8 @@ class TrainInstruction:
     read_from: int | None = None
 
     def to_record(self) -> RecordDict:
+        from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
         arrays, layout = pack(self.weights)
         return RecordDict({ARRAYS: ArrayRecord(arrays), CONFIG: ConfigRecord({
             "layout": layout, "server-round": self.server_round, "threshold": float(self.threshold),
@@ -336,6 +341,8 @@ class LocalUpdate:
     source: Source | None = None  # what it trained on; None when there were no readings
 
     def to_record(self) -> RecordDict:
+        from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
         arrays, layout = pack(self.weights)
         return RecordDict({
             ARRAYS: ArrayRecord(arrays),

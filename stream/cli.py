@@ -26,9 +26,10 @@ def produce(cfg: AppConfig) -> None:
 
     frame = dataset.load(cfg.stream, cfg.paths.cache_dir)
     producer = ReplayProducer(cfg, frame, dataset.dataset_id(cfg.stream))
+    size = len(frame)
+    del frame  # the producer keeps its own arrays; the table would stay for the whole run
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: producer.stop())
-    size = len(frame)
     log = logging.getLogger("stream.producer")
     with Progress(TextColumn("[bold]producing[/]"), TimeElapsedColumn(), TextColumn("{task.description}"),
                   console=console, transient=False, disable=not console.is_terminal) as progress:

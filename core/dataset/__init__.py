@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from core.config import StreamConfig
-from core.dataset import csv_file, intel_lab, synthetic
+from core.dataset import synthetic
 from core.dataset.table import ANOMALY_KINDS, COLUMNS, NORMAL
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,12 @@ def load(stream: StreamConfig, cache_dir: str | Path) -> pd.DataFrame:
     ValueError
         If ``stream.dataset_path`` names no file.
     """
+    # Imported here: the long-running processes that only ask which devices there are (the supervisor,
+    # the federation's launcher, the API) then never import pandas (~60 MB private memory each).
+    import pandas as pd
+
+    from core.dataset import csv_file, intel_lab
+
     if stream.dataset_path:
         if not Path(stream.dataset_path).is_file():
             raise ValueError(f"stream.dataset_path={stream.dataset_path!r}: no such file")

@@ -13,11 +13,14 @@ shifts and light saturation.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from core.dataset.table import NORMAL, finish
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GENERATOR_VERSION = 1  # bump when the generator's output changes: invalidates caches
 
@@ -50,6 +53,8 @@ def generate(num_records: int = 152_533, num_devices: int = 53, seed: int = 42) 
     seed
         Seeds every random draw.
     """
+    import pandas as pd
+
     if num_records < num_devices:
         raise ValueError(f"need at least one reading per device: {num_records} < {num_devices}")
     rng = np.random.default_rng(seed)
@@ -84,6 +89,8 @@ def _device_counts(rng: np.random.Generator, total: int, devices: int) -> list[i
 
 def _device_series(rng: np.random.Generator, mote: int, n: int, span: float) -> pd.DataFrame:
     """Clean readings of one mote over about ``span`` seconds: gaps, daily cycles, drift."""
+    import pandas as pd
+
     # --- timing: ~31 s apart, jitter, missed epochs (more for sparse motes), rare outages
     steps = rng.normal(EPOCH_SECONDS, 1.0, n).clip(28.0, 34.0)
     mean_missed_run = 1 / 0.3  # epochs, geometric(0.3)

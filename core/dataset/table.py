@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from core.records import SENSOR_FIELDS
+
+if TYPE_CHECKING:  # pandas (~60 MB) only in the processes that load a table, not in all that import this
+    import pandas as pd
 
 COLUMNS = ["seq", "device_id", "source_time", *SENSOR_FIELDS, "anomaly"]
 NORMAL = "normal"

@@ -141,10 +141,11 @@ def test_flower_app_declares_every_run_setting() -> None:
                                       "fl.supernode_heartbeat_seconds=1e300", "fl.supernode_heartbeat_seconds=nan",
                                       "spark.driver_memory=64m", "spark.driver_memory=lots", "spark.driver_memory=1t",
                                       "spark.driver_java_options='-XX:+UseSerialGC -Xmx8g'",
+                                      "spark.driver_java_options='-Xms1g'", "spark.driver_java_options=-Xmsbig",
                                       "kafka.local_broker.heap=64m", "kafka.local_broker.heap='512m -XX:+Evil'"])
 def test_the_cost_settings_refuse_values_that_would_crash_or_stall_a_component(override: str) -> None:
     # inf seconds overflow datetime/timedelta in the batch loop (a crash loop under the supervisor);
     # Flower takes heartbeats of 10-1800 s only; Spark refuses to start with -Xmx in the Java options,
-    # and a JVM does not start with a heap it cannot parse.
+    # and a JVM does not start with a heap it cannot parse, nor with an initial heap above its maximum.
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         load_config([override])

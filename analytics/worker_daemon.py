@@ -9,7 +9,7 @@ four of them, and still ~110 MB each when forked from a daemon with torch (PSS, 
 Only modules that start no thread may be imported here: a fork does not carry threads over. pandas and
 pyarrow start one, the background thread of the jemalloc that pyarrow bundles (``jemalloc_bg_thd``); it
 is switched off here (pyarrow allocates with mimalloc, and jemalloc purges on its own allocations), so
-they are imported too. Each of the scorer's four workers then held ~90 -> ~NN MB of private memory.
+they are imported too: each of the scorer's four workers 101 -> 71 MB PSS, the daemon 40 -> 56.
 """
 
 from __future__ import annotations

@@ -260,7 +260,8 @@ class LocalBrokerConfig:
     controller_port: int = checked(19093, tcp_port)  # node n: controller_port + n - 1
     # Each broker's heap (-Xms and -Xmx). A heap that started at 64m and could grow to 512m was no smaller
     # at 10 readings/s (433 MB PSS against 394, issue 22): G1 grows it to keep its pauses short. At 512m
-    # the broker reached 655 MB PSS after 8 minutes as G1 touched all of it; at 256m, 436 MB.
+    # the broker reached 655 MB PSS after 8 minutes as G1 touched all of it; at 256m, 429-436 MB from 4 to
+    # 8 minutes.
     heap: str = checked("256m", jvm_memory(128))
     startup_timeout_seconds: float = checked(90.0, positive)
 
@@ -698,7 +699,9 @@ class SparkConfig:
     # The serial collector: no parallel GC threads on a small heap. Its heap gives memory back after a
     # full collection (Spark asks for one every 2 min, analytics/session.py) down to the live data plus
     # 30 % (the free ratios), never below the initial heap: the default one (1/64 of this machine's
-    # memory, 384m) kept the batch's JVM at 700-820 MB PSS; ... (issue 22). Only the first JIT tier
+    # memory, 384m) kept the batch's JVM at 700-820 MB PSS. With these (and the batch's compact labels)
+    # the batch's processes 1,062 -> 860 MB, the scorer's 1,015 -> 834 (pipeline benchmark, 10/s, the
+    # same session; issue 22); the batch spends ~3 % of a core in the full GCs. Only the first JIT tier
     # (C1): the drivers run small jobs, and C2 compiling Spark's generated code cost CPU it never paid
     # back (30 rounds of two small jobs, local[2], 512m: JVM CPU 31.1 -> 22.4 s, PSS 524 -> 483 MB).
     driver_java_options: str = checked("-XX:+UseSerialGC -Xms64m -XX:MinHeapFreeRatio=10 -XX:MaxHeapFreeRatio=30 "

@@ -159,16 +159,18 @@ class Labels:
     size: int
 
     @classmethod
-    def of(cls, spark: SparkSession, labels: pd.DataFrame) -> Labels:
+    def of(cls, spark: SparkSession, labels: pd.DataFrame, cache: bool = False) -> Labels:
         """From ``seq``, ``label`` (True: an anomaly) of every reading; raises ValueError unless the seqs
-        are the positions 0 .. n - 1 (as :func:`core.dataset.table.finish` numbers them)."""
+        are the positions 0 .. n - 1 (as :func:`core.dataset.table.finish` numbers them). ``cache``: for
+        labels used run after run (the caller keeps them; a cache is never released)."""
         import numpy as np
 
         seqs = labels["seq"].to_numpy()
         if not np.array_equal(np.sort(seqs), np.arange(len(seqs))):
             raise ValueError("labels: the seqs must be the readings' positions 0 .. n - 1, each once")
         anomalous = labels.loc[labels["label"].astype(bool), ["seq"]].astype("int64")
-        return cls(spark.createDataFrame(anomalous, "seq bigint").cache(), len(seqs))
+        frame = spark.createDataFrame(anomalous, "seq bigint")
+        return cls(frame.cache() if cache else frame, len(seqs))
 
 
 def _labelled(predictions: DataFrame, labels: Labels | None) -> DataFrame:
@@ -178,7 +180,9 @@ def _labelled(predictions: DataFrame, labels: Labels | None) -> DataFrame:
 
     if labels is None:
         return predictions.withColumn("label", F.lit(None).cast("boolean"))
-    seq = F.split("event_id", "-").getItem(1).cast("long")
+    # try_: under Spark's ANSI mode (on by default) a foreign event id ("abc", "1-x": the validation
+    # only bounds its length) failed the whole run; it now gets a null seq, hence a null label.
+    seq = F.try_element_at(F.split("event_id", "-"), F.lit(2)).try_cast("long")
     anomalous = F.broadcast(labels.anomalous.withColumn("anomalous", F.lit(True)))
     known = F.col("seq").between(0, labels.size - 1)
     return (predictions.withColumn("seq", seq).join(anomalous, "seq", "left")
@@ -514,7 +518,7 @@ class Batches:
         if self.spark is None:
             self.spark = spark_session(self.cfg, "fl-iot-batch")
             if self.labels is not None:
-                self.label_frame = Labels.of(self.spark, self.labels)
+                self.label_frame = Labels.of(self.spark, self.labels, cache=True)
         kept = None if rebuild else load_parts(batch.store_url)
         now = datetime.now(UTC)
         if kept is not None and now - kept[2] > timedelta(seconds=batch.rebuild_seconds):

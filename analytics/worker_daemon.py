@@ -17,7 +17,9 @@ from __future__ import annotations
 import gc
 import os
 
-os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")  # read when pyarrow loads
+# Read when pyarrow loads; jemalloc takes the last of repeated options, so this one wins over any inherited.
+os.environ["JE_ARROW_MALLOC_CONF"] = ",".join(filter(None, (os.environ.get("JE_ARROW_MALLOC_CONF"),
+                                                             "background_thread:false")))
 
 import numpy  # noqa: E402, F401
 import pandas  # noqa: E402, F401

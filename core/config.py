@@ -114,9 +114,9 @@ def jvm_memory(minimum_mb: int) -> Check:
 def no_max_heap(value: str, app: AppConfig) -> str | None:
     # Spark refuses -Xmx in Java options at start-up: the maximum heap is spark.driver_memory. A JVM
     # whose initial heap exceeds its maximum does not start.
-    if re.search(r"-Xmx|MaxHeapSize", value):
+    if re.search(r"-Xmx|-XX:MaxHeapSize=", value):
         return "must not set the maximum heap (-Xmx): that is spark.driver_memory"
-    for initial in re.findall(r"(?:-Xms|InitialHeapSize=)(\S*)", value):
+    for initial in re.findall(r"(?:-Xms|-XX:InitialHeapSize=|-XX:MinHeapSize=)(\S*)", value):
         size_mb, most = megabytes(initial), megabytes(app.spark.driver_memory)
         if size_mb is None or size_mb < 1 or (most is not None and size_mb > most):
             return f"initial heap {initial!r} must be a JVM size such as 64m, at most spark.driver_memory"

@@ -234,3 +234,22 @@ def check(tables: dict[str, pd.DataFrame], docs: dict[str, pd.DataFrame], labels
 
     assert summary is not None and summary["readings"] == len(readings) and summary["global_rounds"] == 3
     assert sorted(summary["tables"]) == sorted(tables)
+
+
+def test_labels_of_foreign_event_ids_are_null_and_fail_nothing(tmp_path: Path) -> None:
+    """A reading's event id is ``<loop>-<seq>``, but the validation only bounds its length: a prediction of a
+    foreign id must get a null label, and not fail the run (Spark's ANSI mode raises on a bad cast or index).
+    Real Spark; labels of a 10-reading data set whose seq 5 is an anomaly."""
+    from analytics.batch import Labels, _labelled
+    from analytics.session import spark_session
+
+    spark = spark_session(load_config([f"paths.home={tmp_path}"]), "test-labels")
+    try:
+        labels = Labels.of(spark, pd.DataFrame({"seq": range(10), "label": [s == 5 for s in range(10)]}))
+        ids = ["0-1", "3-5", "abc", "1-x", "7-10", "2--5", "9-5-1", "-", ""]
+        predictions = spark.createDataFrame([(i,) for i in ids], "event_id string")
+        got: dict[str, bool | None] = dict(_labelled(predictions, labels).select("event_id", "label").collect())
+    finally:
+        spark.stop()
+    assert got == {"0-1": False, "3-5": True, "abc": None, "1-x": None, "7-10": None, "2--5": None,
+                   "9-5-1": True, "-": None, "": None}

@@ -65,8 +65,7 @@ def test_scorer_worker_daemon_starts_no_thread_before_it_forks() -> None:
     """The daemon imports pandas and pyarrow for its workers to share; a thread started by an import
     (pyarrow's jemalloc starts one) would be missing in every forked worker. Spark's environment for
     the workers (OMP_NUM_THREADS=1, analytics/session.py) is the one here."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("JE_ARROW_MALLOC_CONF", None)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:true"}  # inherited
     out = subprocess.run([sys.executable, "-c", DAEMON_PROBE], capture_output=True, text=True, timeout=120,
                          cwd=PROJECT_ROOT, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

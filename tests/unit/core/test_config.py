@@ -142,6 +142,8 @@ def test_flower_app_declares_every_run_setting() -> None:
                                       "spark.driver_memory=64m", "spark.driver_memory=lots", "spark.driver_memory=1t",
                                       "spark.driver_java_options='-XX:+UseSerialGC -Xmx8g'",
                                       "spark.driver_java_options='-Xms1g'", "spark.driver_java_options=-Xmsbig",
+                                      "spark.driver_java_options='-XX:MinHeapSize=2g'",
+                                      "spark.driver_java_options='-XX:MaxHeapSize=1g'",
                                       "kafka.local_broker.heap=64m", "kafka.local_broker.heap='512m -XX:+Evil'"])
 def test_the_cost_settings_refuse_values_that_would_crash_or_stall_a_component(override: str) -> None:
     # inf seconds overflow datetime/timedelta in the batch loop (a crash loop under the supervisor);
@@ -149,3 +151,8 @@ def test_the_cost_settings_refuse_values_that_would_crash_or_stall_a_component(o
     # and a JVM does not start with a heap it cannot parse, nor with an initial heap above its maximum.
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         load_config([override])
+
+
+def test_spark_java_options_take_an_initial_heap_within_the_maximum_and_a_soft_maximum() -> None:
+    cfg = load_config(["spark.driver_java_options='-Xms128m -XX:SoftMaxHeapSize=256m'", "spark.driver_memory=1g"])
+    assert "-Xms128m" in cfg.spark.driver_java_options

@@ -701,7 +701,8 @@ class SparkConfig:
     # 30 % (the free ratios), never below the initial heap: the default one (1/64 of this machine's
     # memory, 384m) kept the batch's JVM at 700-820 MB PSS. With these (and the batch's compact labels)
     # the batch's processes 1,062 -> 860 MB, the scorer's 1,015 -> 834 (pipeline benchmark, 10/s, the
-    # same session; issue 22); the batch spends ~3 % of a core in the full GCs. Only the first JIT tier
+    # same session; issue 22); the batch spent 8.7 s in 27 full GCs over ~5 min (~3 % of a core, with
+    # the free ratios and the 2-min GC, before -Xms64m). Only the first JIT tier
     # (C1): the drivers run small jobs, and C2 compiling Spark's generated code cost CPU it never paid
     # back (30 rounds of two small jobs, local[2], 512m: JVM CPU 31.1 -> 22.4 s, PSS 524 -> 483 MB).
     driver_java_options: str = checked("-XX:+UseSerialGC -Xms64m -XX:MinHeapFreeRatio=10 -XX:MaxHeapFreeRatio=30 "

@@ -226,8 +226,8 @@ def supernodes_launcher(cfg: AppConfig, nodes: list[ManagedProcess], stagger_sec
         name="fl_supernodes", argv=[], prepare=prepare, run_dir=Path(cfg.paths.run_dir),
         logs_dir=Path(cfg.paths.logs_dir), health_check=lambda: all(n.pid() is not None for n in nodes),
         # Two malloc arenas, not one per thread (8 cores' worth): each SuperNode's 8-9 threads made arenas
-        # of their own. 53 SuperNodes at 10/s: 2,112 -> 1,921 MB PSS, 502 -> 279 MB of it in arenas
-        # (same uptime; in the pipeline benchmark 2,128 -> 1,913).
+        # of their own. 53 SuperNodes at 10/s in the pipeline benchmark: 2,128 -> 1,913 MB PSS (in a
+        # running pipeline 502 -> 279 MB of it in arena mappings).
         env={**_env(cfg), "PYTHONPATH": str(PROJECT_ROOT), "MALLOC_ARENA_MAX": "2"}, cwd=PROJECT_ROOT,
         startup_timeout=30 + stagger_seconds * len(nodes), stop_timeout=20)
 

@@ -246,10 +246,11 @@ def test_labels_of_foreign_event_ids_are_null_and_fail_nothing(tmp_path: Path) -
     spark = spark_session(load_config([f"paths.home={tmp_path}"]), "test-labels")
     try:
         labels = Labels.of(spark, pd.DataFrame({"seq": range(10), "label": [s == 5 for s in range(10)]}))
-        ids = ["0-1", "3-5", "abc", "1-x", "7-10", "2--5", "9-5-1", "-", ""]
+        ids = ["0-1", "3-5", "abc", "1-x", "7-10", "2--5", "9-5-1", "-", "", "1-18446744073709551616",
+               "1-9223372036854775807"]
         predictions = spark.createDataFrame([(i,) for i in ids], "event_id string")
         got: dict[str, bool | None] = dict(_labelled(predictions, labels).select("event_id", "label").collect())
     finally:
         spark.stop()
     assert got == {"0-1": False, "3-5": True, "abc": None, "1-x": None, "7-10": None, "2--5": None,
-                   "9-5-1": True, "-": None, "": None}
+                   "9-5-1": True, "-": None, "": None, "1-18446744073709551616": None, "1-9223372036854775807": None}

@@ -505,9 +505,11 @@ class Batches:
     """Runs the batch analytics, one Spark session for all of them: incremental after the first run,
     a rebuild when asked, when no sums are kept and every ``spark.batch.rebuild_seconds``."""
 
-    def __init__(self, cfg: AppConfig, labels: pd.DataFrame | None) -> None:
+    def __init__(self, cfg: AppConfig, labels: pd.DataFrame | None, spark: SparkSession | None = None) -> None:
+        """``spark``: a session to run on, left to its owner (``fl-app spark serve`` gives the scorer's);
+        None: one of its own, made at the first run and stopped by :meth:`close`."""
         self.cfg, self.labels = cfg, labels
-        self.spark: SparkSession | None = None
+        self.spark, self.own_session = spark, spark is None
         self.label_frame: Labels | None = None  # the labels in Spark, made once
 
     def run(self, dead_letters: Mapping[str, int] | None = None, rebuild: bool = False) -> BatchResult:
@@ -517,8 +519,8 @@ class Batches:
         batch = self.cfg.spark.batch
         if self.spark is None:
             self.spark = spark_session(self.cfg, "fl-iot-batch")
-            if self.labels is not None:
-                self.label_frame = Labels.of(self.spark, self.labels, cache=True)
+        if self.label_frame is None and self.labels is not None:
+            self.label_frame = Labels.of(self.spark, self.labels, cache=True)
         kept = None if rebuild else load_parts(batch.store_url)
         now = datetime.now(UTC)
         if kept is not None and now - kept[2] > timedelta(seconds=batch.rebuild_seconds):
@@ -540,6 +542,6 @@ class Batches:
         return result
 
     def close(self) -> None:
-        if self.spark is not None:
+        if self.spark is not None and self.own_session:
             self.spark.stop()
-            self.spark = None
+        self.spark = None

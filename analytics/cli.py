@@ -4,7 +4,10 @@ schedule and Superset (``analytics/component.py``)."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +19,9 @@ from core.config import AppConfig
 if TYPE_CHECKING:
     import pandas as pd
 
-    from analytics.batch import BatchResult
+    from analytics.batch import Batches, BatchResult
 
+log = logging.getLogger(__name__)
 app = typer.Typer()
 spark_app = group(app, "spark", "Spark analytics (streaming anomaly scoring, batch analytics).")
 superset_app = group(app, "superset", "Superset dashboards on the batch analytics (up, down, serve).")
@@ -57,34 +61,78 @@ SCHEDULE = typer.Option(False, "--schedule", help="Run again every spark.batch_i
 REBUILD = typer.Option(False, "--rebuild", help="Recompute from every document, not from the sums kept.")
 
 
+def stop_on_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def batch_schedule(cfg: AppConfig, batches: Batches, stop: threading.Event, rebuild: bool = False,
+                   schedule: bool = True, contain: bool = False) -> None:
+    """Run the batch analytics every ``spark.batch_interval_seconds`` until ``stop`` (the first run of a
+    schedule rebuilds); without ``schedule``, once. ``contain``: a failed run is logged and the next one
+    tried, for a schedule that shares its process (``spark serve``: the scorer goes on); otherwise it is
+    raised, and the supervisor restarts the process with a fresh Spark."""
+    from core.topics import dead_letter_reasons
+
+    first = True
+    while not stop.is_set():
+        try:
+            result = batches.run(dead_letter_reasons(cfg), rebuild=rebuild or (schedule and first))
+        except Exception:
+            if not contain:
+                raise
+            log.exception("batch analytics run failed; the next one in %gs", cfg.spark.batch_interval_seconds)
+        else:
+            console.print(f"{'rebuild' if result.rebuilt else 'incremental'}: "
+                          f"{', '.join(f'{v:,} {k}' for k, v in result.counts.items())} in {result.seconds:.1f}s; "
+                          f"tables {', '.join(sorted(result.tables))}")
+            first = False
+        if not schedule:
+            break
+        stop.wait(cfg.spark.batch_interval_seconds)
+
+
 @command(spark_app, "batch", log="spark_batch")
 def spark_batch(cfg: AppConfig, schedule: bool = SCHEDULE, rebuild: bool = REBUILD) -> None:
     """Batch analytics: per-device statistics, convergence per round, participation, predictions
     against the data set's labels; tables in the SQL serving store (spark.batch.store_url). Reads
     what is new since the last run; the first run of a schedule rebuilds."""
-    import signal
-    import threading
-
     from analytics.batch import Batches
-    from core.topics import dead_letter_reasons
 
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     batches = Batches(cfg, labels(cfg))
-    first = True
     try:
-        while not stop.is_set():
-            result = batches.run(dead_letter_reasons(cfg), rebuild=rebuild or (schedule and first))
-            first = False
-            console.print(f"{'rebuild' if result.rebuilt else 'incremental'}: "
-                          f"{', '.join(f'{v:,} {k}' for k, v in result.counts.items())} in {result.seconds:.1f}s; "
-                          f"tables {', '.join(sorted(result.tables))}")
-            if not schedule:
-                break
-            stop.wait(cfg.spark.batch_interval_seconds)
+        batch_schedule(cfg, batches, stop, rebuild, schedule)
     finally:
         batches.close()
+
+
+@command(spark_app, "serve", log="spark")
+def spark_serve(cfg: AppConfig) -> None:
+    """The scorer and the batch schedule in one process, on one Spark session (one JVM, not two): what
+    `fl-app run` starts when spark.one_session (the default) and both are enabled."""
+    from analytics import scorer as scoring
+    from analytics.batch import Batches
+    from core import dataset
+
+    scorer = scoring.Scorer(cfg, dataset.device_ids(cfg.stream, cfg.paths.cache_dir))
+    stop_on_signals(scorer.stop)
+    spark = scoring.session(cfg)
+    # A session of its own on the same SparkContext: its SQL settings (shuffle partitions) stay the batch's.
+    batches = Batches(cfg, labels(cfg), spark.newSession())
+    schedule = threading.Thread(target=batch_schedule, args=(cfg, batches, scorer.stop),
+                                kwargs={"contain": True}, name="batch-schedule", daemon=True)
+    schedule.start()
+    try:
+        scorer.run(spark)  # waits for the first global model; the batch runs meanwhile
+    finally:
+        scorer.stop.set()
+        schedule.join(cfg.spark.batch_interval_seconds + 60)
+        try:
+            spark.stop()
+        except Exception as exc:  # SIGTERM reached the JVM too, whose shutdown hook may have stopped it
+            log.warning("stopping the Spark session: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
 
 REFRESH = typer.Option(False, "--refresh", help="Run the batch analytics first (fl-app spark batch).")

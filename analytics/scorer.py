@@ -64,7 +64,7 @@ from core.kafka_auth import java_properties
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.state import GroupState
 
     from core.storage import Storage
@@ -460,9 +460,9 @@ class Scorer:
             GroupStateTimeout.NoTimeout)
         return result
 
-    def run(self) -> None:
-        from analytics.session import extra_jars, spark_session
-
+    def run(self, spark: SparkSession | None = None) -> None:
+        """Score until stopped, on ``spark`` (a session from :func:`session`; None: one of its own,
+        stopped at the end; a given one is left to its owner)."""
         if not self.wait_for_model():
             return
         scorer = self.cfg.spark.scorer
@@ -470,9 +470,9 @@ class Scorer:
             log.warning("%s was the checkpoint of the stateless scorer, which Spark cannot resume with the "
                         "devices' context: removed; scoring again from the earliest offset (predictions already "
                         "stored stay, one per reading and round)", scorer.checkpoint_dir)
-        # Its Python workers fork from a daemon that has the scoring modules imported (analytics/worker_daemon.py).
-        spark = spark_session(self.cfg, "fl-iot-scorer", extra_jars(self.cfg, ["spark-kafka"]),
-                              {"spark.python.daemon.module": "analytics.worker_daemon"})
+        own = spark is None
+        if spark is None:
+            spark = session(self.cfg)
         # The devices' state partitions; a checkpoint keeps the number it was made with.
         spark.conf.set("spark.sql.shuffle.partitions", str(scorer.partitions))
         query = (self.query(spark).writeStream.outputMode("update").foreachBatch(self.score_batch)
@@ -489,7 +489,7 @@ class Scorer:
         finally:
             # SIGTERM reaches the whole process group, the Spark JVM too: its shutdown hook may have
             # stopped the query and the context already, and py4j then fails to reach it.
-            for what, stop in (("query", query.stop), ("Spark session", spark.stop)):
+            for what, stop in (("query", query.stop), *((("Spark session", spark.stop),) if own else ())):
                 try:
                     stop()
                 except Exception as exc:  # stopping anyway: say so and go on
@@ -498,6 +498,15 @@ class Scorer:
             log.info("stopped: %d predictions stored, %d already there, %d records not scored%s",
                      self.totals["stored"], self.totals["existing"], self.totals["invalid"],
                      f" ({', '.join(f'{r}: {n}' for r, n in self.skipped.most_common())})" if self.skipped else "")
+
+
+def session(cfg: AppConfig) -> SparkSession:
+    """The scorer's Spark session: the Kafka source's jars, and Python workers forked from a daemon that has
+    the scoring modules imported (analytics/worker_daemon.py)."""
+    from analytics.session import extra_jars, spark_session
+
+    return spark_session(cfg, "fl-iot-scorer", extra_jars(cfg, ["spark-kafka"]),
+                         {"spark.python.daemon.module": "analytics.worker_daemon"})
 
 
 def serve(cfg: AppConfig, known_devices: list[int]) -> None:

@@ -713,6 +713,10 @@ class SparkConfig:
     local_cluster: LocalSparkClusterConfig = field(default_factory=LocalSparkClusterConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    # `fl-app run` runs the scorer and the batch schedule in one process on one Spark session (`fl-app spark
+    # serve`) when both are enabled: one JVM, not two (issue 22). false: a process each (`spark stream`,
+    # `spark batch --schedule`), so that one's failure or restart leaves the other alone.
+    one_session: bool = True
     # Between batch runs while the pipeline runs: a run reads only what is new (analytics/batch.py), so
     # the dashboards can stay within a minute of MongoDB (Superset refreshes them every 30 s).
     batch_interval_seconds: float = checked(20.0, positive)

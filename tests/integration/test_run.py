@@ -43,8 +43,9 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "running." in up.stdout
         for name in ("iot_stream", "device_windows", "iot_stream_dlq", "device_data", "global_model",
-                     "kafka_producer", "flink_job", "federation", "spark_scorer", "spark_batch", "superset", "api"):
+                     "kafka_producer", "flink_job", "federation", "spark", "superset", "api"):
             assert name in up.stdout
+        assert "spark_scorer" not in up.stdout and "spark_batch" not in up.stdout  # one process: spark
         for log in ("kafka.log", "mongo.log", "fl_app.log", "kafka_producer.log", "flink_job.log"):
             assert (tmp_path / "logs" / log).is_file(), log
         assert fl_app("services", "status").stdout.count("running") == 2
@@ -66,8 +67,8 @@ def test_run_status_stop(tmp_path: Path) -> None:
         assert re.search(r"producer next: loop \d+", status.stdout), status.stdout
         assert count("mongo global_model", status.stdout) >= 1, status.stdout  # the federation aggregated
         assert count("mongo predictions", status.stdout) >= 1, status.stdout  # the Spark scorer scored
-        # kafka, mongo, flink_job, kafka_producer, federation, spark_scorer, spark_batch, superset, api, supervisor
-        assert status.stdout.count("running") == 10
+        # kafka, mongo, flink_job, kafka_producer, federation, spark (scorer and batch), superset, api, supervisor
+        assert status.stdout.count("running") == 9
         collections = ("device_data", "local_models", "global_model", "predictions")
         first = {c: count(f"mongo {c}", status.stdout) for c in collections}
         deadline = time.monotonic() + 180
@@ -143,7 +144,7 @@ def test_run_status_stop(tmp_path: Path) -> None:
     finally:
         down = fl_app("stop")
     assert down.returncode == 0
-    assert re.search(r"stopped: superset, spark_batch, spark_scorer, federation, kafka_producer, flink_job, "
+    assert re.search(r"stopped: superset, spark, federation, kafka_producer, flink_job, "
                      r"(.*, )?mongo, kafka in [\d.]+ s", down.stdout), down.stdout
     assert "producing to iot_stream" in (tmp_path / "logs" / "kafka_producer.log").read_text()
     assert not live_processes_under(tmp_path), live_processes_under(tmp_path)  # nothing left running

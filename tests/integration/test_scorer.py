@@ -275,3 +275,70 @@ def test_the_devices_context_survives_a_kill_between_micro_batches(stack: AppCon
         scorer.stop()
         store.close()
     assert "stopped:" in log.read_text()
+
+
+def test_spark_serve_scores_and_runs_the_batch_on_one_jvm_and_a_failed_batch_run_stops_nothing(
+        stack: AppConfig, tmp_path: Path) -> None:
+    """`fl-app spark serve` (what `fl-app run` starts): the batch schedule runs before the first global model
+    and beside the scorer, in one process with one JVM. A serving store that cannot be opened fails batch
+    runs, each logged, while the scorer goes on; once it can be opened again, the runs succeed again.
+    Lost: nothing (every reading scored once); duplicated: nothing."""
+    tag = uuid.uuid4().hex[:8]
+    store_path = tmp_path / "serving.db"
+    overrides = [*tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
+                 "spark.scorer.trigger_seconds=1", "spark.scorer.model_poll_seconds=1",
+                 "spark.batch_interval_seconds=2", f"spark.batch.store_url=sqlite:///{store_path}"]
+    cfg = load_config(overrides)
+    services.provision(cfg)
+    spark = ManagedProcess(name="spark", argv=[str(FL_APP), "spark", "serve", *overrides], run_dir=tmp_path / ".run",
+                           logs_dir=tmp_path / "logs", startup_timeout=5, stop_timeout=60)
+    log = spark.log_file
+    store = storage.Storage.from_config(cfg.mongo)
+    devices = [1, 2, 3, 4]
+    try:
+        first = readings(0, 120, devices)
+        send(cfg, first)
+        spark.start()
+        # No global model yet: the scorer waits, the batch runs (the dashboards fill from the start).
+        wait_for(lambda: store.analytics_runs.count_documents({}) >= 2, 180, "two batch runs before a model", log)
+        assert "waiting for the first global model" in log.read_text()
+        assert store.predictions.count_documents({}) == 0
+        pid = spark.pid()
+        assert pid is not None
+        jvms = [p for p in os.listdir("/proc") if p.isdigit() and _session_of(int(p)) == pid
+                and b"java" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]]
+        assert len(jvms) == 1, jvms  # the scorer's and the batch's Spark: one JVM
+
+        rows = series_rows(cfg, first)
+        Global(cfg, 1, seed=1, threshold=0.5, rows=np.array(list(rows.values()))).store(store)
+        wait_for(lambda: store.predictions.count_documents({}) == len(first), 240, "round-1 predictions", log)
+
+        # The serving store cannot be opened (a folder where its file was): batch runs fail, the scorer goes on.
+        store_path.unlink()
+        store_path.mkdir()
+        wait_for(lambda: log.read_text().count("batch analytics run failed") >= 2, 120, "failed batch runs", log)
+        second = readings(120, 80, devices)
+        send(cfg, second)
+        wait_for(lambda: store.predictions.count_documents({}) == len(first) + len(second), 120,
+                 "predictions while the batch fails", log)
+        assert spark.pid() == pid  # the same process throughout
+
+        store_path.rmdir()
+        runs = store.analytics_runs.count_documents({})
+        wait_for(lambda: store.analytics_runs.count_documents({}) > runs, 120, "a batch run after the store is back",
+                 log)
+        per_event = predictions_per_event(store, first + second)
+        assert sorted(per_event) == sorted(r.event_id for r in first + second)
+        assert all(rounds == [1] for rounds in per_event.values())  # once each
+    finally:
+        spark.stop()
+        store.close()
+    text = log.read_text()
+    assert "stopped:" in text and "Traceback" in text  # the failed runs' tracebacks are logged, and it stopped
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None

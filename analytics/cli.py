@@ -128,7 +128,7 @@ def spark_serve(cfg: AppConfig) -> None:
         scorer.run(spark)  # waits for the first global model; the batch runs meanwhile
     finally:
         scorer.stop.set()
-        schedule.join(cfg.spark.batch_interval_seconds + 60)
+        schedule.join(30)  # a run in progress ends soon: SIGTERM reached the JVM too (its stop_timeout is 60 s)
         try:
             spark.stop()
         except Exception as exc:  # SIGTERM reached the JVM too, whose shutdown hook may have stopped it

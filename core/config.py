@@ -714,7 +714,8 @@ class SparkConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     # `fl-app run` runs the scorer and the batch schedule in one process on one Spark session (`fl-app spark
-    # serve`) when both are enabled: one JVM, not two (issue 22). false: a process each (`spark stream`,
+    # serve`) when both are enabled: one JVM and one Python driver, not two (their PSS 836 + 838 -> 1,303 MB,
+    # CPU 16 -> 17 % of a core; pipeline benchmark at 10/s, issue 22). false: a process each (`spark stream`,
     # `spark batch --schedule`), so that one's failure or restart leaves the other alone.
     one_session: bool = True
     # Between batch runs while the pipeline runs: a run reads only what is new (analytics/batch.py), so

@@ -542,6 +542,7 @@ class Batches:
         return result
 
     def close(self) -> None:
+        """Stop the session if it is this object's own; a given one is left to its owner."""
         if self.spark is not None and self.own_session:
             self.spark.stop()
-        self.spark = None
+            self.spark, self.label_frame = None, None

@@ -1,9 +1,10 @@
-"""The analytics' commands: ``fl-app spark stream|batch`` (the scorer and the batch analytics),
-``fl-app report``, ``fl-app superset serve|up|down``. ``fl-app run`` starts the scorer, the batch
-schedule and Superset (``analytics/component.py``)."""
+"""The analytics' commands: ``fl-app spark serve|stream|batch`` (the scorer and the batch analytics, in
+one process or each alone), ``fl-app report``, ``fl-app superset serve|up|down``. ``fl-app run`` starts
+the scorer and the batch schedule (``spark serve``, or each alone) and Superset (``analytics/component.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ from core.config import AppConfig
 
 if TYPE_CHECKING:
     import pandas as pd
+    from pyspark.sql import SparkSession
 
     from analytics.batch import Batches, BatchResult
 
@@ -70,8 +72,9 @@ def batch_schedule(cfg: AppConfig, batches: Batches, stop: threading.Event, rebu
                    schedule: bool = True, contain: bool = False) -> None:
     """Run the batch analytics every ``spark.batch_interval_seconds`` until ``stop`` (the first run of a
     schedule rebuilds); without ``schedule``, once. ``contain``: a failed run is logged and the next one
-    tried, for a schedule that shares its process (``spark serve``: the scorer goes on); otherwise it is
-    raised, and the supervisor restarts the process with a fresh Spark."""
+    tried, for a schedule that shares its process (``spark serve``: the scorer goes on), unless Spark
+    itself is gone (:func:`spark_alive`), which is raised; without ``contain`` every failure is raised,
+    and the supervisor restarts the process with a fresh Spark."""
     from core.topics import dead_letter_reasons
 
     first = True
@@ -79,7 +82,10 @@ def batch_schedule(cfg: AppConfig, batches: Batches, stop: threading.Event, rebu
         try:
             result = batches.run(dead_letter_reasons(cfg), rebuild=rebuild or (schedule and first))
         except Exception:
-            if not contain:
+            if stop.is_set():  # stopping: SIGTERM reached the JVM too and ended the run
+                log.info("batch analytics run ended by the stop")
+                break
+            if not contain or (batches.spark is not None and not spark_alive(batches.spark)):
                 raise
             log.exception("batch analytics run failed; the next one in %gs", cfg.spark.batch_interval_seconds)
         else:
@@ -90,6 +96,14 @@ def batch_schedule(cfg: AppConfig, batches: Batches, stop: threading.Event, rebu
         if not schedule:
             break
         stop.wait(cfg.spark.batch_interval_seconds)
+
+
+def spark_alive(spark: SparkSession) -> bool:
+    """Whether ``spark``'s JVM answers and its context runs (False after an OOM kill or a crash of the JVM)."""
+    try:
+        return not spark.sparkContext._jsc.sc().isStopped()
+    except Exception:  # py4j cannot reach the JVM
+        return False
 
 
 @command(spark_app, "batch", log="spark_batch")
@@ -121,18 +135,32 @@ def spark_serve(cfg: AppConfig) -> None:
     spark = scoring.session(cfg)
     # A session of its own on the same SparkContext: its SQL settings (shuffle partitions) stay the batch's.
     batches = Batches(cfg, labels(cfg), spark.newSession())
-    schedule = threading.Thread(target=batch_schedule, args=(cfg, batches, scorer.stop),
-                                kwargs={"contain": True}, name="batch-schedule", daemon=True)
+    ended: list[BaseException] = []
+
+    def run_schedule() -> None:
+        """The batch's thread: if it ends other than by the stop (Spark gone, a bug), the process stops too,
+        with an error, so that the supervisor restarts both rather than keep a scorer without its batch."""
+        try:
+            batch_schedule(cfg, batches, scorer.stop, contain=True)
+        except BaseException as exc:
+            ended.append(exc)
+            scorer.stop.set()
+
+    schedule = threading.Thread(target=run_schedule, name="batch-schedule", daemon=True)
     schedule.start()
     try:
         scorer.run(spark)  # waits for the first global model; the batch runs meanwhile
     finally:
         scorer.stop.set()
-        schedule.join(30)  # a run in progress ends soon: SIGTERM reached the JVM too (its stop_timeout is 60 s)
+        with contextlib.suppress(Exception):  # ends the batch's Spark jobs in progress, not the scorer's
+            batches.spark.interruptAll()  # type: ignore[union-attr]
+        schedule.join(5)  # within `fl-app stop`'s 10 s per component
         try:
             spark.stop()
         except Exception as exc:  # SIGTERM reached the JVM too, whose shutdown hook may have stopped it
             log.warning("stopping the Spark session: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    if ended:
+        raise RuntimeError(f"the batch schedule ended: {ended[0]!r}") from ended[0]
 
 
 REFRESH = typer.Option(False, "--refresh", help="Run the batch analytics first (fl-app spark batch).")

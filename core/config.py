@@ -678,7 +678,8 @@ class LocalSparkClusterConfig:
     enabled: bool = True
     workers: int = checked(2, between(1, 16))
     # Cores each worker offers (may exceed the machine's: they are slots). With 2 x 2 and
-    # spark.cores_max 2 the scorer and the batch run side by side, an executor on each worker.
+    # spark.cores_max 2 the scorer and the batch (spark.one_session=false) run side by side, an executor on
+    # each worker; one application (spark serve) shares its 2 cores between them.
     cores_per_worker: int = checked(2, between(1, 64))
     worker_memory: str = checked("1g", jvm_memory(512))  # what a worker offers its executors
     worker_base_port: int = checked(7078, tcp_port)  # worker i listens on worker_base_port + i - 1
@@ -691,10 +692,11 @@ class SparkConfig:
     # local[*]-style masters run here; spark://host:7077 (or any master URL) runs the jobs on that cluster,
     # whose workers must have this project and its environment at the same path.
     master: str = checked("local[2]", spark_master)
-    # The driver's heap. 1g made the batch's JVM 1.4 GB PSS and the scorer's 0.5 GB of it was used
-    # (issue 22). 512m runs the tests' and the pipeline benchmark's rebuilds (tens of thousands of
-    # documents); a rebuild of a day of readings (0.9 M) at 512m is not measured yet: give 1g if one
-    # fails with OutOfMemoryError.
+    # The driver's heap (with spark.one_session, one heap for the scorer, its state store and the batch:
+    # an OutOfMemoryError ends both). 1g made the batch's JVM 1.4 GB PSS and the scorer's 0.5 GB of it was
+    # used (issue 22). 512m runs the tests' and the pipeline benchmark's rebuilds (tens of thousands of
+    # documents) beside the scorer; a rebuild of a day of readings (0.9 M) at 512m is not measured yet:
+    # give 1g if one fails with OutOfMemoryError.
     driver_memory: str = checked("512m", jvm_memory(256))
     # The serial collector: no parallel GC threads on a small heap. Its heap gives memory back after a
     # full collection (Spark asks for one every 2 min, analytics/session.py) down to the live data plus

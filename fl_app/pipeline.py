@@ -61,9 +61,11 @@ def enabled(cfg: AppConfig) -> tuple[Component, ...]:
     return tuple(c for c in COMPONENTS if c.enabled(cfg))
 
 
-def processes(cfg: AppConfig, overrides: Sequence[str] = ()) -> list[ManagedProcess]:
-    """The pipeline components in start order."""
-    return [_process(cfg, component, overrides) for component in enabled(cfg)]
+def processes(cfg: AppConfig, overrides: Sequence[str] = (), everything: bool = False) -> list[ManagedProcess]:
+    """The pipeline components this configuration runs, in start order; with ``everything``, every
+    component whatever its switch: what a `run` with other switches started (``spark.one_session=false``
+    runs ``spark_scorer`` and ``spark_batch``, the default ``spark``) is still stopped and seen."""
+    return [_process(cfg, component, overrides) for component in (COMPONENTS if everything else enabled(cfg))]
 
 
 def run(cfg: AppConfig, overrides: Sequence[str] = ()) -> RunReport:
@@ -119,7 +121,7 @@ def stop(cfg: AppConfig) -> Stopped:
     """
     started = time.monotonic()
     _marker(cfg).unlink(missing_ok=True)
-    procs = processes(cfg)
+    procs = processes(cfg, everything=True)  # one without a pid file is no work
     done = Stopped()
     for group, budget in (([p for p in procs if p.name == SUPERVISOR.name], SUPERVISOR_STOP_SECONDS),
                           ([p for p in reversed(procs) if p.name != SUPERVISOR.name], COMPONENTS_STOP_SECONDS)):
@@ -134,7 +136,7 @@ def kill(cfg: AppConfig) -> list[str]:
     """SIGKILL everything `run` started, all at once (a second Ctrl-C); the names of what was still
     running. Waits at most :data:`KILL_WAIT_SECONDS` for them to be gone."""
     _marker(cfg).unlink(missing_ok=True)
-    return kill_all([*processes(cfg), *services.local_processes(cfg)]) + leftovers(cfg)
+    return kill_all([*processes(cfg, everything=True), *services.local_processes(cfg)]) + leftovers(cfg)
 
 
 def leftovers(cfg: AppConfig) -> list[str]:
@@ -177,7 +179,10 @@ def status(cfg: AppConfig) -> list[Status]:
 
     restarts = supervisor.records(cfg)
     out = []
-    for proc in processes(cfg):
+    runs = {c.name for c in enabled(cfg)}
+    for proc in processes(cfg, everything=True):
+        if proc.name not in runs and proc.pid() is None:  # neither run by these switches nor running
+            continue
         s, r = proc.status(), restarts.get(proc.name, {})
         if r.get("gave_up"):
             s.detail = f"keeps crashing: left down after {len(r.get('crashes', []))} crashes; see {proc.log_file}"
@@ -254,7 +259,7 @@ def reset(cfg: AppConfig, include_remote: bool = False) -> tuple[Stopped, list[s
         raise ServiceError(f"remote data would stay ({'; '.join(plan.remote)}): pass --include-remote to "
                            "delete it too; nothing was stopped or removed")
     stopped = stop(cfg)
-    alive = [p.name for p in [*processes(cfg), *services.local_processes(cfg)] if p.pid() is not None]
+    alive = [p.name for p in [*processes(cfg, everything=True), *services.local_processes(cfg)] if p.pid() is not None]
     if alive:
         raise ServiceError(f"still running after the stop: {', '.join(alive)}; nothing was removed")
     removed = []

@@ -127,7 +127,7 @@ def test_status_tells_round_pending_collections_dead_letters_and_health(api: Api
     assert body["dead_letters"] == {"light out of range": 1}
     assert body["kafka_lag"] == {"flink_job": None, "spark_scorer": None}  # neither consumer has run
     health = {c["name"]: c["state"] for c in body["components"]}
-    assert {"kafka", "mongo", "flink_job", "federation", "spark_scorer", "superset", "api"} <= set(health)
+    assert {"kafka", "mongo", "flink_job", "federation", "spark", "superset", "api"} <= set(health)
     assert health["api"] == "running"  # itself, from its pid file
     assert health["flink_job"] == "stopped"  # nothing of the pipeline runs in this test but the API
 

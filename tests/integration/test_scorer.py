@@ -281,8 +281,9 @@ def test_spark_serve_scores_and_runs_the_batch_on_one_jvm_and_a_failed_batch_run
         stack: AppConfig, tmp_path: Path) -> None:
     """`fl-app spark serve` (what `fl-app run` starts): the batch schedule runs before the first global model
     and beside the scorer, in one process with one JVM. A serving store that cannot be opened fails batch
-    runs, each logged, while the scorer goes on; once it can be opened again, the runs succeed again.
-    Lost: nothing (every reading scored once); duplicated: nothing."""
+    runs, each logged, while the scorer goes on; once it can be opened again, the runs succeed again. Its
+    JVM killed, the process ends (for the supervisor to restart it). Lost: nothing (every reading scored
+    once); duplicated: nothing."""
     tag = uuid.uuid4().hex[:8]
     store_path = tmp_path / "serving.db"
     overrides = [*tenant_overrides(stack, tmp_path, tag), "stream.dataset_records=3000",
@@ -308,6 +309,19 @@ def test_spark_serve_scores_and_runs_the_batch_on_one_jvm_and_a_failed_batch_run
         jvms = [p for p in os.listdir("/proc") if p.isdigit() and _session_of(int(p)) == pid
                 and b"java" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]]
         assert len(jvms) == 1, jvms  # the scorer's and the batch's Spark: one JVM
+
+        # The JVM killed (an OOM kill) before the first model: the process ends with an error, for the
+        # supervisor to restart it, instead of living on without Spark. Started again, it goes on.
+        os.kill(int(jvms[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while spark.pid() is not None:
+            assert time.monotonic() < deadline, "the process outlived its JVM:\n" + log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert "the batch schedule ended" in log.read_text()
+        spark.start()
+        runs = store.analytics_runs.count_documents({})
+        wait_for(lambda: store.analytics_runs.count_documents({}) > runs, 180, "a batch run after the restart", log)
+        pid = spark.pid()
 
         rows = series_rows(cfg, first)
         Global(cfg, 1, seed=1, threshold=0.5, rows=np.array(list(rows.values()))).store(store)

@@ -41,3 +41,21 @@ def test_kill_ends_everything_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < KILL_WAIT_SECONDS + 2.0
     assert not any(pid and _pid_alive(pid) for pid in pids)
     assert not any(p.pid_file.exists() for p in procs)
+
+
+def test_stop_and_status_see_a_component_that_another_configuration_started(tmp_path: Path) -> None:
+    """`fl-app run spark.one_session=false` runs spark_scorer, which the default configuration does not:
+    a plain `fl-app stop` still stops it, `status` still shows it (a `reset` would otherwise delete the
+    checkpoint of a scorer that runs). No services here: only the components' pid files count."""
+    from core.config import load_config
+
+    cfg = load_config([f"paths.home={tmp_path}", "kafka=remote", "mongo=remote",
+                       "kafka.bootstrap_servers=127.0.0.1:9", "mongo.uri=mongodb://127.0.0.1:9"])
+    assert "spark_scorer" not in [c.name for c in pipeline.enabled(cfg)]
+    other = ManagedProcess(name="spark_scorer", argv=[sys.executable, "-c", "import time; time.sleep(600)"],
+                           run_dir=Path(cfg.paths.run_dir), logs_dir=Path(cfg.paths.logs_dir), startup_timeout=30)
+    pid = other.start().pid
+    assert "spark_scorer" in [s.name for s in pipeline.status(cfg)]
+    done = pipeline.stop(cfg)
+    assert pid is not None and "spark_scorer" in done.names and not _pid_alive(pid)
+    assert "spark_scorer" not in [s.name for s in pipeline.status(cfg)]  # gone, and not run by these switches

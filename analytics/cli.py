@@ -33,10 +33,12 @@ superset_app = group(app, "superset", "Superset dashboards on the batch analytic
 def spark_stream(cfg: AppConfig) -> None:
     """Score every valid reading of iot_stream with the newest global model, in the foreground
     (Spark Structured Streaming; predictions in MongoDB). Waits for the first global model."""
-    from analytics import scorer
+    from analytics import scorer as scoring
     from core import dataset
 
-    scorer.serve(cfg, dataset.device_ids(cfg.stream, cfg.paths.cache_dir))
+    scorer = scoring.Scorer(cfg, dataset.device_ids(cfg.stream, cfg.paths.cache_dir))
+    stop_on_signals(scorer.stop)
+    scorer.run()
 
 
 def labels(cfg: AppConfig) -> pd.DataFrame:
@@ -64,6 +66,7 @@ REBUILD = typer.Option(False, "--rebuild", help="Recompute from every document, 
 
 
 def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (each command's loop then ends its work and cleans up)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 

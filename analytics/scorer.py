@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import signal
 import threading
 import time
 from collections import Counter
@@ -507,12 +506,3 @@ def session(cfg: AppConfig) -> SparkSession:
 
     return spark_session(cfg, "fl-iot-scorer", extra_jars(cfg, ["spark-kafka"]),
                          {"spark.python.daemon.module": "analytics.worker_daemon"})
-
-
-def serve(cfg: AppConfig, known_devices: list[int]) -> None:
-    """``fl-app spark stream``: score until SIGTERM/SIGINT. ``known_devices``: the data set's devices
-    (what the Flink job accepts)."""
-    scorer = Scorer(cfg, known_devices)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: scorer.stop.set())
-    scorer.run()
